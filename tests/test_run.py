@@ -1,0 +1,134 @@
+"""One run end to end on the tiny model: artifacts, determinism, adapter reload, divergence."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_tiny
+from lora_study.artifacts import RunDir
+
+
+def files(d: Path):
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+
+
+HYDRA = [".hydra/config.yaml"]
+
+
+@pytest.mark.parametrize("method,expected", [
+    ("lora", HYDRA + ["adapter/README.md", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                      "delta.safetensors", "metrics.jsonl", "spectrum.safetensors", "summary.json"]),
+    ("full", HYDRA + ["delta.safetensors", "metrics.jsonl", "spectrum.safetensors", "summary.json"]),
+    ("none", HYDRA + ["metrics.jsonl", "summary.json"]),
+])
+def test_run_directory_holds_exactly_the_expected_files(tmp_path, method, expected):
+    summary, _ = run_tiny(tmp_path, [f"method={method}"])
+    assert files(tmp_path) == sorted(expected)
+    assert summary["status"] == "complete" and RunDir(tmp_path).check_complete() is None
+    assert summary["head_trained"] is True
+
+
+def test_full_run_records_truncation_and_accounting(tmp_path):
+    s, cfg = run_tiny(tmp_path, ["method=full", "optim.lr=1e-3"])
+    ks = [r["k"] for r in s["truncation"]["ranks"]]
+    assert ks == [1, 2, "full"]
+    assert s["truncation"]["ranks"][-1]["test_accuracy"] == s["metrics"]["test_accuracy"]
+    n = s["params"]["trainable"]
+    assert n == s["params"]["total"]
+    # AdamW in fp32: exp_avg and exp_avg_sq (8 bytes per parameter) plus a 4-byte step per tensor
+    from lora_study.models import build_model
+    n_tensors = len(list(build_model(cfg.model, 2).model.parameters()))
+    assert s["memory"]["optimizer_state_bytes"] == 8 * n + 4 * n_tensors
+    assert s["memory"]["gradient_bytes"] == 4 * n
+    spectra = load_file(tmp_path / "spectrum.safetensors")
+    deltas = load_file(tmp_path / "delta.safetensors")
+    assert spectra.keys() == deltas.keys() and len(deltas) == 12  # 2 layers x 6 linear modules
+    for k in deltas:
+        assert torch.allclose(spectra[k], torch.linalg.svdvals(deltas[k]), atol=1e-5)
+
+
+def test_lora_optimizer_bytes_are_adam_state_only(tmp_path):
+    s, _ = run_tiny(tmp_path, ["method=lora", "method.rank=2"])
+    trainable = s["params"]["trainable"]
+    n_tensors = 2 * len(s["lora_targets"]) + 2  # A, B per target; classifier weight and bias
+    assert s["memory"]["optimizer_state_bytes"] == 8 * trainable + 4 * n_tensors
+
+
+def test_same_seed_gives_identical_metrics_and_delta(tmp_path):
+    a, _ = run_tiny(tmp_path / "a", ["method=lora", "method.rank=4"])
+    b, _ = run_tiny(tmp_path / "b", ["method=lora", "method.rank=4"])
+    assert a["metrics"] == b["metrics"]
+    da, db = load_file(tmp_path / "a" / "delta.safetensors"), load_file(tmp_path / "b" / "delta.safetensors")
+    assert all(torch.equal(da[k], db[k]) for k in da)
+    c, _ = run_tiny(tmp_path / "c", ["method=lora", "method.rank=4", "train.seed=1"])
+    dc = load_file(tmp_path / "c" / "delta.safetensors")
+    assert any(not torch.equal(da[k], dc[k]) for k in da)
+
+
+def test_every_method_sees_the_same_batches():
+    from lora_study.data import Encoded
+    from lora_study.tasks import Split
+    from transformers import AutoTokenizer
+    from lora_study.models import minilm_path
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    enc = Encoded(Split([f"review {i}" for i in range(40)], [i % 2 for i in range(40)]), tok, 16)
+    a, b = enc.train_batches(8, seed=3), enc.train_batches(8, seed=3)
+    for _ in range(12):
+        assert torch.equal(next(a)["input_ids"], next(b)["input_ids"])
+
+
+def test_lora_training_leaves_base_weights_untouched(tmp_path):
+    from lora_study.models import build_model
+    _, cfg = run_tiny(tmp_path, ["method=lora", "method.target_modules=all_linear", "optim.lr=1e-2"])
+    from peft import PeftModel
+    torch.manual_seed(0)
+    base = build_model(cfg.model, 2).model
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    model = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    inner = model.get_base_model()
+    for name, v in before.items():
+        if "classifier" in name:
+            continue
+        key = name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        sd = inner.state_dict()
+        assert torch.equal(sd.get(name, sd.get(key)), v), name
+    d = load_file(tmp_path / "delta.safetensors")
+    assert all(v.abs().max() > 0 for v in d.values())
+
+
+def test_saved_adapter_reproduces_the_test_metric(tmp_path):
+    from peft import PeftModel
+    from lora_study.data import Encoded
+    from lora_study.models import build_model
+    from lora_study.tasks import load_task
+    from lora_study.train import evaluate
+    s, cfg = run_tiny(tmp_path, ["method=lora", "method.rank=4", "optim.lr=5e-3", "train.max_steps=12"])
+    loaded = build_model(cfg.model, 2)
+    model = PeftModel.from_pretrained(loaded.model, tmp_path / "adapter")
+    test = Encoded(load_task(cfg.task).test, loaded.tokenizer, cfg.train.max_length)
+    acc = evaluate(model, test, 64, torch.device("cpu"), "fp32")["accuracy"]
+    assert acc == s["metrics"]["test_accuracy"]
+
+
+def test_divergence_is_recorded_as_failed_with_metrics_kept(tmp_path, monkeypatch):
+    from lora_study import train as T
+    real = T.to_device
+    calls = {"n": 0}
+
+    def poisoned(batch, device):
+        calls["n"] += 1
+        if calls["n"] >= 3 and "labels" in batch and batch["input_ids"].shape[0] == 8:
+            import torch.nn.functional as F
+            monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+        return real(batch, device)
+
+    monkeypatch.setattr(T, "to_device", poisoned)
+    with pytest.raises(T.Diverged):
+        run_tiny(tmp_path, ["method=full"])
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["status"] == "failed" and s["failed_step"] == 3 and "nan" in s["reason"]
+    assert (tmp_path / "metrics.jsonl").read_text().strip()
+    assert RunDir(tmp_path).check_complete().startswith("status is 'failed'")
