@@ -10,33 +10,45 @@ from .tasks import Split
 
 
 class Encoded:
-    """A split tokenised once (truncated to ``max_length``, unpadded); batches are padded per batch."""
+    """A split tokenised (truncated to ``max_length``, unpadded) on first use of each example, so a short
+    run over a large training split only tokenises what it sees; batches are padded per batch."""
 
     def __init__(self, split: Split, tokenizer, max_length: int):
-        enc = tokenizer(split.texts, split.pairs, truncation=True, max_length=max_length) if split.pairs \
-            else tokenizer(split.texts, truncation=True, max_length=max_length)
-        self.input_ids: List[List[int]] = enc["input_ids"]
-        self.token_type_ids = enc.get("token_type_ids")
+        self.split = split
+        self.tokenizer = tokenizer
+        self.max_length = max_length
         self.labels = list(split.labels)
         self.pad_id = tokenizer.pad_token_id or 0
+        self._cache: Dict[int, Dict[str, List[int]]] = {}
+
+    def _encode(self, idx: List[int]) -> List[Dict[str, List[int]]]:
+        todo = [i for i in idx if i not in self._cache]
+        if todo:
+            texts = [self.split.texts[i] for i in todo]
+            pairs = [self.split.pairs[i] for i in todo] if self.split.pairs else None
+            enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
+            for row, i in enumerate(todo):
+                self._cache[i] = {k: enc[k][row] for k in ("input_ids", "token_type_ids") if k in enc}
+        return [self._cache[i] for i in idx]
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def batch(self, idx: List[int]) -> Dict[str, torch.Tensor]:
-        width = max(len(self.input_ids[i]) for i in idx)
+        rows = self._encode(idx)
+        width = max(len(r["input_ids"]) for r in rows)
         ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            seq = self.input_ids[i]
-            ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
+        types = torch.zeros((len(idx), width), dtype=torch.long) if "token_type_ids" in rows[0] else None
+        for row, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[row, :n] = torch.tensor(r["input_ids"])
+            mask[row, :n] = 1
+            if types is not None:
+                types[row, :n] = torch.tensor(r["token_type_ids"])
         out = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([self.labels[i] for i in idx])}
-        if self.token_type_ids is not None:
-            tt = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                tt[row, :len(self.token_type_ids[i])] = torch.tensor(self.token_type_ids[i])
-            out["token_type_ids"] = tt
+        if types is not None:
+            out["token_type_ids"] = types
         return out
 
     def train_batches(self, batch_size: int, seed: int) -> Iterator[Dict[str, torch.Tensor]]:
@@ -49,7 +61,8 @@ class Encoded:
 
     def eval_batches(self, batch_size: int) -> Iterator[Dict[str, torch.Tensor]]:
         """Batches in order of length (less padding); metrics do not depend on the order."""
-        order = sorted(range(len(self)), key=lambda i: len(self.input_ids[i]))
+        rows = self._encode(list(range(len(self))))
+        order = sorted(range(len(self)), key=lambda i: len(rows[i]["input_ids"]))
         for start in range(0, len(order), batch_size):
             yield self.batch(order[start:start + batch_size])
 

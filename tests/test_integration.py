@@ -1,0 +1,52 @@
+"""The real packaged default model (all-MiniLM-L6-v2) on the real default task, for a few steps."""
+import json
+
+import pytest
+import torch
+
+from conftest import cli, run_tiny
+
+REAL = ["model=minilm", "train.max_steps=3", "train.eval_every=3", "train.batch_size=8", "train.max_length=48",
+        "task.max_eval_examples=32", "run.latency=false", "run.truncation_ranks=[1]"]
+
+
+@pytest.mark.slow
+def test_packaged_model_lora_run(tmp_path):
+    s, _ = run_tiny(tmp_path, ["method=lora", "method.rank=8"], base=REAL)
+    assert s["status"] == "complete" and s["model"] == "all-MiniLM-L6-v2"
+    assert s["params"]["total"] == 22_713_986  # 22.7 M encoder parameters + the 2-class head
+    # attn_qv on 6 layers of 384 x 384: 12 matrices x 8 x (384 + 384), plus the head (384 x 2 + 2)
+    assert s["params"]["trainable"] == 12 * 8 * 768 + 770
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert cfg["r"] == 8 and cfg["lora_alpha"] == 16 and cfg["peft_type"] == "LORA"
+    assert len(cfg["target_modules"]) == 12
+    # W_pre is read from the package's own safetensors file for the analysis
+    from lora_study.artifacts import RunDir
+    w = RunDir(tmp_path).base_weight("bert.encoder.layer.0.attention.self.query")
+    assert w.shape == (384, 384) and w.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_train_cli_writes_a_run_directory(tmp_path):
+    r = cli("lora-study-train", *REAL, "method=none", f"hydra.run.dir={tmp_path}/run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "test accuracy" in r.stdout
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["status"] == "complete" and s["params"]["trainable"] == 770
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["method.rank=0"], "method.rank=0 is not valid"),
+    (["model=hf", "model.name=/nonexistent/model"], "is neither a readable local model directory"),
+    (["task=files", "task.train_file=/nonexistent.csv"], "does not exist"),
+    (["method.target_modules=[q_proj]"], "matches no linear layer"),
+    (["optim.lr=-1"], "optim.lr=-1.0 is not valid"),
+    (["train.max_steps=0"], "train.max_steps=0 is not valid"),
+    (["method.rnak=4"], "rnak"),
+])
+def test_bad_input_stops_before_training_with_one_sentence(tmp_path, args, needle):
+    r = cli("lora-study-train", "model=tiny", *args, f"hydra.run.dir={tmp_path}/run")
+    assert r.returncode != 0
+    assert needle in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
