@@ -1,0 +1,1 @@
+"""Analysis: saved run artifacts -> measurements, tables and figures (pure maths; never trains)."""
