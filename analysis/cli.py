@@ -11,7 +11,7 @@ import pandas as pd
 
 from lora_study.artifacts import ArtifactError, write_json
 
-from . import figures, measures
+from . import figures, forgetting, measures
 from .study import Study, load_study
 
 
@@ -42,6 +42,7 @@ def analyze(study: Study, out: Path) -> Dict[str, object]:
     tables["amplification"] = measures.amplification_table(study)
     tables["intruders"] = measures.intruder_table(study)
     tables["full_energy_in_lora"] = measures.full_energy_in_lora(study)
+    tables["forgetting"] = forgetting.forgetting_table(tables["runs"])
     for name, df in tables.items():
         write_table(df, out, name)
     figs = []
@@ -61,6 +62,9 @@ def analyze(study: Study, out: Path) -> Dict[str, object]:
             print(f"warning: no similarity figure ({e})", file=sys.stderr)
     if not tables["intruders"].empty:
         figs.append(("intruders", figures.intruders(study, tables["intruders"])))
+    if not tables["forgetting"].empty:
+        figs.append(("forgetting_vs_rank", forgetting.forgetting_vs_rank(study, tables["forgetting"])))
+        figs.append(("pareto", forgetting.pareto(study, tables["forgetting"])))
     if not tables["runs"].empty:
         figs.append(("truncation", figures.truncation(study, tables["truncation"], tables["runs"])))
     names = []
@@ -68,6 +72,7 @@ def analyze(study: Study, out: Path) -> Dict[str, object]:
         figures.save(fig, out, name)
         names.append(name)
     meta = {**study.describe(), "tables": list(tables), "figures": names,
+            "intruders_vs_forgetting": forgetting.intruder_correlation(tables["forgetting"], tables["intruders"]),
             "analysis_seconds": round(time.perf_counter() - t0, 2)}
     write_json(out / "analysis.json", meta)
     return {"tables": tables, "figures": names, "meta": meta}

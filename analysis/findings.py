@@ -170,3 +170,28 @@ def latency_finding(t: pd.DataFrame) -> str:
     diff = lora.get("max_abs_logit_diff_fp32")
     fid = f" Merge fidelity: max |logit difference| merged vs unmerged {diff.max():.1e} (fp32)." if diff is not None else ""
     return "; ".join(txt) + ". " + verdict + fid
+
+
+def forgetting_finding(forget: pd.DataFrame, corr: dict) -> str:
+    if forget.empty:
+        return ("Not measured in this study: its runs carry no held-out probes, so the claim that LoRA forgets less "
+                "is neither supported nor refuted here.")
+    full = forget[forget.method == "full"].forgetting_mean
+    lora = forget[forget.method == "lora"].groupby("rank").forgetting_mean.mean()
+    parts = ["Mean forgetting (base probe accuracy − finetuned, averaged over held-out tasks): " +
+             (f"full FT {full.mean():+.3f}; " if len(full) else "") +
+             ", ".join(f"LoRA r={int(r)} {v:+.3f}" for r, v in lora.items()) + "."]
+    if len(full) and len(lora):
+        less = [int(r) for r, v in lora.items() if v < full.mean()]
+        parts.append(f"LoRA forgot less than full finetuning at {len(less)} of {len(lora)} ranks" +
+                     (": this supports Biderman et al.'s 'LoRA forgets less'." if len(less) == len(lora) else
+                      " — the claim holds only partly here." if less else
+                      ": on this study the claim that LoRA forgets less is not supported."))
+    if "cka" in forget and forget.cka.notna().any():
+        c = forget[forget.method != "none"].groupby("label").cka.mean()
+        parts.append("Linear CKA to the base's features on held-out text: " +
+                     ", ".join(f"{k} {v:.3f}" for k, v in c.items()) + ".")
+    if corr.get("rho") is not None:
+        parts.append(f"Spearman correlation between intruder count (ε = {corr['eps']}) and forgetting over {corr['n']} "
+                     f"runs: ρ = {corr['rho']:.2f} (p = {corr['p']:.2g}; Shuttleworth et al. report 0.971 on RoBERTa).")
+    return " ".join(parts)

@@ -20,7 +20,7 @@ from lora_study import __version__
 from lora_study.artifacts import ArtifactError
 
 from .cli import analyze, write_table
-from .findings import (energy_finding, intruder_finding, latency_finding, memory_finding, rank_finding,
+from .findings import (energy_finding, forgetting_finding, intruder_finding, latency_finding, memory_finding, rank_finding,
                        similarity_finding)
 from .study import Study, load_study
 from .tradeoff import format_tradeoff, to_latex, to_markdown, tradeoff
@@ -67,12 +67,18 @@ def build_sections(study: Study, result: Dict, tables_fmt: Dict[str, pd.DataFram
             "orthonormal ones, on the last layer; factor = ‖ΔW‖_F / ‖UᵀWVᵀ‖_F. A large factor means ΔW amplifies "
             "directions that W barely uses."], table="amplification"))
     sections.append(Section("Merge and latency", [latency_finding(result["tradeoff"])]))
-    sections.append(Section("Forgetting on held-out tasks", [
-        "Not measured in this study: its runs carry no held-out probes, so the claim that LoRA forgets less is "
-        "neither supported nor refuted here."] if "forgetting_mean" not in runs else []))
-    sections.append(Section("Intrinsic dimension", [
-        "Not measured in this study: it holds no subspace runs (see experiment=intrinsic_dim)."]
-        if "subspace" not in methods else []))
+    fig_f = "pareto" if "pareto" in figs else None
+    sections.append(Section("Forgetting on held-out tasks",
+                            [forgetting_finding(t["forgetting"], result["meta"].get("intruders_vs_forgetting", {}))],
+                            figure="forgetting_vs_rank" if "forgetting_vs_rank" in figs else None))
+    if fig_f:
+        sections.append(Section("Learning vs forgetting", [
+            "Each point is one run: x is its test-accuracy gain over the frozen base (same seed), y its mean "
+            "held-out forgetting. Biderman et al. found LoRA and full finetuning on roughly one Pareto curve."],
+            figure=fig_f))
+    if "subspace" not in methods:
+        sections.append(Section("Intrinsic dimension", [
+            "Not measured in this study: it holds no subspace runs (see experiment=intrinsic_dim)."]))
     return sections
 
 

@@ -187,7 +187,9 @@ def batched_singular_values(mats: Sequence, device=None) -> list[torch.Tensor]:
 
 
 def _spectrum(s) -> torch.Tensor:
-    """A 1-D spectrum as fp64, sorted descending; rejects negative or non-finite values."""
+    """A 1-D spectrum (tensor, array or list) as fp64, sorted descending; rejects negative or non-finite values."""
+    if isinstance(s, (list, tuple)):
+        s = torch.tensor(s, dtype=torch.float64)
     s = as_float_tensor(s, "s").detach().to("cpu", torch.float64)
     if s.ndim != 1 or s.numel() == 0:
         raise ValueError(f"s must be a non-empty 1-D array of singular values, got shape {tuple(s.shape)}.")

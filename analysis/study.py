@@ -105,6 +105,7 @@ class Study:
                 "gradient_bytes": s["memory"]["gradient_bytes"], "peak_memory_bytes": s["memory"]["peak_bytes"],
                 "mean_step_s": s["time"]["mean_step_s"], "tokens_per_s": s["time"]["tokens_per_s"],
                 "storage_bytes": s["storage"]["bytes"], "wall_time_s": s.get("wall_time_s"),
+                **_heldout_columns(s.get("heldout")),
                 **{f"latency_{k[:-2]}_s": v for k, v in (s.get("latency") or {}).items()},
                 **{k: v for k, v in (s.get("merge") or {}).items()},
             })
@@ -134,6 +135,16 @@ class Study:
             src = self.runs[0].summary["base_model"] if self.runs else {}
             self._base = BaseWeights(src.get("path"), src.get("name"))
         return _cached_base(self._base, module)
+
+
+def _heldout_columns(h: Optional[dict]) -> Dict[str, float]:
+    if not h:
+        return {}
+    cols = {"forgetting_mean": h.get("forgetting_mean"), "cka": h.get("cka")}
+    for name, t in (h.get("tasks") or {}).items():
+        cols[f"heldout_{name}"] = t["finetuned"]
+        cols[f"forgetting_{name}"] = t["forgetting"]
+    return cols
 
 
 @lru_cache(maxsize=64)

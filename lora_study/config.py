@@ -100,6 +100,21 @@ class TrainConfig:
 
 
 @dataclass
+class HeldoutConfig:
+    enabled: bool = True
+    tasks: List[str] = field(default_factory=lambda: ["bbc_topic", "subjectivity", "political_party"])
+    extra: List[Any] = field(default_factory=list)  # user tasks: task config dicts (source=files|hf) with a name
+    drift: bool = True  # linear CKA on held-out unlabelled text (Lee corpus, Wikipedia)
+    n_train: int = 150  # probe examples per task
+    n_test: int = 150
+    n_drift: int = 150
+    max_length: int = 64
+    C: float = 1.0  # inverse L2 strength of the logistic-regression probe
+    seed: int = 0  # fixed: the probe split never depends on the run's seed
+    every: int = 0  # also probe every N training steps (0: only at the end)
+
+
+@dataclass
 class LoggerConfig:
     name: str = "none"  # none | wandb
     project: str = "lora-study"
@@ -143,6 +158,7 @@ class Config:
     method: MethodConfig = MISSING
     optim: OptimConfig = MISSING
     logger: LoggerConfig = MISSING
+    heldout: HeldoutConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
@@ -203,5 +219,12 @@ def validate(cfg: Any) -> None:
     _one_of(t.device, ("auto", "cpu", "cuda", "mps"), "train.device")
     _one_of(t.precision, ("auto", "fp32", "bf16"), "train.precision")
     _one_of(cfg.logger.name, ("none", "wandb"), "logger.name")
+    h = cfg.heldout
+    if h.enabled:
+        for key in ("n_train", "n_test", "max_length"):
+            if int(getattr(h, key)) <= 0:
+                raise ConfigError(f"heldout.{key}={getattr(h, key)} is not valid; it must be a positive integer.")
+        if float(h.C) <= 0:
+            raise ConfigError(f"heldout.C={h.C} is not valid; the probe's inverse regularisation must be positive.")
     if any(int(k) <= 0 for k in cfg.run.truncation_ranks):
         raise ConfigError(f"run.truncation_ranks={list(cfg.run.truncation_ranks)} is not valid; ranks must be positive.")

@@ -13,6 +13,7 @@ from . import __version__
 from .artifacts import RunDir
 from .config import Config, ConfigError, validate
 from .data import Encoded
+from .heldout import maybe_heldout
 from .loggers import make_logger
 from .measure import (dir_bytes, max_abs_diff, median_latency, parameter_bytes, spectra, tensor_bytes, truncate)
 from .methods import apply_method, base_module, lora_deltas, trainable_count
@@ -62,6 +63,9 @@ def execute(cfg: Config, out: RunDir) -> Dict:
     model = prepared.model.to(device)
     tok = loaded.tokenizer
     enc = {r: Encoded(getattr(task, r), tok, cfg.train.max_length) for r in ("train", "validation", "test")}
+    t_prep = time.perf_counter()
+    heldout = maybe_heldout(cfg.heldout, model, tok, loaded.path or loaded.name, device)  # base features at step 0
+    t_prep = time.perf_counter() - t_prep
 
     out.clear_outputs()
     logger = make_logger(cfg, out)
@@ -79,7 +83,9 @@ def execute(cfg: Config, out: RunDir) -> Dict:
         "examples": {r: len(enc[r]) for r in enc},
     }
     try:
-        result = train(model, enc["train"], enc["validation"], cfg.train, cfg.optim, device, precision, logger.log)
+        probe = (lambda: heldout.evaluate(model)) if heldout else None
+        result = train(model, enc["train"], enc["validation"], cfg.train, cfg.optim, device, precision, logger.log,
+                       probe=probe, probe_every=cfg.heldout.every if heldout else 0)
     except Diverged as e:
         summary.update(status="failed", reason=str(e), failed_step=e.step, wall_time_s=time.time() - started)
         out.write_summary(summary)
@@ -98,9 +104,14 @@ def execute(cfg: Config, out: RunDir) -> Dict:
                    "peak_kind": result.peak_memory.get("kind")},
         "time": {"mean_step_s": sum(steady) / len(steady) if steady else None,
                  "median_step_s": sorted(steady)[len(steady) // 2] if steady else None,
-                 "train_s": sum(result.step_times),
+                 "train_s": sum(result.step_times), "heldout_prepare_s": t_prep,
                  "tokens_per_s": result.tokens / sum(result.step_times) if result.step_times else None},
     })
+    if heldout:
+        t0 = time.perf_counter()
+        summary["heldout"] = heldout.evaluate(model)
+        summary["heldout"]["seconds"] = time.perf_counter() - t0
+        logger.log({"step": result.steps, "split": "heldout", **summary["heldout"]})
     saved = {"delta": False, "spectrum": False, "adapter": False, "model": False}
     deltas = _deltas(cfg, prepared, model, w_pre)
     if deltas:

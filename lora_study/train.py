@@ -95,7 +95,10 @@ def make_schedule(optimizer, cfg: OptimConfig, max_steps: int):
 
 
 def train(model, train_data: Encoded, val_data: Encoded, cfg: TrainConfig, optim_cfg: OptimConfig,
-          device: torch.device, precision: str, log: Callable[[Dict], None]) -> TrainResult:
+          device: torch.device, precision: str, log: Callable[[Dict], None],
+          probe: Optional[Callable[[], Dict]] = None, probe_every: int = 0) -> TrainResult:
+    """Train the parameters that require gradients; ``probe`` (held-out evaluation) runs every
+    ``probe_every`` steps when both are given."""
     params = [p for p in model.parameters() if p.requires_grad]
     result = TrainResult(steps=0)
     if not params:  # the frozen base without a head: evaluation only
@@ -141,6 +144,9 @@ def train(model, train_data: Encoded, val_data: Encoded, cfg: TrainConfig, optim
             result.last_validation = val
             if result.best_validation is None or val["accuracy"] > result.best_validation["accuracy"]:
                 result.best_validation = {**val, "step": step}
+        if probe is not None and probe_every > 0 and step % probe_every == 0 and step < cfg.max_steps:
+            log({"step": step, "split": "heldout", **probe()})
+            model.train()
     result.peak_memory = peak_memory(device)
     result.optimizer_state_bytes = optimizer_state_bytes(optimizer)
     del optimizer
