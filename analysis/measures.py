@@ -146,23 +146,23 @@ def intruder_table(study: Study, k: int = 10, eps_grid=EPS_GRID) -> pd.DataFrame
 def full_energy_in_lora(study: Study) -> pd.DataFrame:
     """Share of full-FT ΔW's energy ‖ΔW_full‖_F² inside each LoRA run's column / row space (top r of its
     ΔW), averaged over the adapted modules; ``random`` is the share a random r-dimensional space holds."""
-    rows = []
-    for r in study.by_method("lora"):
+    def rows(r: Run) -> List[dict]:
         try:
             full = study.run(f"full_s{r.seed}")
-        except Exception:  # noqa: BLE001 - no full FT for this seed
-            continue
+        except ArtifactError:  # no full FT for this seed
+            return []
         if not (full.summary.get("saved", {}).get("delta") and r.summary.get("saved", {}).get("delta")):
-            continue
+            return []
         fr = []
         for module, dl in r.dir.iter_deltas():
             u, _, vh = torch.linalg.svd(dl.double(), full_matrices=False)
             e = energy_in_subspace(full.dir.delta(module), u[:, :r.rank], vh[:r.rank].T)
             fr.append({**{k: float(v) for k, v in e.items()}, "random_col": r.rank / dl.shape[0],
                        "random_row": r.rank / dl.shape[1]})
-        rows.append({"member": r.member, "rank": r.rank, "seed": r.seed, "modules": len(fr),
-                     **pd.DataFrame(fr).mean().to_dict()})
-    return pd.DataFrame(rows)
+        return [{"member": r.member, "rank": r.rank, "seed": r.seed, "modules": len(fr),
+                 **pd.DataFrame(fr).mean().to_dict()}]
+
+    return pd.DataFrame(per_run(study, study.by_method("lora"), rows))
 
 
 def truncation_table(study: Study) -> pd.DataFrame:

@@ -53,3 +53,24 @@ def cli(*args, cwd=None, timeout=600):
     import subprocess
     return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd or ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ})
+
+
+STUDY_ARGS = TINY + ["study.ranks=[1,2,4]", "train.max_steps=12", "optim.lr=1e-3", "study.lr={none:1e-2,full:1e-3,lora:5e-3}",
+                     "heldout.n_train=40", "heldout.n_test=40", "heldout.n_drift=40", "heldout.max_length=32"]
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """A tiny-model study (base, full FT, LoRA r = 1, 2, 4), made once per test session; copy before changing it."""
+    root = tmp_path_factory.mktemp("studies")
+    r = cli("lora-study-study", *STUDY_ARGS, f"study.root={root}", "study.name=tiny")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root / "tiny"
+
+
+@pytest.fixture()
+def study_copy(tiny_study, tmp_path):
+    import shutil
+    dst = tmp_path / "tiny"
+    shutil.copytree(tiny_study, dst, ignore=shutil.ignore_patterns("analysis", "report"))
+    return dst
