@@ -5,16 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List
 
-import matplotlib
+import matplotlib.pyplot as plt  # headless, matplotlib falls back to Agg by itself; notebooks keep inline
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from lora_study.artifacts import module_kind
 
-from lora_study.artifacts import module_kind, module_layer  # noqa: E402
-
-from .study import Study  # noqa: E402
+from .study import Study
 
 KIND_TITLES = {"query": "W_q", "key": "W_k", "value": "W_v", "attn_out": "W_o (attention out)",
                "ffn_in": "FFN in", "ffn_gate": "FFN gate", "ffn_out": "FFN out"}

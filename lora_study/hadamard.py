@@ -142,21 +142,25 @@ class Fastfood(_Projection):
     H G Π H B has squared norm exactly n ‖G_b‖² (H B e_j is a ±1 vector), so a full block adds exactly n/D
     to every column's squared norm: when n divides D every column of P has norm exactly 1, otherwise
     the cut last block makes it 1 in expectation. Over the random draw E[Pᵀ P] = I, so E‖P x‖² = ‖x‖²
-    for every x, matching the dense N(0, 1/D) projection. (Li et al.'s code divides by
-    sqrt(n ‖G‖²) · sqrt(D/n) per transform, which is the same s.)
+    for every x, matching the dense N(0, 1/D) projection. (Public intrinsic-dimension code divides each
+    transform by sqrt(n ‖G‖²) · sqrt(D_t/n), the same s, but runs one transform per weight tensor with
+    D_t its size, so there each tensor's slice of a column has unit norm and the whole column has norm
+    √(number of tensors); step sizes tuned there are larger by that factor than here.)
     """
 
-    def __init__(self, D: int, d: int, seed: int = 0, block_size: int | None = None):
+    def __init__(self, D: int, d: int, seed: int = 0, block_size: int | None = None, chunk: int = 1 << 20):
         super().__init__(D, d)
         n = block_size if block_size is not None else 1 << max(0, (self.d - 1).bit_length())
         if n < self.d or n & (n - 1):
             raise ValueError(f"Fastfood block_size must be a power of two >= d={self.d}, got {n}.")
         self.n, self.blocks = n, -(-self.D // n)
+        self.chunk_blocks = max(1, chunk // n)  # blocks transformed together: bounds temporaries, stays in cache
         g = torch.Generator().manual_seed(seed)
-        signs = torch.randint(0, 2, (self.blocks, self.d), generator=g).float().mul_(2).sub_(1)
+        # Compact storage (about 7 bytes per row of P with n <= 2^15): the buffers are the O(D) memory.
+        signs = torch.randint(0, 2, (self.blocks, self.d), generator=g, dtype=torch.int8).mul_(2).sub_(1)
         gauss = torch.randn(self.blocks, n, generator=g)
         gauss.mul_((self.D * gauss.square().sum(1, keepdim=True)).rsqrt())  # folds s_b into G_b
-        perm = torch.empty(self.blocks, n, dtype=torch.long)
+        perm = torch.empty(self.blocks, n, dtype=torch.int16 if n <= 1 << 15 else torch.int32)
         step = max(1, (1 << 22) // n)  # argsort of uniforms in chunks: bounded temporary memory
         for i in range(0, self.blocks, step):
             j = min(self.blocks, i + step)
@@ -169,22 +173,36 @@ class Fastfood(_Projection):
         self._check(theta)
         return _FastfoodFn.apply(theta, self)
 
+    def _chunks(self):
+        for i in range(0, self.blocks, self.chunk_blocks):
+            j = min(self.blocks, i + self.chunk_blocks)
+            yield i, j, i * self.n, min(self.D, j * self.n)
+
     @torch.no_grad()
     def apply_matrix(self, theta: torch.Tensor) -> torch.Tensor:
-        """P θ for θ of shape (d,), without autograd."""
-        u = self.signs.new_zeros(self.blocks, self.n)
-        torch.mul(self.signs, theta.to(self.signs.dtype), out=u[:, : self.d])  # B pad(θ), per block
-        u = fwht(u).gather(1, self.perm).mul_(self.gauss)  # G Π H B θ
-        return fwht(u).reshape(-1)[: self.D]
+        """P θ for θ of shape (d,), without autograd, a chunk of blocks at a time."""
+        out = self.gauss.new_empty(self.D)
+        theta = theta.to(self.gauss.dtype)
+        for i, j, lo, hi in self._chunks():
+            u = self.gauss.new_zeros(j - i, self.n)
+            torch.mul(self.signs[i:j], theta, out=u[:, : self.d])  # B pad(θ)
+            u = fwht(u).gather(1, self.perm[i:j].long()).mul_(self.gauss[i:j])  # G Π H B pad(θ)
+            out[lo:hi] = fwht(u).view(-1)[: hi - lo]
+        return out
 
     @torch.no_grad()
     def apply_transpose(self, y: torch.Tensor) -> torch.Tensor:
         """Pᵀ y for y of shape (D,): Bᵀ Hᵀ Πᵀ G Hᵀ Sᵀ y, with H symmetric and Πᵀ a scatter."""
-        y, cut = y.to(self.gauss.dtype), self.blocks * self.n - self.D
-        u = (F.pad(y, (0, cut)) if cut else y).view(self.blocks, self.n)
-        u = fwht(u).mul_(self.gauss)
-        u = torch.empty_like(u).scatter_(1, self.perm, u)
-        return (fwht(u)[:, : self.d] * self.signs).sum(0)
+        y = y.to(self.gauss.dtype)
+        out = self.gauss.new_zeros(self.d)
+        for i, j, lo, hi in self._chunks():
+            u = y[lo:hi]
+            if hi - lo < (j - i) * self.n:
+                u = F.pad(u, (0, (j - i) * self.n - (hi - lo)))
+            u = fwht(u.view(j - i, self.n)).mul_(self.gauss[i:j])
+            u = torch.empty_like(u).scatter_(1, self.perm[i:j].long(), u)
+            out += (fwht(u)[:, : self.d] * self.signs[i:j]).sum(0)
+        return out
 
     def extra_repr(self) -> str:
         return f"D={self.D}, d={self.d}, block_size={self.n}, blocks={self.blocks}"

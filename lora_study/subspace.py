@@ -9,7 +9,7 @@ trained directly and counted apart, as both papers do. Each forward computes P �
 vector, splits it into views shaped like the weights, and runs the wrapped model on θ0 + Δ through
 ``torch.func.functional_call``; memory beyond the model is O(d + D) for the Fastfood and sparse P.
 
-SAID's λ start at 1, as in Aghajanyan et al.'s code: with θ_d = 0 and λ = 0 the update λ P θ_d would
+SAID's λ start at 1, as in the public FastfoodWrap implementations of SAID: with θ_d = 0 and λ = 0 the update λ P θ_d would
 have zero gradient with respect to both, so training could never start; with λ = 1, step 0 is exactly
 DID and λ receives gradient as soon as θ_d ≠ 0.
 """
@@ -39,6 +39,13 @@ def layer_group(name: str) -> str:
     return name[: match.end()] if match else OUTSIDE_BLOCKS
 
 
+def _checkpointing(model: nn.Module) -> bool:
+    for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # transformers 5, then 4
+        if hasattr(type(model), attr):
+            return bool(getattr(model, attr))
+    return False
+
+
 class SubspaceModel(nn.Module):
     """Wrap ``model`` so that its weights in scope move only inside a random d-dimensional subspace.
 
@@ -46,7 +53,7 @@ class SubspaceModel(nn.Module):
     directly) and, with ``exclude_embeddings``, those containing 'embeddings' or 'embed_tokens' (frozen).
     ``said=True`` spends m of the d numbers on one scale per layer group (``said_groups='block'``: the
     transformer block index in the name plus one group for everything outside blocks; 'tensor': one
-    per weight tensor, as in Aghajanyan et al.'s released code), leaving d − m for θ_{d−m}.
+    per weight tensor, as in the widely copied FastfoodWrap implementation), leaving d − m for θ_{d−m}.
     ``max_bytes`` bounds the dense and sparse matrices (default: a quarter of the device's free memory).
     """
 
@@ -87,11 +94,6 @@ class SubspaceModel(nn.Module):
             raise ValueError("No parameter is left in the subspace scope; check direct_trainable and exclude_embeddings.")
         if len({(p.device, p.dtype) for _, p in scoped}) > 1:
             raise ValueError("All parameters in scope must share one device and dtype; cast the model first.")
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for _, p in direct:
-            p.requires_grad_(True)
-
         self._names = [name for name, _ in scoped]
         self._params = [p for _, p in scoped]
         self._numels = [p.numel() for p in self._params]
@@ -109,6 +111,10 @@ class SubspaceModel(nn.Module):
             self.lambdas = nn.Parameter(torch.ones(m, device=device))
             index = {key: i for i, key in enumerate(self.group_names)}
             self.register_buffer("_group_of", torch.tensor([index[k] for k in keys], device=device), persistent=False)
+        for p in model.parameters():  # only now, so a refused construction leaves the model untouched
+            p.requires_grad_(False)
+        for _, p in direct:
+            p.requires_grad_(True)
 
     # ---- sizes and parameters -------------------------------------------------------------------
     @property
@@ -158,34 +164,37 @@ class SubspaceModel(nn.Module):
             return getattr(model, name)
 
     # ---- the update -----------------------------------------------------------------------------
-    def _update_pieces(self) -> list[torch.Tensor]:
-        """Δ_i = (λ_ℓ(i)) (P θ_d)_i for every weight in scope, shaped like it, in the weights' dtype."""
-        flat = self.projection(self.theta_d).to(self._weight_dtype)  # one flat P θ_d per forward
-        pieces = [c.view(p.shape) for c, p in zip(torch.split(flat, self._numels), self._params)]
-        if self.said:
-            scales = self.lambdas.to(self._weight_dtype)[self._group_of].unbind(0)
-            pieces = [(c, s) for c, s in zip(pieces, scales)]
-        return pieces
+    def _split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Views of the flat (D,) vector shaped like the weights in scope (no copies)."""
+        return [c.view(p.shape) for c, p in zip(torch.split(flat, self._numels), self._params)]
+
+    def _scales(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """λ_ℓ(i) for every weight in scope, as 0-dim tensors (SAID only)."""
+        return self.lambdas.to(dtype)[self._group_of].unbind(0)
 
     def _effective_parameters(self) -> dict[str, torch.Tensor]:
-        pieces = self._update_pieces()
-        if self.said:
-            return {n: torch.addcmul(p, c, s) for n, p, (c, s) in zip(self._names, self._params, pieces)}
-        return {n: p + c for n, p, c in zip(self._names, self._params, pieces)}
+        """θ0_i + (λ_ℓ(i)) (P θ_d)_i for every weight in scope, in the weights' dtype."""
+        dtype = self._weight_dtype
+        pieces = self._split(self.projection(self.theta_d).to(dtype))  # one flat P θ_d per forward
+        if not self.said:
+            return {n: p + c for n, p, c in zip(self._names, self._params, pieces)}
+        return {n: torch.addcmul(p, c, s) for n, p, c, s in zip(self._names, self._params, pieces, self._scales(dtype))}
 
     def forward(self, *args, **kwargs):
         """Run the wrapped model with θ0 + Δ in place of the weights in scope."""
         if self._merged:
             raise RuntimeError("This SubspaceModel was merged into its base model; use the model merge_into_base() returned.")
+        if self.training and _checkpointing(self.model):
+            # Checkpointing recomputes blocks during backward, after functional_call has put θ0 back.
+            raise RuntimeError("SubspaceModel cannot train with gradient checkpointing; disable it on the wrapped model.")
         return functional_call(self.model, self._effective_parameters(), args, kwargs)
 
     @torch.no_grad()
     def deltas(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         """ΔW = θ − θ0 (float32, detached) for the 2-D weights in scope, or for ``names`` among them."""
-        flat = self.projection(self.theta_d).float()
-        pieces = [c.view(p.shape) for c, p in zip(torch.split(flat, self._numels), self._params)]
+        pieces = self._split(self.projection(self.theta_d).float())
         if self.said:
-            pieces = [c * s for c, s in zip(pieces, self.lambdas.float()[self._group_of].unbind(0))]
+            pieces = [c * s for c, s in zip(pieces, self._scales(torch.float32))]
         matrices = {n: c for n, c, p in zip(self._names, pieces, self._params) if p.dim() == 2}
         if names is None:
             return {n: c.clone() for n, c in matrices.items()}
