@@ -83,7 +83,8 @@ def execute(cfg: Config, out: RunDir) -> Dict:
         "examples": {r: len(enc[r]) for r in enc},
     }
     try:
-        probe = (lambda: heldout.evaluate(model)) if heldout else None
+        # subspace models keep θ0 in their modules until merged, so they are probed at the end only
+        probe = (lambda: heldout.evaluate(model)) if heldout and cfg.method.name != "subspace" else None
         result = train(model, enc["train"], enc["validation"], cfg.train, cfg.optim, device, precision, logger.log,
                        probe=probe, probe_every=cfg.heldout.every if heldout else 0)
     except Diverged as e:
@@ -107,11 +108,6 @@ def execute(cfg: Config, out: RunDir) -> Dict:
                  "train_s": sum(result.step_times), "heldout_prepare_s": t_prep,
                  "tokens_per_s": result.tokens / sum(result.step_times) if result.step_times else None},
     })
-    if heldout:
-        t0 = time.perf_counter()
-        summary["heldout"] = heldout.evaluate(model)
-        summary["heldout"]["seconds"] = time.perf_counter() - t0
-        logger.log({"step": result.steps, "split": "heldout", **summary["heldout"]})
     saved = {"delta": False, "spectrum": False, "adapter": False, "model": False}
     deltas = _deltas(cfg, prepared, model, w_pre)
     if deltas:
@@ -123,6 +119,15 @@ def execute(cfg: Config, out: RunDir) -> Dict:
             out.write_spectrum(spectra(deltas, device))
             saved["spectrum"] = True
     summary["storage"] = _storage(cfg, model, out, saved)
+    if cfg.method.name == "subspace":
+        summary["subspace"] = {"d": model.d, "D": model.D, "projection": cfg.method.projection, "said": bool(cfg.method.said),
+                               "subspace_params": model.num_subspace_params, "direct_params": model.num_direct_params}
+        model = model.merge_into_base()  # θ0 + P θ_d written into the model: probes and latency see a plain model
+    if heldout:
+        t0 = time.perf_counter()
+        summary["heldout"] = heldout.evaluate(model)
+        summary["heldout"]["seconds"] = time.perf_counter() - t0
+        logger.log({"step": result.steps, "split": "heldout", **summary["heldout"]})
     if cfg.method.name == "full" and cfg.run.truncation_ranks:
         summary["truncation"] = _truncation(cfg, model, prepared.analysed, w_pre, deltas, enc["test"], device,
                                             precision, test["accuracy"])
@@ -140,7 +145,8 @@ def _deltas(cfg: Config, prepared, model, w_pre) -> Dict[str, torch.Tensor]:
     if cfg.method.name == "lora":
         return lora_deltas(model)
     if cfg.method.name == "subspace":
-        return {n: d.float().cpu() for n, d in model.deltas(prepared.analysed).items()}
+        names = [n + ".weight" for n in prepared.analysed]
+        return {n[:-len(".weight")]: d.float().cpu() for n, d in model.deltas(names).items()}
     return {}
 
 
