@@ -4,6 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STUDY ?= experiment=rank_sweep
+STUDY_DIR ?= results/studies/rank_sweep
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -23,6 +24,7 @@ setup: $(BIN)/.installed
 
 study: setup
 	$(BIN)/lora-study-study $(STUDY)
+	$(BIN)/lora-study-report $(STUDY_DIR) --out results/reference
 
 smoke: setup
 	$(BIN)/lora-study-study experiment=smoke

@@ -143,9 +143,11 @@ class StudyConfig:
     alpha_rule: str = "two_r"  # two_r | fixed | rslora
     alpha: float = 16.0  # used by alpha_rule=fixed and rslora
     lr: Any = field(default_factory=lambda: {"none": 1e-3, "full": 5e-5, "lora": 5e-4})
-    lr_by_rank: Any = field(default_factory=dict)  # {rank: lr} overrides lr.lora at that rank
+    lr_by_rank: Any = None  # {rank: lr}: overrides lr.lora at that rank, e.g. study.lr_by_rank={1:1e-3}
     lr_search: bool = False
-    lr_grid: Any = field(default_factory=dict)  # {method: [lr, ...]} searched on validation
+    lr_grid: Any = field(default_factory=lambda: {  # per method, searched on validation with lr_search=true
+        "none": [3e-3, 1e-2], "full": [2e-5, 5e-5, 1e-4, 2e-4], "lora": [3e-4, 1e-3, 3e-3],
+        "subspace": [3e-3, 1e-2, 3e-2]})
     lr_search_ranks: List[int] = field(default_factory=lambda: [1, 8, 64])
     dims: List[int] = field(default_factory=list)  # subspace dimensions d (method subspace)
     said: List[bool] = field(default_factory=lambda: [False])  # subspace variants: DID (false), SAID (true)
