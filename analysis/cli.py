@@ -11,7 +11,7 @@ import pandas as pd
 
 from lora_study.artifacts import ArtifactError, write_json
 
-from . import figures, forgetting, measures
+from . import figures, forgetting, intrinsic, measures
 from .study import Study, load_study
 
 
@@ -43,6 +43,9 @@ def analyze(study: Study, out: Path) -> Dict[str, object]:
     tables["intruders"] = measures.intruder_table(study)
     tables["full_energy_in_lora"] = measures.full_energy_in_lora(study)
     tables["forgetting"] = forgetting.forgetting_table(tables["runs"])
+    if study.by_method("subspace"):
+        tables["intrinsic_dim"] = intrinsic.intrinsic_table(study, tables["runs"])
+        tables["intrinsic_dim_summary"] = intrinsic.summarize(tables["intrinsic_dim"])
     for name, df in tables.items():
         write_table(df, out, name)
     figs = []
@@ -67,6 +70,8 @@ def analyze(study: Study, out: Path) -> Dict[str, object]:
         figs.append(("pareto", forgetting.pareto(study, tables["forgetting"])))
     if not tables["runs"].empty:
         figs.append(("truncation", figures.truncation(study, tables["truncation"], tables["runs"])))
+    if "intrinsic_dim" in tables:
+        figs.append(("intrinsic_dim", intrinsic.figure(study, tables["runs"], tables["intrinsic_dim"])))
     names = []
     for name, fig in figs:
         figures.save(fig, out, name)

@@ -22,6 +22,7 @@ from lora_study.artifacts import ArtifactError
 from .cli import analyze, write_table
 from .findings import (energy_finding, forgetting_finding, intruder_finding, latency_finding, memory_finding, rank_finding,
                        similarity_finding)
+from .intrinsic import finding as intrinsic_finding, format_summary as format_intrinsic
 from .study import Study, load_study
 from .tradeoff import format_tradeoff, to_latex, to_markdown, tradeoff
 
@@ -79,6 +80,13 @@ def build_sections(study: Study, result: Dict, tables_fmt: Dict[str, pd.DataFram
     if "subspace" not in methods:
         sections.append(Section("Intrinsic dimension", [
             "Not measured in this study: it holds no subspace runs (see experiment=intrinsic_dim)."]))
+    else:
+        sections.append(Section("Intrinsic dimension (Li et al. 2018; Aghajanyan et al. 2020)", [
+            "Test accuracy of subspace training θ = θ0 + P θ_d (DID) and SAID (per-layer scales from the same d) "
+            "against d, the trainable numbers besides the head; d90 is the smallest d reaching 90 % of full "
+            "finetuning's accuracy, d90-gain 90 % of its gain over the frozen base, both interpolated on log d.",
+            intrinsic_finding(t["intrinsic_dim_summary"], study.describe())],
+            figure="intrinsic_dim" if "intrinsic_dim" in figs else None, table="intrinsic_dim"))
     return sections
 
 
@@ -153,6 +161,8 @@ def report(study: Study, out: Path) -> Path:
         for ext in ("png", "pdf"):
             shutil.copy(study.path / "analysis" / f"{name}.{ext}", out / "figures" / f"{name}.{ext}")
     tables_fmt = {"tradeoff": format_tradeoff(result["tradeoff"]) if not result["tradeoff"].empty else pd.DataFrame()}
+    if "intrinsic_dim_summary" in t:
+        tables_fmt["intrinsic_dim"] = format_intrinsic(t["intrinsic_dim_summary"])
     if not t["similarity"].empty:
         tables_fmt["similarity"] = t["similarity"].round(3)
     if not t["amplification"].empty:

@@ -24,7 +24,7 @@ import torch
 # Randomized top-k: block Krylov iteration (Musco & Musco 2015). Plain subspace iteration
 # (torch.svd_lowrank, q = k + 64, niter = 2) is off by 8e-2 on the top 64 values of a Gaussian
 # 4096 x 4096 or 4096 x 11008 matrix, whose spectrum is flat near the top. A Krylov space of
-# (k + 16) x 13 dimensions brought that to 4e-5 and 1e-4 (measured; benchmarks/spectra.py prints both).
+# (k + 16) x 13 dimensions brought that to 4e-5 and 1e-4 (measured; see benchmarks/spectra.py --kind gaussian).
 OVERSAMPLE = 16
 KRYLOV_ITERS = 12
 # the randomized path pays off only while its Krylov space is a small part of the matrix
@@ -45,6 +45,7 @@ def as_float_tensor(M, name: str = "M") -> torch.Tensor:
 
 
 def as_matrices(M, name: str = "M", allow_batch: bool = True) -> torch.Tensor:
+    """``as_float_tensor`` checked to be a non-empty 2-D matrix (or a 3-D stack if allowed)."""
     M = as_float_tensor(M, name)
     ok = (2, 3) if allow_batch else (2,)
     if M.ndim not in ok:
@@ -55,19 +56,25 @@ def as_matrices(M, name: str = "M", allow_batch: bool = True) -> torch.Tensor:
     return M
 
 
-def _check_k(k, n: int, name: str = "k") -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {k!r}.")
-    if k > n:
-        raise ValueError(f"{name} must be at most min(M.shape) = {n}, got {k}.")
-    return int(k)
+def positive_int(value, name: str, upper: int | None = None, upper_what: str = "", minimum: int = 1) -> int:
+    """``value`` as an int >= minimum (and <= upper if given), else one ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+        raise ValueError(f"{name} must be {kind}, got {value!r}.")
+    if upper is not None and value > upper:
+        raise ValueError(f"{name} must be at most {upper_what} = {upper}, got {value}.")
+    return int(value)
+
+
+def _check_k(k, n: int) -> int:
+    return positive_int(k, "k", n, "min(M.shape)")
 
 
 def _tall(X: torch.Tensor) -> torch.Tensor:
     """The orientation with rows >= columns (same singular values).
 
     LAPACK's gesdd on CPU is several times slower on a wide matrix than on its (free, view-only)
-    transpose: measured 42 s vs 7 s for a 2048 x 5504 fp32 matrix with torch 2.13 + MKL.
+    transpose: measured 5.7 s vs 1.5 s for a 2048 x 5504 fp32 matrix with torch 2.13 + MKL.
     """
     return X.mT if X.shape[-2] < X.shape[-1] else X
 
@@ -128,26 +135,24 @@ def randomized_singular_values(M, k: int, *, oversample: int = OVERSAMPLE, n_ite
     K = [X^T Omega, (X^T X) X^T Omega, ..., (X^T X)^n_iter X^T Omega] (each block re-orthogonalized
     against the previous ones), and the estimates are the top k singular values of X Q
     (Rayleigh-Ritz). Because Q has orthonormal columns, sigma_i(X Q) <= sigma_i(X) for every i:
-    the estimates do not exceed the exact values (up to rounding). Cost: 2 (n_iter + 1) products of X with a b x q
-    block. Deterministic for a given ``seed``.
+    the estimates do not exceed the exact values (up to rounding). Cost: 2 (n_iter + 1) products of
+    X with a b x q block. Deterministic for a given ``seed``.
     """
     X = as_matrices(M)
     home = X.device
     k = _check_k(k, min(X.shape[-2:]))
-    if isinstance(oversample, bool) or not isinstance(oversample, (int, np.integer)) or oversample < 0:
-        raise ValueError(f"oversample must be a non-negative integer, got {oversample!r}.")
-    if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 0:
-        raise ValueError(f"n_iter must be a non-negative integer, got {n_iter!r}.")
+    oversample = positive_int(oversample, "oversample", minimum=0)
+    n_iter = positive_int(n_iter, "n_iter", minimum=0)
     if device is not None:
         X = X.to(device)
     X = _tall(X)
     a, b = X.shape[-2:]
-    q = min(k + int(oversample), b)
+    q = min(k + oversample, b)
     gen = torch.Generator(device=X.device).manual_seed(int(seed))
     omega = torch.randn(*X.shape[:-2], a, q, generator=gen, device=X.device, dtype=X.dtype)
     blocks = [_orthonormalize(X.mT @ omega)]
     products = []  # X @ Q_j for each block, reused for the Rayleigh-Ritz step
-    for _ in range(int(n_iter)):
+    for _ in range(n_iter):
         if q * (len(blocks) + 1) > b:  # the Krylov space already fills R^b
             break
         products.append(X @ blocks[-1])
@@ -187,7 +192,7 @@ def batched_singular_values(mats: Sequence, device=None) -> list[torch.Tensor]:
 
 
 def _spectrum(s) -> torch.Tensor:
-    """A 1-D spectrum (tensor, array or list) as fp64, sorted descending; rejects negative or non-finite values."""
+    """A 1-D spectrum (tensor, array or list) as fp64, sorted descending; finite and >= 0."""
     if isinstance(s, (list, tuple)):
         s = torch.tensor(s, dtype=torch.float64)
     s = as_float_tensor(s, "s").detach().to("cpu", torch.float64)
@@ -201,13 +206,12 @@ def _spectrum(s) -> torch.Tensor:
 def energy_captured(s, k: int) -> float:
     """E(k) = sum_{i<=k} sigma_i^2 / sum_i sigma_i^2 (1.0 for k >= len(s); nan for an all-zero s)."""
     s = _spectrum(s)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise ValueError(f"k must be a positive integer, got {k!r}.")
+    k = positive_int(k, "k")
     e = s.square()
     total = float(e.sum())
     if total == 0.0:
         return math.nan
-    return float(e[: int(k)].sum()) / total
+    return float(e[:k].sum()) / total
 
 
 def rank_at_energy(s, frac: float = 0.9) -> int:
@@ -252,13 +256,11 @@ def truncate(M, k: int, device=None) -> torch.Tensor:
     in fp32 (fp64 for fp64 input).
     """
     X = as_matrices(M)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise ValueError(f"k must be a positive integer, got {k!r}.")
+    k = positive_int(k, "k")
     home = X.device
-    if int(k) >= min(X.shape[-2:]):
+    if k >= min(X.shape[-2:]):
         return X.clone()
     U, S, Vh = thin_svd(X, device=device)
-    k = int(k)
     return ((U[..., :k] * S[..., None, :k]) @ Vh[..., :k, :]).to(home)
 
 

@@ -37,8 +37,15 @@ class Run:
         if self.method == "lora":
             return f"LoRA r={self.rank}"
         if self.method == "subspace":
-            return f"subspace d={self.d}"
+            return f"subspace {self.variant} d={self.d}"
         return {"full": "full FT", "none": "frozen base"}.get(self.method, self.method)
+
+    @property
+    def variant(self) -> Optional[str]:
+        """Subspace runs: 'SAID' (per-layer scales) or 'DID'; None for other methods."""
+        if self.method != "subspace":
+            return None
+        return "SAID" if (self.summary.get("subspace") or {}).get("said") else "DID"
 
 
 class Study:
@@ -97,7 +104,7 @@ class Study:
             s = r.summary
             rows.append({
                 "member": r.member, "method": r.method, "label": r.label, "rank": r.rank, "d": r.d, "seed": r.seed,
-                "lr": r.lr, "test_accuracy": s["metrics"]["test_accuracy"],
+                "variant": r.variant, "lr": r.lr, "test_accuracy": s["metrics"]["test_accuracy"],
                 "validation_accuracy": s["metrics"].get("validation_accuracy"),
                 "trainable_params": s["params"]["trainable"], "total_params": s["params"]["total"],
                 "head_params": s["params"]["head"],

@@ -16,20 +16,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
-from analysis.spectral import as_matrices, singular_values, thin_svd
+from analysis.spectral import as_matrices, positive_int, singular_values, thin_svd
 
 DEFAULT_EPS_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def _positive_int(value, name: str, upper: int | None = None, upper_what: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    if upper is not None and value > upper:
-        raise ValueError(f"{name} must be at most {upper_what} = {upper}, got {value}.")
-    return int(value)
 
 
 def _basis(U, name: str) -> torch.Tensor:
@@ -52,7 +43,7 @@ def top_singular_vectors(M, r: int, side: str = "right") -> torch.Tensor:
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
     M = as_matrices(M, allow_batch=False)
-    r = _positive_int(r, "r", min(M.shape), "min(M.shape)")
+    r = positive_int(r, "r", min(M.shape), "min(M.shape)")
     U, _, Vh = thin_svd(M)
     return (U[:, :r] if side == "left" else Vh[:r].mT).to(M.device)
 
@@ -68,8 +59,8 @@ def _pair(U1, U2) -> tuple[torch.Tensor, torch.Tensor]:
 def subspace_similarity(U1, U2, i: int, j: int) -> float:
     """phi(U1, U2, i, j) = ||U1[:, :i]^T U2[:, :j]||_F^2 / min(i, j) (Hu et al. 2021, Section 7.2)."""
     U1, U2 = _pair(U1, U2)
-    i = _positive_int(i, "i", U1.shape[1], "U1.shape[1]")
-    j = _positive_int(j, "j", U2.shape[1], "U2.shape[1]")
+    i = positive_int(i, "i", U1.shape[1], "U1.shape[1]")
+    j = positive_int(j, "j", U2.shape[1], "U2.shape[1]")
     overlap = U1[:, :i].mT @ U2[:, :j]
     return float(overlap.square().sum()) / min(i, j)
 
@@ -81,8 +72,8 @@ def subspace_similarity_grid(U1, U2, imax: int | None = None, jmax: int | None =
     product and two cumulative sums instead of imax * jmax norms.
     """
     U1, U2 = _pair(U1, U2)
-    imax = U1.shape[1] if imax is None else _positive_int(imax, "imax", U1.shape[1], "U1.shape[1]")
-    jmax = U2.shape[1] if jmax is None else _positive_int(jmax, "jmax", U2.shape[1], "U2.shape[1]")
+    imax = U1.shape[1] if imax is None else positive_int(imax, "imax", U1.shape[1], "U1.shape[1]")
+    jmax = U2.shape[1] if jmax is None else positive_int(jmax, "jmax", U2.shape[1], "U2.shape[1]")
     sq = (U1[:, :imax].mT @ U2[:, :jmax]).square()
     cum = sq.cumsum(0).cumsum(1)
     i = torch.arange(1, imax + 1, dtype=cum.dtype, device=cum.device)
@@ -100,9 +91,9 @@ def random_subspace_control(n: int, r1: int, r2: int, seed: int = 0) -> torch.Te
 
     E||U1[:, :i]^T U2[:, :j]||_F^2 = i j / n, so the expected phi(i, j) is max(i, j) / n.
     """
-    n = _positive_int(n, "n")
-    r1 = _positive_int(r1, "r1", n, "n")
-    r2 = _positive_int(r2, "r2", n, "n")
+    n = positive_int(n, "n")
+    r1 = positive_int(r1, "r1", n, "n")
+    r2 = positive_int(r2, "r2", n, "n")
     gen = torch.Generator().manual_seed(int(seed))
     return subspace_similarity_grid(random_orthonormal(n, r1, gen), random_orthonormal(n, r2, gen))
 
@@ -121,7 +112,7 @@ def amplification(W, dW, r: int, seed: int = 0) -> dict:
     dW = as_matrices(dW, "dW", allow_batch=False)
     if W.shape != dW.shape:
         raise ValueError(f"W and dW must have the same shape, got {tuple(W.shape)} and {tuple(dW.shape)}.")
-    r = _positive_int(r, "r", min(W.shape), "min(W.shape)")
+    r = positive_int(r, "r", min(W.shape), "min(W.shape)")
     dtype = torch.promote_types(W.dtype, dW.dtype)
     W, dW = W.to(dtype), dW.to(W.device, dtype)
 
@@ -155,7 +146,7 @@ def _max_cosines(W_pre, W_ft, k: int, side: str) -> torch.Tensor:
     W_ft = as_matrices(W_ft, "W_ft", allow_batch=False)
     if W_pre.shape != W_ft.shape:
         raise ValueError(f"W_pre and W_ft must have the same shape, got {tuple(W_pre.shape)} and {tuple(W_ft.shape)}.")
-    k = _positive_int(k, "k", min(W_pre.shape), "min(W.shape)")
+    k = positive_int(k, "k", min(W_pre.shape), "min(W.shape)")
     dtype = torch.promote_types(W_pre.dtype, W_ft.dtype)
     U0, _, Vh0 = thin_svd(W_pre.to(dtype))
     U1, _, Vh1 = thin_svd(W_ft.to(W_pre.device, dtype))

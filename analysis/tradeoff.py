@@ -1,5 +1,7 @@
 """The seed's tradeoff table, measured rather than asserted: one row per method (frozen base, full FT,
-LoRA at each rank, subspace runs), mean ± std over seeds, every number read from the runs' artifacts.
+LoRA at each rank, subspace at d90), mean ± std over seeds, every number read from the runs' artifacts.
+Of the subspace runs only those at d90 are kept, one row per variant (DID, SAID): the smallest tested d
+whose seed-mean test accuracy reaches 90 % of full FT's (``intrinsic.at_d90``); none if no d reaches it.
 
 Optimizer memory is compared with two predictions: fp32 AdamW keeps exp_avg and exp_avg_sq, 8 bytes per
 trainable parameter (plus a 4-byte step counter per tensor); the seed's mixed-precision bill is
@@ -11,6 +13,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import pandas as pd
+
+from .intrinsic import at_d90
 
 ADAM_FP32_BYTES = 8
 MIXED_PRECISION_BYTES = 16
@@ -29,6 +33,8 @@ def tradeoff(runs: pd.DataFrame, spectra: Optional[pd.DataFrame] = None,
         return pd.DataFrame()
     base_acc = runs[runs.method == "none"].groupby("seed").test_accuracy.mean()
     base_lat = runs[runs.method == "none"][[c for c in runs.columns if c.startswith("latency_plain")]].mean()
+    if "subspace" in set(runs.method):
+        runs = pd.concat([runs[runs.method != "subspace"], at_d90(runs)], ignore_index=True)
     rows: List[Dict] = []
     for label, g in runs.groupby("label", sort=False):
         first = g.iloc[0]
@@ -56,7 +62,7 @@ def tradeoff(runs: pd.DataFrame, spectra: Optional[pd.DataFrame] = None,
             if col in g:
                 row[col] = g[col].max()
         if spectra is not None and not spectra.empty:
-            s = spectra[spectra.label == label]
+            s = spectra[spectra.member.isin(g.member)]
             row["mean_rank90"] = s.rank90.mean() if len(s) else np.nan
         if truncation is not None and not truncation.empty and first.method == "lora":
             t = truncation[truncation.k == first["rank"]]

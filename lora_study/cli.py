@@ -40,7 +40,9 @@ def run_task(cfg: DictConfig) -> dict:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
     metrics = summary.get("metrics", {})
-    print(f"{summary['method']}: test accuracy {metrics.get('test_accuracy', float('nan')):.4f} -> {out.path}")
+    shown = [f"test {k[len('test_'):]} {metrics[k]:.4f}" for k in ("test_accuracy", "test_perplexity")
+             if metrics.get(k) is not None]
+    print(f"{summary['method']}: {', '.join(shown) or 'no test metric'} -> {out.path}")
     return {"member": summary.get("member"), "test_accuracy": metrics.get("test_accuracy")}
 
 

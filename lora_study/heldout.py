@@ -1,5 +1,8 @@
 """Held-out evaluation: what a finetune costs the base model on tasks it was not finetuned on.
 
+Causal LMs are scored instead by perplexity on held-out text and exact match on a held-out instruction
+task (``lora_study.heldout_lm``, dispatched by ``maybe_heldout``).
+
 Encoders are probed, not finetuned, on each held-out task: frozen mean-pooled features of the model's
 encoder, a scikit-learn logistic regression on a fixed, seeded probe split (the same split and probe for
 every run). Forgetting = probe accuracy of the base model − probe accuracy of the finetuned model.
@@ -252,8 +255,14 @@ def _probe_data(cfg: HeldoutConfig):
     return tasks, drift
 
 
-def maybe_heldout(cfg: Optional[HeldoutConfig], model, tokenizer, model_path: str, device) -> Optional[Heldout]:
+def maybe_heldout(cfg: Optional[HeldoutConfig], model, tokenizer, model_path: str, device, kind: str = "encoder",
+                  precision: str = "fp32", batch_size: int = 64):
+    """Held-out evaluation prepared on the base model: linear probes for encoders, perplexity and exact
+    match for causal LMs (``lora_study.heldout_lm``); None when disabled."""
     if cfg is None or not cfg.enabled:
         return None
+    if kind == "causal":
+        from .heldout_lm import HeldoutLM
+        return HeldoutLM(cfg, model, tokenizer, model_path, device, precision, batch_size)
     return Heldout(cfg, model, tokenizer, model_path, device)
 

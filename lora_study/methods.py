@@ -1,8 +1,12 @@
-"""Finetuning methods: the frozen base (head only), full finetuning, LoRA through peft, and subspace
-training. ``apply_method`` returns the model to train and the names of the analysed 2-D weights.
+"""Finetuning methods: the frozen base (head only), full finetuning, LoRA through peft, QLoRA (LoRA on
+a 4-bit NF4 base, CUDA only) and subspace training. ``apply_method`` returns the model to train and the
+names of the analysed 2-D weights.
 
 LoRA (Hu et al. 2021), as peft implements it: h = W0 x + (α/r) B A x with B ∈ R^{d_out×r} zero at
 start and A ∈ R^{r×d_in}; rsLoRA scales by α/√r. Trainable parameters per adapted matrix: r(d_in + d_out).
+QLoRA (Dettmers et al. 2023): the same with W0 stored as NF4 and dequantised to bf16 in each forward;
+ΔW = (α/r) B A as for LoRA (W_pre for the analyses is then the unquantised checkpoint).
+Causal LMs have no task head: their LM head is part of the pretrained model and stays frozen under LoRA.
 """
 from __future__ import annotations
 
@@ -63,11 +67,23 @@ def _set_head_trainable(model: torch.nn.Module, head: List[str], on: bool) -> No
             p.requires_grad_(on)
 
 
-def apply_method(model: torch.nn.Module, cfg: MethodConfig, head: List[str]) -> Prepared:
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each block's activations in the backward pass (non-reentrant, so frozen inputs are fine)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"train.gradient_checkpointing=true is not supported by {type(base).__name__}; set it to false.")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def apply_method(model: torch.nn.Module, cfg: MethodConfig, head: List[str],
+                 gradient_checkpointing: bool = False) -> Prepared:
+    """Freeze / wrap ``model`` for the method; ``gradient_checkpointing`` applies to full, lora and qlora."""
     analysed = list(block_linears(model))
     if cfg.name == "full":
         for p in model.parameters():
             p.requires_grad_(True)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         return Prepared(model, analysed, head=head)
     if cfg.name == "none":
         for p in model.parameters():
@@ -75,6 +91,15 @@ def apply_method(model: torch.nn.Module, cfg: MethodConfig, head: List[str]) -> 
         _set_head_trainable(model, head, cfg.train_head)
         return Prepared(model, analysed, head=head)
     if cfg.name == "lora":
+        prepared = _apply_lora(model, cfg, head, analysed)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(prepared.model)
+        return prepared
+    if cfg.name == "qlora":
+        from peft import prepare_model_for_kbit_training
+        # casts norms to fp32 and freezes the quantised base; checkpointing here if asked
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
         return _apply_lora(model, cfg, head, analysed)
     if cfg.name == "subspace":
         from .subspace import SubspaceModel
@@ -95,7 +120,8 @@ def _apply_lora(model, cfg: MethodConfig, head: List[str], analysed: List[str]) 
                           f"choose a rank between 1 and {smallest}.")
     lcfg = LoraConfig(r=int(cfg.rank), lora_alpha=float(cfg.alpha), lora_dropout=float(cfg.dropout),
                       target_modules=targets, use_rslora=bool(cfg.use_rslora), use_dora=bool(cfg.use_dora),
-                      init_lora_weights=PEFT_INIT[cfg.init], modules_to_save=list(head) if cfg.train_head else None)
+                      init_lora_weights=PEFT_INIT[cfg.init],
+                      modules_to_save=list(head) if cfg.train_head and head else None)
     peft_model = get_peft_model(model, lcfg)
     return Prepared(peft_model, analysed, targets=targets, head=head)
 

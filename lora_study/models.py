@@ -1,5 +1,5 @@
-"""Pretrained models: the packaged default (all-MiniLM-L6-v2), any hub id or local path, and a tiny
-randomly initialised BERT for tests. Every model is loaded from a directory of safetensors files, so
+"""Pretrained models: the packaged default (all-MiniLM-L6-v2), the packaged causal LM SmolLM2-135M-Instruct
+(``lora_study.lm``), any hub id or local path, and a tiny randomly initialised BERT or Llama for tests. Every model is loaded from a directory of safetensors files, so
 the analyses can read W_pre from the same files later without a copy in the run directory."""
 from __future__ import annotations
 
@@ -73,6 +73,9 @@ def resolve_path(cfg: ModelConfig) -> tuple[str, str]:
     if cfg.source == "smollm2":
         from .lm import smollm2_path
         return "SmolLM2-135M-Instruct", str(smollm2_path())
+    if cfg.source == "tiny_llama":
+        from .lm import tiny_llama_path
+        return "tiny-llama", str(tiny_llama_path(cfg))
     return cfg.name, cfg.name
 
 
@@ -99,8 +102,16 @@ def load_config(cfg: ModelConfig):
         ) from e
 
 
-def build_model(cfg: ModelConfig, num_labels: Optional[int] = None) -> LoadedModel:
-    """The pretrained model with a task head: sequence classification for encoders, LM head for decoders."""
+def model_kind(cfg: ModelConfig) -> str:
+    """encoder | causal, read from the model's config.json alone (no weights are loaded)."""
+    return _model_kind(load_config(cfg)[2], cfg.kind)
+
+
+def build_model(cfg: ModelConfig, num_labels: Optional[int] = None, quantize_4bit: bool = False,
+                device: Optional[torch.device] = None) -> LoadedModel:
+    """The pretrained model with a task head: sequence classification for encoders, LM head for decoders.
+    ``quantize_4bit`` (QLoRA, CUDA only) loads the base weights as 4-bit NF4 through bitsandbytes onto ``device``,
+    with double quantisation and bf16 compute."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -108,6 +119,11 @@ def build_model(cfg: ModelConfig, num_labels: Optional[int] = None) -> LoadedMod
     kind = _model_kind(config, cfg.kind)
     hf_logging.set_verbosity_error()  # the load report about the fresh classifier head is expected
     common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=torch.float32)
+    if quantize_4bit:
+        from transformers import BitsAndBytesConfig
+        common.update(dtype=torch.bfloat16, device_map={"": str(device)}, quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16))
     if kind == "encoder":
         model = AutoModelForSequenceClassification.from_pretrained(ident, num_labels=num_labels or 2, **common)
     else:

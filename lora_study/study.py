@@ -95,9 +95,9 @@ def main_members(study, chosen: Dict[str, float]) -> List[Member]:
     members = []
     for seed in study.seeds:
         for method in study.methods:
-            if method == "lora":
+            if method in ("lora", "qlora"):
                 for r in study.ranks:
-                    members.append(Member(f"lora_r{r}_s{seed}", "lora", int(seed), lr_for("lora", int(r), study, chosen),
+                    members.append(Member(f"{method}_r{r}_s{seed}", method, int(seed), lr_for(method, int(r), study, chosen),
                                           rank=int(r), alpha=alpha_for(int(r), study),
                                           extra=["method.use_rslora=true"] if study.alpha_rule == "rslora" else []))
             elif method == "subspace":
@@ -139,7 +139,10 @@ def choose_lrs(sdir: StudyDir, members: List[Member]) -> Dict[str, Dict[str, Any
         run = RunDir(sdir.path / "lr_search" / m.id)
         if run.check_complete() is not None:
             continue
-        acc = run.summary()["metrics"]["best_validation_accuracy"]
+        metrics = run.summary()["metrics"]
+        acc = metrics["best_validation_accuracy"]
+        if acc is None:  # a perplexity-only LM task: lower perplexity is better
+            acc = -float(metrics["best_validation_perplexity"])
         key = f"lora_r{m.rank}" if m.rank else m.method
         if key not in best or acc > best[key]["validation_accuracy"]:
             best[key] = {"lr": m.lr, "validation_accuracy": acc}

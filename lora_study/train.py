@@ -1,6 +1,7 @@
 """One training loop for every method: AdamW, warmup then linear/cosine decay, gradient accumulation,
 periodic validation, bf16 autocast on CUDA. The loop knows nothing of the method: it trains whatever
-parameters require gradients."""
+parameters require gradients. It knows nothing of the task either beyond ``evaluate_fn`` (classifier
+accuracy by default; causal LMs pass ``lm_eval.lm_evaluator``)."""
 from __future__ import annotations
 
 import contextlib
@@ -70,6 +71,12 @@ def evaluate(model, data: Encoded, batch_size: int, device: torch.device, precis
     return {"accuracy": correct / n, "loss": loss_sum / n}
 
 
+def validation_score(metrics: Dict[str, Optional[float]]) -> float:
+    """Higher is better: accuracy when the task has one, else −loss (lower perplexity is better)."""
+    acc = metrics.get("accuracy")
+    return float(acc) if acc is not None else -float(metrics["loss"])
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -96,13 +103,16 @@ def make_schedule(optimizer, cfg: OptimConfig, max_steps: int):
 
 def train(model, train_data: Encoded, val_data: Encoded, cfg: TrainConfig, optim_cfg: OptimConfig,
           device: torch.device, precision: str, log: Callable[[Dict], None],
-          probe: Optional[Callable[[], Dict]] = None, probe_every: int = 0) -> TrainResult:
+          probe: Optional[Callable[[], Dict]] = None, probe_every: int = 0,
+          evaluate_fn: Callable[..., Dict] = evaluate) -> TrainResult:
     """Train the parameters that require gradients; ``probe`` (held-out evaluation) runs every
-    ``probe_every`` steps when both are given."""
+    ``probe_every`` steps when both are given; ``evaluate_fn(model, data, batch_size, device, precision)``
+    validates every ``cfg.eval_every`` steps."""
     params = [p for p in model.parameters() if p.requires_grad]
     result = TrainResult(steps=0)
-    if not params:  # the frozen base without a head: evaluation only
-        result.last_validation = result.best_validation = evaluate(model, val_data, cfg.eval_batch_size, device, precision)
+    if not params:  # the frozen base without a head (or a causal LM with method=none): evaluation only
+        result.last_validation = result.best_validation = evaluate_fn(model, val_data, cfg.eval_batch_size, device,
+                                                                       precision)
         log({"step": 0, "split": "validation", **result.last_validation})
         return result
     optimizer = make_optimizer(params, optim_cfg)
@@ -138,11 +148,11 @@ def train(model, train_data: Encoded, val_data: Encoded, cfg: TrainConfig, optim
             log({"step": step, "split": "train", "loss": loss_total, "lr": schedule.get_last_lr()[0]})
             bar.set_postfix(loss=f"{loss_total:.3f}")
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            val = evaluate(model, val_data, cfg.eval_batch_size, device, precision)
+            val = evaluate_fn(model, val_data, cfg.eval_batch_size, device, precision)
             log({"step": step, "split": "validation", **val})
-            bar.set_postfix(loss=f"{loss_total:.3f}", val_acc=f"{val['accuracy']:.3f}")
+            bar.set_postfix(loss=f"{loss_total:.3f}", val=f"{validation_score(val):.3f}")
             result.last_validation = val
-            if result.best_validation is None or val["accuracy"] > result.best_validation["accuracy"]:
+            if result.best_validation is None or validation_score(val) > validation_score(result.best_validation):
                 result.best_validation = {**val, "step": step}
         if probe is not None and probe_every > 0 and step % probe_every == 0 and step < cfg.max_steps:
             log({"step": step, "split": "heldout", **probe()})

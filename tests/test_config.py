@@ -9,7 +9,7 @@ from lora_study.config import ConfigError, validate
 
 GROUPS = ["model", "task", "method", "optim", "logger"]
 REQUIRED = {"model/hf": ["model.name=roberta-base"], "task/hf": ["task.name=imdb"],
-            "task/files": ["task.train_file=x.csv"]}
+            "task/files": ["task.train_file=x.csv"], "task/lm_jsonl": ["task.train_file=x.jsonl"]}
 
 
 @pytest.mark.parametrize("group,option", [(g, p.stem) for g in GROUPS for p in sorted((Path(CONF) / g).glob("*.yaml"))])

@@ -1,0 +1,317 @@
+"""Intrinsic dimension of finetuning (Li et al. 2018; Aghajanyan et al. 2020): d90 from a sweep over d.
+
+A subspace run trains θ = θ0 + P θ_d (DID) or θ_i = θ0_i + λ_ℓ (P θ_{d−m})_i (SAID, the m per-layer scales
+spent from the same budget) with d trainable numbers; the classification head is trained directly and
+counted apart. Two thresholds on a metric m (test accuracy by default):
+
+    d90:       the smallest d with m(d) ≥ 0.9 · m_full                      (Li et al.; Aghajanyan et al.)
+    d90-gain:  the smallest d with m(d) ≥ m_base + 0.9 · (m_full − m_base)   (90 % of full FT's gain over
+               the frozen base with a trained head)
+
+On a two-class task 0.9 · m_full can lie below the frozen base (chance is 0.5), so d90 alone can be
+trivially small; d90-gain asks for the finetuning gain itself. Between the tested d_a < d_b bracketing
+the first crossing (m_a < t ≤ m_b), d is interpolated linearly on log d:
+
+    log d* = log d_a + (t − m_a) / (m_b − m_a) · (log d_b − log d_a).
+
+None if no tested d reaches t; the smallest tested d if it already does (the curve is not extrapolated).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .figures import _caption
+from .study import Study
+
+FRACTION = 0.9
+# d90 published by Aghajanyan et al. 2020, Table 1 (secondary: quoted in ANCHORS.md, not reproduced here).
+PUBLISHED_D90: Dict[str, Dict[str, int]] = {
+    "BERT-base": {"MRPC SAID": 1608, "QQP SAID": 8030, "MRPC DID": 1861, "QQP DID": 9295},
+    "RoBERTa-base": {"MRPC SAID": 896, "QQP SAID": 896, "MRPC DID": 1000, "QQP DID": 1389},
+    "RoBERTa-large": {"MRPC SAID": 207, "QQP SAID": 774, "MRPC DID": 322, "QQP DID": 774},
+}
+MUCH_SMALLER = 0.01  # "d90 ≪ D" when d90 / D is below 1 %
+COLORS = {"DID": "tab:blue", "SAID": "tab:orange"}
+MARKERS = {"DID": "o", "SAID": "s"}
+
+
+# -- the thresholds ------------------------------------------------------------------------------
+
+def crossing(ds: Sequence[float], metrics: Sequence[float], threshold: float) -> Optional[float]:
+    """The smallest d at which the curve (ds, metrics) first reaches ``threshold``, interpolated on log d."""
+    ds, metrics = np.asarray(ds, dtype=float), np.asarray(metrics, dtype=float)
+    if ds.shape != metrics.shape or ds.ndim != 1:
+        raise ValueError(f"ds and metrics must be two 1-D sequences of one length, got {ds.shape} and {metrics.shape}.")
+    keep = ~np.isnan(metrics)
+    ds, metrics = ds[keep], metrics[keep]
+    if (ds <= 0).any():
+        raise ValueError(f"every d must be positive (they are placed on a log axis), got {ds.tolist()}.")
+    if len(np.unique(ds)) != len(ds):
+        raise ValueError(f"ds={ds.tolist()} repeats a dimension; average the seeds first or pass one curve per seed.")
+    if not len(ds) or math.isnan(threshold):
+        return None
+    order = np.argsort(ds)
+    ds, metrics = ds[order], metrics[order]
+    if metrics[0] >= threshold:
+        return float(ds[0])
+    for i in range(1, len(ds)):
+        if metrics[i] >= threshold:
+            lo, hi = math.log(ds[i - 1]), math.log(ds[i])
+            frac = (threshold - metrics[i - 1]) / (metrics[i] - metrics[i - 1])
+            return float(math.exp(lo + frac * (hi - lo)))
+    return None
+
+
+def d90(ds: Sequence[float], metrics: Sequence[float], target: float, fraction: float = FRACTION) -> Optional[float]:
+    """The smallest d whose metric reaches ``fraction`` × ``target`` (full FT's metric), interpolated on log d."""
+    return crossing(ds, metrics, fraction * target)
+
+
+def d90_gain(ds: Sequence[float], metrics: Sequence[float], target: float, base: float,
+             fraction: float = FRACTION) -> Optional[float]:
+    """The smallest d whose metric reaches base + ``fraction`` × (target − base): 90 % of full FT's gain."""
+    return crossing(ds, metrics, base + fraction * (target - base))
+
+
+# -- tables ---------------------------------------------------------------------------------------
+
+def _reference(runs: pd.DataFrame, method: str, seed: int, metric: str) -> tuple:
+    """The same seed's run of ``method`` if there is one, else the mean over its seeds (NaN if none)."""
+    g = runs[runs.method == method]
+    same = g[g.seed == seed][metric]
+    if len(same):
+        return float(same.mean()), "same seed"
+    return (float(g[metric].mean()), "mean over seeds") if len(g) else (float("nan"), "absent")
+
+
+def _nan(x: Optional[float]) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def intrinsic_table(study: Study, runs: Optional[pd.DataFrame] = None, metric: str = "test_accuracy",
+                    fraction: float = FRACTION) -> pd.DataFrame:
+    """One row per subspace variant (DID, SAID) and seed: full FT and base references, both targets,
+    d90 and d90-gain (NaN where never reached), and D, the number of weights in the subspace's scope."""
+    runs = study.runs_frame() if runs is None else runs
+    D = {r.member: (r.summary.get("subspace") or {}).get("D") for r in study.by_method("subspace")}
+    sub = runs[runs.method == "subspace"]
+    rows = []
+    for (variant, seed), g in sub.groupby(["variant", "seed"], sort=True):
+        curve = g.groupby("d")[metric].mean().sort_index()
+        full, full_ref = _reference(runs, "full", seed, metric)
+        base, base_ref = _reference(runs, "none", seed, metric)
+        dims = [D[m] for m in g.member if D.get(m)]
+        t90, tgain = fraction * full, base + fraction * (full - base)
+        x90 = _nan(crossing(curve.index, curve.values, t90))
+        xgain = _nan(crossing(curve.index, curve.values, tgain))
+        Dv = float(max(dims)) if dims else float("nan")
+        rows.append({
+            "variant": variant, "seed": int(seed), "metric": metric, "full": full, "full_reference": full_ref,
+            "base": base, "base_reference": base_ref, "fraction": fraction, "dims_tested": len(curve),
+            "d_min": float(curve.index.min()), "d_max": float(curve.index.max()), "best": float(curve.max()),
+            "d_best": float(curve.idxmax()), "target": t90, "d90": x90, "target_gain": tgain, "d90_gain": xgain,
+            "D": Dv, "d90_over_D": x90 / Dv, "d90_gain_over_D": xgain / Dv,
+        })
+    cols = ["variant", "seed", "metric", "full", "full_reference", "base", "base_reference", "fraction",
+            "dims_tested", "d_min", "d_max", "best", "d_best", "target", "d90", "target_gain", "d90_gain", "D",
+            "d90_over_D", "d90_gain_over_D"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± sample std over seeds per variant; a d90 is averaged over the seeds that reached it
+    (``*_reached`` counts them: a seed that never reaches the target has no d90 to average)."""
+    rows = []
+    for variant, g in table.groupby("variant", sort=True):
+        row = {"variant": variant, "seeds": len(g), "D": g.D.max(), "d_min": g.d_min.min(), "d_max": g.d_max.max(),
+               "full": g.full.mean(), "base": g.base.mean(), "target": g.target.mean(),
+               "target_gain": g.target_gain.mean(), "best_mean": g.best.mean()}
+        for col in ("d90", "d90_gain"):
+            v = g[col].dropna()
+            row[f"{col}_mean"] = float(v.mean()) if len(v) else float("nan")
+            row[f"{col}_std"] = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+            row[f"{col}_reached"] = int(len(v))
+            row[f"{col}_at_d_min"] = bool(len(v)) and bool((v <= g.d_min.loc[v.index]).all())
+        row["d90_over_D"] = row["d90_mean"] / row["D"]
+        rows.append(row)
+    cols = ["variant", "seeds", "D", "d_min", "d_max", "full", "base", "target", "target_gain", "best_mean", "d90_mean",
+            "d90_std", "d90_reached", "d90_at_d_min", "d90_gain_mean", "d90_gain_std", "d90_gain_reached",
+            "d90_gain_at_d_min", "d90_over_D"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def at_d90(runs: pd.DataFrame, metric: str = "test_accuracy", fraction: float = FRACTION) -> pd.DataFrame:
+    """The subspace runs at the smallest *tested* d whose seed-mean metric reaches fraction × full FT's
+    (seed-mean), one d per variant and all its seeds, relabelled 'subspace DID at d90 (d=…)'. Interpolated
+    d90 lies between tested d's and has no run of its own, so the tradeoff table shows the first tested d
+    at or above it. Empty when there is no full FT run or no d reaches the target."""
+    sub = runs[runs.method == "subspace"]
+    full = runs[runs.method == "full"][metric]
+    if sub.empty or full.empty:
+        return sub.iloc[0:0]
+    target = fraction * full.mean()
+    keep = []
+    for variant, g in sub.groupby("variant", sort=True):
+        means = g.groupby("d")[metric].mean().sort_index()
+        hit = means[means >= target]
+        if len(hit):
+            d = hit.index[0]
+            keep.append(g[g.d == d].assign(label=f"subspace {variant} at d90 (d={int(d):,})"))
+    return pd.concat(keep) if keep else sub.iloc[0:0]
+
+
+# -- figure ---------------------------------------------------------------------------------------
+
+def figure(study: Study, runs: pd.DataFrame, table: pd.DataFrame, metric: str = "test_accuracy"):
+    """Metric vs d (log axis), DID and SAID with seeds as error bars; full FT, both thresholds and the
+    frozen base as horizontal lines; d90 (dotted) and d90-gain (dash-dot) as vertical lines; LoRA runs'
+    trainable parameter counts (head excluded, as d excludes it) as grey ticks on the same axis."""
+    fig, ax = plt.subplots(figsize=(8.4, 4.2))
+    sub = runs[runs.method == "subspace"]
+    seeds = sorted(set(sub.seed))
+    for variant, g in sub.groupby("variant", sort=True):
+        s = g.groupby("d")[metric].agg(["mean", "std"]).sort_index()
+        ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), marker=MARKERS.get(variant, "o"), ms=3.5, lw=1.2,
+                    capsize=2, mfc="none" if variant == "SAID" else None,
+                    color=COLORS.get(variant), label=f"{variant} (mean ± std over {len(seeds)} seed(s))")
+    full, base = runs[runs.method == "full"][metric], runs[runs.method == "none"][metric]
+    if len(full):
+        f = full.mean()
+        ax.axhline(f, color="black", lw=1.1, label=f"full FT ({f:.3f})")
+        ax.axhline(FRACTION * f, color="0.45", ls=":", lw=1, label=f"d90 target: 90 % of full FT ({FRACTION * f:.3f})")
+        if len(base):
+            t = base.mean() + FRACTION * (f - base.mean())
+            ax.axhline(t, color="0.45", ls="-.", lw=1, label=f"d90-gain target: base + 90 % of gain ({t:.3f})")
+    if len(base):
+        ax.axhline(base.mean(), color="black", ls="--", lw=1, label=f"frozen base, head only ({base.mean():.3f})")
+    for _, r in summarize(table).iterrows():
+        for col, ls, name in (("d90_mean", ":", "d90"), ("d90_gain_mean", "-.", "d90-gain")):
+            if not np.isnan(r[col]):
+                ax.axvline(r[col], color=COLORS.get(r.variant), ls=ls, lw=1.3,
+                           label=f"{r.variant} {name} ≈ {r[col]:,.0f}")
+    lora = runs[runs.method == "lora"]
+    note = None
+    if lora.empty:
+        note = "No LoRA runs in this study: LoRA's parameter counts are not marked on the d axis."
+    else:
+        counts = (lora.trainable_params - lora.head_params).groupby(lora["rank"]).first().sort_index()
+        for i, (rank, n) in enumerate(counts.items()):
+            ax.axvline(n, color="tab:green", alpha=0.35, lw=0.9, label="LoRA trainable params (head excluded)" if i == 0 else None)
+            ax.annotate(f"r={int(rank)}", (n, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=6,
+                        color="tab:green", ha="right", va="top")
+    ax.set_xscale("log")
+    ax.set_xlabel("subspace dimension d (trainable numbers, head excluded; log scale)")
+    ax.set_ylabel(f"{metric.replace('_', ' ')} (fraction correct)")
+    ax.set_title("Intrinsic dimension: accuracy vs subspace dimension d")
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if note:
+        fig.text(0.5, 0.035, note, ha="center", va="bottom", fontsize=7, color="0.35")
+    _caption(fig, study)
+    fig.tight_layout(rect=(0, 0.08 if note else 0.05, 1, 1))
+    return fig
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+def _d(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _value(r, col: str) -> str:
+    """'1,234 ± 56', '≤ 10' when reached at the smallest tested d, '> 100,000' when never reached."""
+    if not r[f"{col}_reached"]:
+        return f"> {_d(r.d_max)}"
+    if r[f"{col}_at_d_min"]:
+        return f"≤ {_d(r.d_min)}"
+    std = "" if np.isnan(r[f"{col}_std"]) else f" ± {_d(r[f'{col}_std'])}"
+    seeds = f" ({r[f'{col}_reached']} of {r.seeds} seeds)" if r[f"{col}_reached"] < r.seeds else ""
+    return f"{_d(r[f'{col}_mean'])}{std}{seeds}"
+
+
+def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as strings for Markdown / HTML / LaTeX."""
+    rows = [{"variant": r.variant, "seeds": int(r.seeds), "D (weights in scope)": "n/a" if np.isnan(r.D) else _d(r.D),
+             "d tested": f"{_d(r.d_min)}–{_d(r.d_max)}", "full FT": f"{r.full:.3f}", "frozen base": f"{r.base:.3f}",
+             "d90 target": f"{r.target:.3f}", "d90": _value(r, "d90"),
+             "d90-gain target": f"{r.target_gain:.3f}",
+             "d90-gain": _value(r, "d90_gain") if r.full > r.base else "— (full FT has no gain over the base)",
+             "d90 / D": "—" if np.isnan(r.d90_over_D) else f"{r.d90_over_D:.1e}"}
+            for _, r in summary.iterrows()]
+    return pd.DataFrame(rows)
+
+
+def _published_range() -> tuple:
+    values = [v for m in PUBLISHED_D90.values() for v in m.values()]
+    return min(values), max(values)
+
+
+def _state(r, col: str) -> str:
+    if not r[f"{col}_reached"]:
+        return f"{r.variant} not reached up to d = {_d(r.d_max)} (best {r.best_mean:.3f}), so > {_d(r.d_max)}"
+    if r[f"{col}_at_d_min"]:
+        return f"{r.variant} ≤ {_d(r.d_min)} (already reached at the smallest tested d)"
+    return f"{r.variant} {_value(r, col)}"
+
+
+def finding(summary: pd.DataFrame, describe: Optional[dict] = None) -> str:
+    """d90 for DID and SAID, d90-gain, d90 against D, and Aghajanyan et al.'s published d90 (secondary)."""
+    if summary.empty or summary.full.isna().all():
+        return "The study has subspace runs but no full finetune: d90 (relative to full finetuning) is not measured."
+    describe = describe or {}
+    first = summary.iloc[0]
+    parts = [f"d90, the smallest d whose test accuracy reaches 90 % of full finetuning's "
+             f"({FRACTION:.1f} × {first.full:.3f} = {first.target:.3f}), interpolated linearly on log d between the "
+             "tested dimensions: " + "; ".join(_state(r, "d90") for _, r in summary.iterrows()) + "."]
+    has_base = not summary.base.isna().all()
+    if has_base and first.full <= first.base:
+        parts.append(f"Full finetuning ({first.full:.3f}) does not beat the frozen base with a trained head "
+                     f"({first.base:.3f}) in this study, so there is no finetuning gain for the subspace to recover: "
+                     "d90 says nothing about the intrinsic dimension here, and no conclusion is drawn.")
+        return " ".join(parts + [_published(describe, "")])
+    if has_base:
+        parts.append(f"d90-gain, for 90 % of full finetuning's gain over the frozen base ({first.base:.3f} → "
+                     f"target {first.target_gain:.3f}): " +
+                     "; ".join(_state(r, "d90_gain") for _, r in summary.iterrows()) + ".")
+        if first.base >= first.target:
+            parts.append("The frozen base with a trained head already reaches 90 % of full finetuning's accuracy, so "
+                         "d90 measures little beyond what the head alone does; d90-gain is the informative number here.")
+    reached = summary[summary.d90_reached > 0].dropna(subset=["D"])
+    if len(reached):
+        much = bool((reached.d90_over_D < MUCH_SMALLER).all())
+        ratios = ", ".join(f"{r.variant} {r.d90_over_D:.1e}" for _, r in reached.iterrows())
+        parts.append(f"Against D = {_d(summary.D.max())} weights in the subspace's scope, d90 / D is {ratios}: "
+                     + ("d90 ≪ D (below 1 % of D), as the intrinsic-dimension hypothesis claims."
+                        if much else "d90 is not ≪ D here (threshold: below 1 % of D)."))
+    said, did = summary[summary.variant == "SAID"], summary[summary.variant == "DID"]
+    if len(said) and len(did) and said.d90_gain_reached.iloc[0] and did.d90_gain_reached.iloc[0]:
+        s, d = said.d90_gain_mean.iloc[0], did.d90_gain_mean.iloc[0]
+        rel = "below" if s < d else "equal to" if s == d else "above"
+        parts.append(f"SAID's d90-gain is {rel} DID's ({_d(s)} vs {_d(d)})"
+                     + ("; in Aghajanyan et al. SAID ≤ DID in every pair quoted below." if s > d else
+                        (" (both at the smallest tested d, so not resolved by this sweep)."
+                         if said.d90_gain_at_d_min.iloc[0] and did.d90_gain_at_d_min.iloc[0] else
+                         ", as in Aghajanyan et al. (SAID ≤ DID in every pair quoted below).")))
+    lo, hi = _published_range()
+    where = ""
+    if len(reached):  # their definition: 90 % of full FT's metric
+        o = reached.d90_mean.max()
+        upper = bool(reached.d90_at_d_min.all())
+        pos = "within" if lo <= o <= hi else "below" if o < lo else "above"
+        where = (f" This study's d90 (largest over variants, {'≤ ' if upper else ''}{_d(o)}) lies {pos} the published "
+                 f"range {lo:,}–{hi:,}.")
+    parts.append(_published(describe, where))
+    return " ".join(parts)
+
+
+def _published(describe: dict, where: str) -> str:
+    pub = "; ".join(f"{model} " + " / ".join(f"{v:,}" for v in vals.values()) for model, vals in PUBLISHED_D90.items())
+    model, task = describe.get("model"), describe.get("task")
+    return ("Aghajanyan et al. 2020 report d90 (MRPC SAID / QQP SAID / MRPC DID / QQP DID) of " + pub +
+            " (secondary: quoted, not reproduced here), falling with model size and with pretraining." + where +
+            f" The comparison is of order of magnitude only: {model or 'this model'} on {task or 'this task'}, "
+            "test accuracy rather than the dev-set metric, one learning rate for every d and the study's step budget.")

@@ -1,0 +1,198 @@
+"""Held-out evaluation of causal LMs: what a finetune costs the base model on text and a task it was
+not finetuned on (Biderman et al. 2024's forgetting, with offline stand-ins for their benchmarks).
+
+Tasks (``heldout.lm_tasks``):
+
+- ``lee_wiki``: perplexity on held-out unlabelled text, the Lee news corpus and Wikipedia paragraphs
+  (``heldout.drift_texts``), each cut to ``heldout.max_length`` tokens (for instruction tasks, the text gets
+  ``heldout.max_length`` tokens and the instruction and chat markup come on top);
+- ``bbc_tech_politics``: perplexity on BBC tech and politics articles (never in any target task);
+- ``subjectivity``: exact match of the greedy answer to "is this a review or a plot summary?" on the
+  encoder probe's test side (reviews from the default task's reserve, kept out of every split);
+- ``bbc_topic``: exact match of the article's topic (business / entertainment / politics / sport / tech;
+  not a default, since lm_bbc_business trains on business articles);
+- ``heldout.extra``: users' LM tasks (task configs with kind=lm), scored by their own metric on their test split.
+
+Sign convention — positive always means forgetting:
+
+    accuracy tasks:    forgetting = base − finetuned              (a fraction)
+    perplexity tasks:  forgetting = finetuned − base              (perplexity units)
+                       relative   = finetuned / base − 1          (a fraction)
+    forgetting_mean    = mean over tasks of (accuracy forgetting, relative perplexity increase)
+
+The base's scores and its mean-pooled last hidden states on ``lee_wiki`` (for linear CKA drift, as the
+encoder path reports) are computed once, before training, and cached under the suite's cache directory
+keyed by model, texts and lengths, exactly as the encoder path caches its features.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .config import ConfigError, HeldoutConfig, TaskConfig
+from .heldout import bbc_topic, drift_texts, linear_cka, subjectivity
+from .lm_data import LMEncoded, encode_pair, text_batches
+from .lm_eval import generate_answers, nll_sum, perplexity
+from .lm_tasks import LMSplit, bbc_articles, exact_match, load_lm_task
+from .models import cache_dir
+
+LM_BUILTIN = ("lee_wiki", "bbc_tech_politics", "subjectivity", "bbc_topic")
+SUBJ_PROMPT = ("Is the following text a movie review or a plot summary? Answer with one word: review or plot."
+               "\n\nText: {text}")
+TOPIC_PROMPT = ("What is the topic of this news article? Answer with one word: business, entertainment, politics, "
+                "sport or tech.\n\nArticle: {text}")
+TOPICS = ["business", "entertainment", "politics", "sport", "tech"]
+
+
+@dataclass
+class LMHeldoutTask:
+    name: str
+    metric: str  # perplexity | exact_match
+    texts: Optional[List[str]] = None  # perplexity
+    prompts: Optional[List[str]] = None  # prompt → answer tasks
+    answers: Optional[List[str]] = None
+    template: str = "{text}"  # the instruction around each text (its tokens do not count against max_length)
+
+
+def _bbc_tech_politics(cfg: HeldoutConfig) -> LMHeldoutTask:
+    arts = [f"{t}. {b}" for topic in ("tech", "politics") for t, b in bbc_articles(topic)]
+    pick = np.random.default_rng(cfg.seed).permutation(len(arts))[:cfg.n_test]
+    return LMHeldoutTask("bbc_tech_politics", "perplexity", texts=[arts[i] for i in sorted(pick)])
+
+
+def _instruction(name: str, probe, prompt: str, labels: List[str]) -> LMHeldoutTask:
+    return LMHeldoutTask(name, "exact_match", prompts=[prompt.format(text=t) for t in probe.test_texts],
+                         answers=[labels[y] for y in probe.test_labels], template=prompt)
+
+
+def _extra(spec: dict) -> LMHeldoutTask:
+    spec = dict(spec)
+    name = spec.pop("name", None) or "custom"
+    try:
+        t = load_lm_task(TaskConfig(**{**spec, "kind": "lm"}))
+    except TypeError as e:
+        raise ConfigError(f"heldout.extra entry {name!r} has an unknown key ({e}); use task config keys.") from e
+    return LMHeldoutTask(name, t.metric, prompts=t.test.prompts, answers=t.test.completions)
+
+
+def load_lm_heldout(cfg: HeldoutConfig) -> List[LMHeldoutTask]:
+    makers = {"lee_wiki": lambda c: LMHeldoutTask("lee_wiki", "perplexity", texts=drift_texts(c)),
+              "bbc_tech_politics": _bbc_tech_politics,
+              "subjectivity": lambda c: _instruction("subjectivity", subjectivity(c), SUBJ_PROMPT, ["plot", "review"]),
+              "bbc_topic": lambda c: _instruction("bbc_topic", bbc_topic(c), TOPIC_PROMPT, TOPICS)}
+    tasks = []
+    for name in cfg.lm_tasks:
+        if name not in makers:
+            raise ConfigError(f"heldout.lm_tasks contains {name!r}; built-in held-out tasks for causal LMs are "
+                              f"{', '.join(LM_BUILTIN)} (add your own under heldout.extra).")
+        tasks.append(makers[name](cfg))
+    return tasks + [_extra(spec) for spec in cfg.extra]
+
+
+class HeldoutLM:
+    """Held-out LM tasks plus the base's scores and drift features, prepared before training."""
+
+    def __init__(self, cfg: HeldoutConfig, model, tokenizer, model_path: str, device, precision: str = "fp32",
+                 batch_size: int = 16):
+        self.cfg, self.tokenizer, self.device, self.precision, self.batch_size = cfg, tokenizer, device, precision, batch_size
+        self.tasks = _lm_data(cfg)
+        self.base_scores, self.base_drift = self._cached(model, model_path)
+
+    def _encoded(self, task: LMHeldoutTask) -> LMEncoded:
+        """Prompt → answer pairs with room for ``heldout.max_length`` tokens of text beyond the instruction,
+        chat markup and longest answer."""
+        longest = max(task.answers, key=len)
+        markup = sum(map(len, encode_pair(self.tokenizer, task.template.format(text=""), longest, 1 << 20)))
+        return LMEncoded(LMSplit(task.prompts, task.answers), self.tokenizer, self.cfg.max_length + markup)
+
+    def _score(self, model, task: LMHeldoutTask) -> tuple:
+        """(score, mean-pooled last hidden states or None) of one task."""
+        if task.metric == "exact_match":
+            data = self._encoded(task)
+            preds = generate_answers(model, data, self.batch_size, self.cfg.max_new_tokens, self.device, self.precision)
+            return exact_match(preds, task.answers), None
+        if task.texts is None:  # a user's prompt → completion task scored by perplexity of the completions
+            data = self._encoded(task)
+            return perplexity(model, data.eval_batches(self.batch_size), self.device, self.precision)["perplexity"], None
+        return self._text_perplexity(model, task.texts, drift=task.name == "lee_wiki")
+
+    @torch.no_grad()
+    def _text_perplexity(self, model, texts: List[str], drift: bool) -> tuple:
+        was = model.training
+        model.eval()
+        total, count = 0.0, 0
+        feats = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32) if drift else None
+        for idx, batch in text_batches(self.tokenizer, texts, self.cfg.max_length, self.batch_size):
+            s, n, pooled = nll_sum(model, batch, self.device, self.precision, pooled=drift)
+            total, count = total + float(s.sum()), count + int(n.sum())
+            if drift:
+                feats[idx] = pooled.numpy()
+        model.train(was)
+        return float(np.exp(min(total / max(count, 1), 700.0))), feats
+
+    def _all(self, model) -> tuple:
+        scores, drift = {}, None
+        for t in self.tasks:
+            scores[t.name], f = self._score(model, t)
+            drift = f if f is not None else drift
+        return scores, drift
+
+    def _cached(self, model, model_path: str) -> tuple:
+        key = hashlib.sha1(json.dumps({"model": model_path, "len": self.cfg.max_length, "new": self.cfg.max_new_tokens,
+                                       "tasks": [vars(t) for t in self.tasks]}, sort_keys=True).encode()).hexdigest()[:16]
+        path = cache_dir() / "heldout-lm" / f"{key}.npz"
+        if path.exists():
+            with np.load(path) as z:
+                scores = json.loads(str(z["scores"]))
+                return scores, (z["drift"] if "drift" in z.files else None)
+        scores, drift = self._all(model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{id(self)}.npz")
+        np.savez(tmp, scores=json.dumps(scores), **({"drift": drift} if drift is not None else {}))
+        tmp.replace(path)
+        return scores, drift
+
+    def evaluate(self, model) -> Dict[str, object]:
+        """Base and finetuned scores, forgetting per task (positive = worse than the base) and their mean."""
+        ft, drift = self._all(model)
+        tasks, rel = {}, []
+        for t in self.tasks:
+            base, now = self.base_scores[t.name], ft[t.name]
+            if t.metric == "perplexity":
+                entry = {"base": base, "finetuned": now, "forgetting": now - base, "relative": now / base - 1.0}
+            else:
+                entry = {"base": base, "finetuned": now, "forgetting": base - now, "relative": base - now}
+            tasks[t.name] = {**entry, "metric": t.metric}
+            rel.append(entry["relative"])
+        out: Dict[str, object] = {
+            "tasks": tasks, "forgetting_mean": float(np.mean(rel)) if rel else None,
+            "sign": "positive = forgetting; exact-match tasks: base − finetuned accuracy; perplexity tasks: "
+                    "finetuned − base perplexity; forgetting_mean averages base − finetuned accuracy and the relative "
+                    "perplexity increase finetuned / base − 1",
+            "probe": {"n_test": self.cfg.n_test, "n_drift": self.cfg.n_drift, "max_length": self.cfg.max_length,
+                      "max_new_tokens": self.cfg.max_new_tokens, "features": "mean-pooled last hidden state (CKA)"}}
+        if drift is not None and self.base_drift is not None:
+            out["cka"] = linear_cka(self.base_drift, drift)
+        return out
+
+
+def _lm_data(cfg: HeldoutConfig) -> List[LMHeldoutTask]:
+    """Held-out LM tasks, built once per held-out config and cached (parsing the corpora is slow)."""
+    from omegaconf import OmegaConf
+    plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(vars(cfg))
+    plain.pop("every", None)
+    key = hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = cache_dir() / "heldout-lm-data" / f"{key}.json"
+    if path.exists():
+        return [LMHeldoutTask(**t) for t in json.loads(path.read_text())]
+    tasks = load_lm_heldout(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{id(tasks)}")
+    tmp.write_text(json.dumps([vars(t) for t in tasks]))
+    tmp.replace(path)
+    return tasks

@@ -1,0 +1,139 @@
+"""Evaluation of causal LMs: perplexity of the reference tokens and exact match of greedy answers.
+
+Perplexity over a split is token-weighted: PPL = exp( Σ NLL / N ) over the N scored tokens of all
+examples (completion tokens for prompt → completion data, every token after the first for plain text).
+
+Generation is a hand-written greedy loop with a KV cache rather than ``model.generate``, so it runs the
+same way through every wrapper (peft, the subspace model, which refuses ``generate``) and is
+deterministic: left-padded prompts, position ids that skip the padding, argmax at each step, stopped
+at the model's end-of-turn / end-of-sequence tokens.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, List, Optional
+
+import torch
+
+from .lm_data import IGNORE, LMEncoded
+from .lm_tasks import exact_match
+from .train import autocast, to_device
+
+
+def _cache_field() -> str:
+    """The KV cache's keyword and output field: ``cache`` in recent transformers 5, ``past_key_values`` before."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+@torch.no_grad()
+def nll_sum(model, batch: Dict[str, torch.Tensor], device, precision, pooled: bool = False) -> tuple:
+    """(Σ NLL of the labelled tokens per example, number of labelled tokens per example, and with ``pooled``
+    the attention-masked mean of the last hidden states per example, else None), next-token shifted."""
+    batch = to_device(batch, device)
+    with autocast(device, precision):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=pooled)
+    labels = batch["labels"][:, 1:]
+    scored = labels != IGNORE  # cross-entropy on the scored positions only: (tokens, vocab) stays small
+    rows = torch.arange(len(labels), device=labels.device)[:, None].expand_as(labels)[scored]
+    nll = torch.nn.functional.cross_entropy(out.logits[:, :-1][scored].float(), labels[scored], reduction="none")
+    sums = torch.zeros(len(labels), device=nll.device).index_add_(0, rows, nll)
+    feats = None
+    if pooled:
+        h, m = out.hidden_states[-1].float(), batch["attention_mask"].unsqueeze(-1).float()
+        feats = ((h * m).sum(1) / m.sum(1).clamp(min=1)).cpu()
+    return sums.cpu(), scored.sum(1).cpu(), feats
+
+
+@torch.no_grad()
+def perplexity(model, batches: Iterable, device, precision) -> Dict[str, float]:
+    """Mean token NLL ('loss') and its exponential over batches with −100-masked labels."""
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        batch = batch[1] if isinstance(batch, tuple) else batch
+        s, n, _ = nll_sum(model, batch, device, precision)
+        total += float(s.sum())
+        count += int(n.sum())
+    model.train(was)
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count}
+
+
+def stop_ids(tokenizer, model=None) -> List[int]:
+    """End-of-sequence and end-of-turn token ids (greedy decoding stops at any of them)."""
+    ids = {tokenizer.eos_token_id}
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    ids.update(extra if isinstance(extra, list) else [extra])
+    return sorted(i for i in ids if isinstance(i, int) and i >= 0)
+
+
+@torch.no_grad()
+def greedy(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, stop: List[int],
+           device, precision) -> List[List[int]]:
+    """Greedy continuations of left-padded prompts, each cut before its first stop token."""
+    ids, mask = input_ids.to(device), attention_mask.to(device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    stop_t = torch.tensor(stop, device=device)
+    out_tokens, done, past = [], torch.zeros(len(ids), dtype=torch.bool, device=device), None
+    step_ids, step_pos, field = ids, pos, _cache_field()
+    for _ in range(max_new_tokens):
+        with autocast(device, precision):
+            out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
+                        logits_to_keep=1, **{field: past})
+        nxt = out.logits[:, -1].float().argmax(-1)
+        out_tokens.append(torch.where(done, torch.full_like(nxt, stop[0] if stop else 0), nxt))
+        done |= torch.isin(nxt, stop_t)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        past = getattr(out, field, None)
+        if past is None:  # a model without a cache: feed the whole sequence again
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            step_ids, step_pos = ids, (mask.cumsum(-1) - 1).clamp(min=0)
+        else:
+            step_ids, step_pos = nxt[:, None], step_pos[:, -1:] + 1
+    gen = torch.stack(out_tokens, dim=1).tolist()
+    return [row[:next((j for j, t in enumerate(row) if t in stop), len(row))] for row in gen]
+
+
+@torch.no_grad()
+def generate_answers(model, data: LMEncoded, batch_size: int, max_new_tokens: int, device, precision,
+                     stop: Optional[List[int]] = None) -> List[str]:
+    """Greedy answers (decoded, special tokens skipped) to every prompt of a split, in split order."""
+    was = model.training
+    model.eval()
+    stop = stop if stop is not None else stop_ids(data.tokenizer, model)
+    answers: List[str] = [""] * len(data)
+    for idx, batch in data.prompt_batches(batch_size):
+        for i, toks in zip(idx, greedy(model, batch["input_ids"], batch["attention_mask"], max_new_tokens, stop,
+                                       device, precision)):
+            answers[i] = data.tokenizer.decode(toks, skip_special_tokens=True)
+    model.train(was)
+    return answers
+
+
+def evaluate_lm(model, data: LMEncoded, batch_size: int, device, precision, metric: str = "exact_match",
+                max_new_tokens: int = 4) -> Dict[str, Optional[float]]:
+    """Completion-token loss and perplexity; with ``metric=exact_match`` also the exact-match accuracy of
+    greedy answers (``accuracy``), else ``accuracy`` is None."""
+    out: Dict[str, Optional[float]] = dict(perplexity(model, data.eval_batches(batch_size), device, precision))
+    out.pop("tokens")
+    out["accuracy"] = None
+    if metric == "exact_match":
+        preds = generate_answers(model, data, batch_size, max_new_tokens, device, precision)
+        out["accuracy"] = exact_match(preds, data.answers)
+    return out
+
+
+def lm_evaluator(metric: str, max_new_tokens: int):
+    """``evaluate_lm`` with the task's metric bound, in the signature the training loop calls."""
+    def evaluate(model, data, batch_size, device, precision):
+        return evaluate_lm(model, data, batch_size, device, precision, metric, max_new_tokens)
+    return evaluate

@@ -1,0 +1,130 @@
+"""Intrinsic dimension: d90 and d90-gain on hand-made curves (expected values worked out on log d), the
+tradeoff's d90 row, and a tiny intrinsic_dim study run and analysed through the CLIs."""
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from analysis.intrinsic import at_d90, crossing, d90, d90_gain, finding, format_summary, summarize
+from conftest import cli
+
+# a curve over four decades; full FT 0.8, frozen base 0.6
+DS = [1000, 10, 10000, 100]  # unsorted on purpose
+ACC = [0.80, 0.50, 0.85, 0.60]
+
+
+def test_d90_interpolates_linearly_on_log_d():
+    # target 0.9 × 0.8 = 0.72 lies between d=100 (0.60) and d=1000 (0.80): log10 d = 2 + 0.12/0.20 = 2.6
+    assert d90(DS, ACC, 0.8) == pytest.approx(10 ** 2.6, rel=1e-9)
+    # gain target 0.6 + 0.9 × (0.8 − 0.6) = 0.78: log10 d = 2 + 0.18/0.20 = 2.9
+    assert d90_gain(DS, ACC, 0.8, 0.6) == pytest.approx(10 ** 2.9, rel=1e-9)
+    # not decades: 0.9 × 0.7 = 0.63 between d=16 (0.5) and d=256 (0.7): log2 d = 4 + 4 × 0.13/0.2 = 6.6
+    assert d90([16, 256], [0.5, 0.7], 0.7) == pytest.approx(2 ** 6.6, rel=1e-9)
+    # a different fraction: 0.5 × 0.8 = 0.40 is below the first point, so the smallest d
+    assert d90(DS, ACC, 0.8, fraction=0.5) == 10
+
+
+def test_d90_never_reached_and_reached_at_the_first_d():
+    assert d90(DS, ACC, 1.0) is None  # target 0.90 > best 0.85
+    assert d90_gain(DS, ACC, 0.95, 0.5) is None  # target 0.905
+    assert d90(DS, ACC, 0.5) == 10  # target 0.45: already reached at the smallest d, never extrapolated below it
+    assert d90_gain(DS, ACC, 0.52, 0.3) == 10  # target 0.498 ≤ 0.50
+    # the first crossing counts, not a later one after a dip: 0.9 reached exactly at d=100
+    assert crossing([10, 100, 1000], [0.5, 0.9, 0.6], 0.9) == pytest.approx(100)
+    assert crossing([10, 100], [float("nan"), 0.9], 0.8) == 100  # NaN points are dropped
+
+
+def test_d90_refuses_bad_curves():
+    with pytest.raises(ValueError, match="repeats"):
+        d90([10, 10], [0.5, 0.6], 0.6)
+    with pytest.raises(ValueError, match="positive"):
+        d90([0, 10], [0.5, 0.6], 0.6)
+    with pytest.raises(ValueError, match="one length"):
+        d90([10, 100], [0.5], 0.6)
+
+
+def _runs(rows):
+    return pd.DataFrame(rows, columns=["member", "method", "label", "d", "variant", "seed", "test_accuracy"])
+
+
+def test_tradeoff_keeps_the_smallest_tested_d_reaching_d90_per_variant():
+    rows = [("full_s0", "full", "full FT", None, None, 0, 0.80), ("full_s1", "full", "full FT", None, None, 1, 0.80)]
+    for variant, accs in (("DID", {10: 0.60, 100: 0.70, 1000: 0.75}), ("SAID", {10: 0.70, 100: 0.74, 1000: 0.79})):
+        for d, acc in accs.items():
+            for seed, shift in ((0, -0.01), (1, 0.01)):  # seed means are the accs above
+                rows.append((f"subspace_{variant.lower()}_d{d}_s{seed}", "subspace", f"subspace {variant} d={d}", d,
+                             variant, seed, acc + shift))
+    kept = at_d90(_runs(rows))  # target 0.72: DID first reaches it at d=1000, SAID at d=100
+    assert sorted(set(kept.label)) == ["subspace DID at d90 (d=1,000)", "subspace SAID at d90 (d=100)"]
+    assert len(kept) == 4  # both seeds of each
+    never = _runs(rows).assign(test_accuracy=lambda f: f.test_accuracy.where(f.method == "full", 0.5))
+    assert at_d90(never).empty  # no d reaches the target: no d90 row
+    assert at_d90(_runs(rows)[lambda f: f.method == "subspace"]).empty  # no full FT: no target
+
+
+def test_summary_averages_reached_seeds_and_counts_them():
+    table = pd.DataFrame({"variant": ["DID", "DID", "DID"], "seed": [0, 1, 2], "d90": [100.0, 300.0, float("nan")],
+                          "d90_gain": [float("nan")] * 3, "D": [1e6] * 3, "d_min": [10.0] * 3, "d_max": [1e4] * 3, "full": [0.8] * 3,
+                          "base": [0.6] * 3, "target": [0.72] * 3, "target_gain": [0.78] * 3, "best": [0.75] * 3})
+    s = summarize(table).iloc[0]
+    assert s.d90_mean == 200 and s.d90_reached == 2 and s.d90_std == pytest.approx(math.sqrt(2e4))
+    assert s.d90_gain_reached == 0 and math.isnan(s.d90_gain_mean)
+
+
+def test_finding_states_d90_against_D_and_the_published_range():
+    nan = float("nan")
+    table = pd.DataFrame({"variant": ["DID", "DID", "SAID", "SAID"], "seed": [0, 1, 0, 1],
+                          "d90": [800.0, 1200.0, 10.0, 10.0], "d90_gain": [3000.0, nan, 1500.0, 2500.0],
+                          "D": [2e7] * 4, "d_min": [10.0] * 4, "d_max": [1e5] * 4, "full": [0.82] * 4, "base": [0.70] * 4,
+                          "target": [0.738] * 4, "target_gain": [0.808] * 4, "best": [0.81] * 4})
+    s = summarize(table)
+    text = finding(s, {"model": "m", "task": "t"})
+    assert "DID 1,000 ± 283" in text and "SAID ≤ 10 (already reached at the smallest tested d)" in text
+    assert "DID 3,000 (1 of 2 seeds)" in text and "SAID 2,000 ± 707" in text
+    assert "d90 / D is DID 5.0e-05, SAID 5.0e-07: d90 ≪ D" in text
+    assert "SAID's d90-gain is below DID's" in text and "secondary" in text
+    assert "lies within the published range 207–9,295" in text
+    assert list(format_summary(s)["d90"]) == ["1,000 ± 283", "≤ 10"]
+    no_gain = finding(summarize(table.assign(full=0.70, target=0.63)))
+    assert "no conclusion" in no_gain and "≪" not in no_gain and "published range" not in no_gain
+
+
+def test_intrinsic_dim_study_runs_and_is_analysed(tmp_path):
+    r = cli("lora-study-study", "experiment=intrinsic_dim", "model=tiny", "train.max_steps=6", "train.batch_size=8",
+            "train.max_length=32", "task.max_eval_examples=64", "study.dims=[10,100]", "heldout.n_train=40",
+            "heldout.n_test=40", "heldout.n_drift=40", f"study.root={tmp_path}", "study.name=t", timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    study = tmp_path / "t"
+    idx = json.loads((study / "study.json").read_text())
+    assert [m["id"] for m in idx["members"]] == [
+        "none_s0", "full_s0", "subspace_did_d10_s0", "subspace_said_d10_s0", "subspace_did_d100_s0", "subspace_said_d100_s0"]
+    assert all(m["status"] == "complete" for m in idx["members"])
+    for m in idx["members"]:
+        if m["method"] != "subspace":
+            continue
+        s = json.loads((study / m["dir"] / "summary.json").read_text())
+        # d counts every trained number of the subspace (SAID's per-layer scales included), plus the head
+        assert s["params"]["trainable"] == m["d"] + s["params"]["head"], m["id"]
+        assert s["subspace"]["said"] == ("said" in m["id"]) and s["lr"] == m["lr"]
+        assert 0 < s["subspace"]["d"] < s["subspace"]["D"]
+
+    r = cli("lora-study-analyze", str(study))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = study / "analysis"
+    for name in ("intrinsic_dim", "intrinsic_dim_summary"):
+        assert (out / f"{name}.csv").exists() and (out / f"{name}.parquet").exists(), name
+    assert (out / "intrinsic_dim.png").stat().st_size > 1000 and (out / "intrinsic_dim.pdf").exists()
+    table = pd.read_parquet(out / "intrinsic_dim.parquet")
+    assert sorted(table.variant) == ["DID", "SAID"] and set(table.seed) == {0}
+    assert (table.dims_tested == 2).all() and (table.d_min == 10).all() and (table.d_max == 100).all()
+    assert (table.target == 0.9 * table.full).all()
+    reached = table.d90.dropna()
+    assert ((reached >= 10) & (reached <= 100)).all()
+
+    r = cli("lora-study-report", str(study))
+    assert r.returncode == 0, r.stderr[-3000:]
+    md = (study / "report" / "report.md").read_text()
+    section = md.split("## Intrinsic dimension")[1].split("\n## ")[0]
+    assert "figures/intrinsic_dim.png" in section and "Aghajanyan" in section and "secondary" in section
+    assert "Not measured" not in section and "| DID |" in section and "| SAID |" in section

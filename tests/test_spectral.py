@@ -1,0 +1,204 @@
+"""analysis/spectral.py: known answers, planted ranks, randomized top-k against the exact spectrum."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from analysis import spectral
+from analysis.spectral import (batched_singular_values, effective_rank, energy_captured, randomized_singular_values,
+                               rank_at_energy, singular_values, spectrum_row, stable_rank, truncate)
+
+
+def orthonormal(n: int, r: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(n, r, generator=gen, dtype=torch.float64)).Q
+
+
+def planted(m: int, n: int, k: int, noise: float, seed: int = 0) -> torch.Tensor:
+    """Rank-k U V^T with random orthonormal factors and unit singular values, plus Gaussian noise."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    return orthonormal(m, k, seed) @ orthonormal(n, k, seed + 7).T + noise * torch.randn(
+        m, n, generator=gen, dtype=torch.float64)
+
+
+def exact(M) -> np.ndarray:
+    return np.linalg.svd(np.asarray(M, dtype=np.float64), compute_uv=False)
+
+
+# ---- known answers ---------------------------------------------------------------------------
+
+def test_effective_and_stable_rank_known_answers():
+    assert effective_rank([1.0, 1.0, 1.0, 1.0]) == pytest.approx(4.0, abs=1e-12)
+    assert stable_rank([1.0, 1.0, 1.0, 1.0]) == pytest.approx(4.0, abs=1e-12)
+    # s = [2, 1]: p = [2/3, 1/3] (sigma, not sigma^2), H = ln 3 - (2/3) ln 2
+    assert effective_rank([2.0, 1.0]) == pytest.approx(math.exp(math.log(3) - 2 / 3 * math.log(2)), rel=1e-12)
+    assert effective_rank([2.0, 1.0]) == pytest.approx(1.8899, abs=1e-4)
+    assert stable_rank([2.0, 1.0]) == pytest.approx(1.25, abs=1e-12)
+    # zeros are ignored by the entropy, and order does not matter
+    assert effective_rank([0.0, 1.0, 0.0, 1.0]) == pytest.approx(2.0, abs=1e-12)
+    assert stable_rank([1.0, 2.0]) == pytest.approx(1.25, abs=1e-12)
+
+
+def test_energy_captured_and_rank_at_energy_known_answers():
+    s = [3.0, 2.0, 1.0]  # energies 9, 4, 1 of 14
+    assert energy_captured(s, 1) == pytest.approx(9 / 14)
+    assert energy_captured(s, 2) == pytest.approx(13 / 14)
+    assert energy_captured(s, 3) == pytest.approx(1.0)
+    assert energy_captured(s, 10) == pytest.approx(1.0)
+    assert energy_captured([1.0, 2.0, 3.0], 1) == pytest.approx(9 / 14)
+    assert rank_at_energy(s, 0.5) == 1
+    assert rank_at_energy(s, 0.9) == 2
+    assert rank_at_energy(s, 0.95) == 3
+    assert rank_at_energy(s, 1.0) == 3
+    assert rank_at_energy([1.0, 1.0, 1.0, 1.0], 0.5) == 2  # exactly reaching frac counts
+    assert rank_at_energy([0.0, 0.0], 0.9) == 0
+    assert math.isnan(energy_captured([0.0, 0.0], 1))
+
+
+def test_spectrum_row():
+    row = spectrum_row(torch.tensor([2.0, 1.0]))
+    assert row["rank90"] == 2 and row["rank99"] == 2 and row["n"] == 2
+    assert row["frob"] == pytest.approx(math.sqrt(5))
+    assert row["sigma1"] == pytest.approx(2.0)
+    assert row["stable_rank"] == pytest.approx(1.25)
+    assert row["effective_rank"] == pytest.approx(effective_rank([2.0, 1.0]))
+    row = spectrum_row(np.array([10.0] + [0.1] * 50))  # 100 of 100.5 in sigma_1
+    assert row["rank90"] == 1 and row["rank99"] == 1
+
+
+# ---- planted ranks -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_planted_rank_k_is_measured_as_rank_k(k):
+    M = planted(120, 80, k, noise=1e-3, seed=k)
+    s = singular_values(M)
+    assert np.allclose(s.numpy(), exact(M), rtol=1e-10, atol=1e-12)
+    assert rank_at_energy(s, 0.9) == k
+    assert rank_at_energy(s, 0.99) == k
+    assert stable_rank(s) == pytest.approx(k, rel=0.01)
+    # the entropy weights sigma (not sigma^2), so a noise floor of ~80 values counts: at 1e-3 it
+    # adds about 0.6 ranks; at 1e-6 the effective rank is k
+    assert effective_rank(s) > k + 0.3
+    quiet = singular_values(planted(120, 80, k, noise=1e-6, seed=k))
+    assert effective_rank(quiet) == pytest.approx(k, rel=0.02)
+    assert effective_rank(quiet[:k]) == pytest.approx(k, rel=1e-6)
+
+
+# ---- singular values -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(50, 30), (30, 50), (40, 40)])
+def test_singular_values_exact_fp32_and_numpy_input(shape):
+    gen = torch.Generator().manual_seed(3)
+    M = torch.randn(*shape, generator=gen)
+    s = singular_values(M)
+    assert s.dtype == torch.float32 and s.shape == (min(shape),)
+    assert np.allclose(s.numpy(), exact(M), rtol=1e-5)
+    assert np.allclose(singular_values(M.numpy().astype(np.float64)).numpy(), exact(M), rtol=1e-12)
+    assert np.allclose(singular_values(M.half()).numpy(), exact(M.half().float()), rtol=1e-5)
+
+
+def test_singular_values_batched_stack():
+    gen = torch.Generator().manual_seed(4)
+    stack = torch.randn(3, 20, 35, generator=gen, dtype=torch.float64)
+    s = singular_values(stack)
+    assert s.shape == (3, 20)
+    for i in range(3):
+        assert np.allclose(s[i].numpy(), exact(stack[i]), rtol=1e-12)
+    assert np.allclose(singular_values(stack, k=4).numpy(), s[:, :4].numpy())
+
+
+def test_batched_singular_values_groups_shapes_and_keeps_order():
+    gen = torch.Generator().manual_seed(5)
+    mats = [torch.randn(30, 20, generator=gen), torch.randn(20, 30, generator=gen),
+            torch.randn(30, 20, generator=gen), torch.randn(10, 10, generator=gen).numpy(),
+            torch.randn(30, 20, generator=gen, dtype=torch.float64)]
+    out = batched_singular_values(mats)
+    assert len(out) == len(mats)
+    for M, s in zip(mats, out):
+        assert s.shape == (min(M.shape),)
+        assert np.allclose(s.numpy(), exact(M), rtol=1e-5)
+    assert out[4].dtype == torch.float64 and out[0].dtype == torch.float32
+
+
+def test_randomized_top_k_matches_exact_on_gaussian():
+    # a flat Gaussian spectrum: plain subspace iteration (torch.svd_lowrank, niter=2) misses 1e-3 here
+    gen = torch.Generator().manual_seed(6)
+    M = torch.randn(900, 700, generator=gen)
+    ref = exact(M)[:24]
+    s = randomized_singular_values(M, 24).numpy()
+    assert s.shape == (24,)
+    assert np.max(np.abs(s - ref) / ref) < 1e-3
+    assert np.all(s <= ref * (1 + 1e-5))  # Rayleigh-Ritz values never exceed the exact ones
+    assert np.array_equal(s, randomized_singular_values(M, 24).numpy())  # seeded
+
+
+def test_randomized_top_k_matches_exact_on_low_rank_plus_noise_wide_and_batched():
+    M = planted(300, 500, 20, noise=1e-2, seed=8).float() * torch.linspace(3, 1, 500)  # wide, uneven spectrum
+    ref = exact(M)[:16]
+    s = randomized_singular_values(M, 16, n_iter=2).numpy()
+    assert np.max(np.abs(s - ref) / ref) < 1e-3
+    stack = torch.stack([M, M.flip(0) * 2])
+    sb = randomized_singular_values(stack, 16).numpy()
+    assert np.max(np.abs(sb[0] - ref) / ref) < 1e-3 and np.max(np.abs(sb[1] - 2 * ref) / ref) < 2e-3
+
+
+def test_singular_values_with_small_k_takes_the_randomized_path(monkeypatch):
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args[1])
+        return randomized_singular_values(*args, **kwargs)
+
+    monkeypatch.setattr(spectral, "randomized_singular_values", spy)
+    gen = torch.Generator().manual_seed(9)
+    M = torch.randn(1100, 1024, generator=gen)
+    s = singular_values(M, k=8)
+    assert calls == [8] and s.shape == (8,)
+    ref = exact(M)[:8]
+    assert np.max(np.abs(s.numpy() - ref) / ref) < 1e-3
+    small = torch.randn(60, 40, generator=gen)
+    assert np.allclose(singular_values(small, k=30).numpy(), exact(small)[:30], rtol=1e-5)
+    assert calls == [8]  # k not small relative to min(shape): exact path
+
+
+# ---- truncation ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(60, 40), (40, 60)])
+def test_truncate_is_the_eckart_young_best_rank_k(shape):
+    gen = torch.Generator().manual_seed(10)
+    M = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    s = exact(M)
+    T = truncate(M, 5)
+    assert T.shape == M.shape
+    assert torch.linalg.matrix_rank(T).item() == 5
+    assert float(torch.linalg.matrix_norm(M - T)) == pytest.approx(math.sqrt(np.sum(s[5:] ** 2)), rel=1e-10)
+    assert np.allclose(exact(T)[:5], s[:5], rtol=1e-10)
+    # any other rank-5 matrix does worse, e.g. projecting onto a random 5-dim column space
+    Q = orthonormal(shape[0], 5, 11)
+    assert float(torch.linalg.matrix_norm(M - Q @ (Q.T @ M))) > float(torch.linalg.matrix_norm(M - T))
+    assert torch.equal(truncate(M, 100), M)
+
+
+# ---- errors a user can cause -------------------------------------------------------------------
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: singular_values(torch.ones(5)), "2-D"),
+    (lambda: singular_values(torch.ones(2, 3, 4, 5)), "2-D"),
+    (lambda: singular_values(torch.ones(4, 3), k=0), "positive integer"),
+    (lambda: singular_values(torch.ones(4, 3), k=4), "at most"),
+    (lambda: singular_values([[1.0, 2.0]]), "torch tensor or numpy"),
+    (lambda: singular_values(torch.ones(3, 3, dtype=torch.complex64)), "real"),
+    (lambda: energy_captured([1.0, 2.0], 0), "positive integer"),
+    (lambda: rank_at_energy([1.0, 2.0], 0.0), r"\(0, 1\]"),
+    (lambda: effective_rank([1.0, -1.0]), "non-negative"),
+    (lambda: stable_rank(torch.ones(2, 2)), "1-D"),
+    (lambda: truncate(torch.ones(4, 3), -1), "positive integer"),
+    (lambda: batched_singular_values(torch.ones(2, 3, 3)), "list"),
+    (lambda: batched_singular_values([torch.ones(3, 3), torch.ones(3)]), r"mats\[1\]"),
+])
+def test_bad_input_raises_one_clear_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
