@@ -63,8 +63,11 @@ def trainer(method: MethodConfig, lr: float, task, steps: int, device, batch: in
         def on_step_end(self, args, state, control, **kw):
             times.append(time.perf_counter() - self.t0)
 
-    args = TrainingArguments(output_dir="/tmp/lora-study-bench-trainer", max_steps=steps, per_device_train_batch_size=batch,
-                             learning_rate=lr, warmup_ratio=0.06, lr_scheduler_type="linear", report_to=[],
+    import math
+    import tempfile
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="lora-study-bench-"), max_steps=steps,
+                             per_device_train_batch_size=batch, learning_rate=lr,
+                             warmup_steps=int(math.ceil(0.06 * steps)), lr_scheduler_type="linear", report_to=[],
                              save_strategy="no", logging_strategy="no", use_cpu=device.type == "cpu",
                              dataloader_num_workers=0, seed=0, disable_tqdm=True)
     gc.collect()

@@ -7,7 +7,8 @@ import torch
 from conftest import cli, run_tiny
 
 REAL = ["model=minilm", "train.max_steps=3", "train.eval_every=3", "train.batch_size=8", "train.max_length=48",
-        "task.max_eval_examples=32", "run.latency=false", "run.truncation_ranks=[1]"]
+        "task.max_eval_examples=32", "run.latency=false", "run.truncation_ranks=[1]",
+        "heldout.n_train=30", "heldout.n_test=30", "heldout.n_drift=30", "heldout.max_length=32"]
 
 
 @pytest.mark.slow
