@@ -50,7 +50,14 @@ def max_rel_err(approx: list, exact: list, k: int) -> float:
     return max(float(np.max(np.abs(np.asarray(a[:k], np.float64) - e[:k]) / e[:k])) for a, e in zip(approx, exact))
 
 
-def bench_shape(mats: list[torch.Tensor], k: int, repeats: int, plain_torch: bool) -> dict:
+def _gram_spectrum(M: torch.Tensor) -> torch.Tensor:
+    """sigma = sqrt(eig(X X^T)) on the smaller side, in fp64: not in the library, shown for comparison."""
+    X = M.double()
+    G = X @ X.mT if X.shape[0] <= X.shape[1] else X.mT @ X
+    return torch.linalg.eigvalsh(G).flip(0).clamp_min(0).sqrt()
+
+
+def bench_shape(mats: list[torch.Tensor], k: int, repeats: int, plain_torch: bool, gram: bool) -> dict:
     arrays = [m.numpy() for m in mats]
     times: dict[str, list[float]] = {}
     out: dict[str, list] = {}
@@ -65,6 +72,8 @@ def bench_shape(mats: list[torch.Tensor], k: int, repeats: int, plain_torch: boo
         f"torch.svd_lowrank top-{k} (q=k+64, niter=2)":
             lambda: [torch.svd_lowrank(m, q=k + 64, niter=2)[1].numpy() for m in mats],
     }
+    if gram:
+        methods["fp64 Gram + eigvalsh (full; reference only)"] = lambda: [_gram_spectrum(m).numpy() for m in mats]
     if plain_torch:
         methods["torch.linalg.svdvals loop, as stored (full)"] = lambda: [torch.linalg.svdvals(m).numpy() for m in mats]
     names = list(methods)
@@ -93,6 +102,8 @@ def main(argv=None) -> None:
                    help="threads for both torch and numpy's BLAS (default: each library's own choice)")
     p.add_argument("--plain-torch", action="store_true",
                    help="also time torch.linalg.svdvals on the matrices as stored (wide ones are slow)")
+    p.add_argument("--gram", action="store_true",
+                   help="also time sigma = sqrt(eigvalsh(X X^T)) in fp64 (an alternative full-spectrum route)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.k is None:
@@ -116,7 +127,7 @@ def main(argv=None) -> None:
             mats = [low_rank_plus_noise(m, n, min(256, m // 2), gen) for _ in range(args.count)]
         else:
             mats = [gaussian(m, n, gen) for _ in range(args.count)]
-        res = bench_shape(mats, args.k, args.repeats, args.plain_torch)
+        res = bench_shape(mats, args.k, args.repeats, args.plain_torch, args.gram)
         base = res["numpy svd loop (full)"][0]
         for name, (t, med, err) in res.items():
             rows.append((f"{args.count} x {m}x{n}", name, t, med, base / t, err))

@@ -107,6 +107,15 @@ def truncate(delta: torch.Tensor, k: int) -> torch.Tensor:
     return (u[:, :k] * s[:k]) @ vh[:k]
 
 
+@torch.no_grad()
+def top_singular(delta: torch.Tensor, k: int, device: Optional[torch.device] = None) -> tuple:
+    """(U_k diag(σ_1..σ_k), V_kᵀ) from one SVD, so that trunc_j(ΔW) = (U_k Σ_k)[:, :j] V_kᵀ[:j] for every j ≤ k
+    without another decomposition (a study truncates each ΔW at several ranks)."""
+    u, s, vh = torch.linalg.svd(delta.float().to(device or delta.device), full_matrices=False)
+    k = min(k, len(s))
+    return (u[:, :k] * s[:k]).cpu(), vh[:k].cpu()
+
+
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 

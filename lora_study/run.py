@@ -23,7 +23,7 @@ from .lm_data import LMEncoded
 from .lm_eval import lm_evaluator
 from .lm_tasks import load_lm_task
 from .loggers import make_logger
-from .measure import (dir_bytes, max_abs_diff, median_latency, parameter_bytes, spectra, tensor_bytes, truncate)
+from .measure import (dir_bytes, max_abs_diff, median_latency, parameter_bytes, spectra, tensor_bytes, top_singular)
 from .methods import apply_method, base_module, lora_deltas, trainable_count
 from .models import build_model, head_module_names, model_kind
 from .tasks import load_task
@@ -224,14 +224,15 @@ def _truncation(cfg, model, analysed: List[str], w_pre, deltas, test: Encoded, d
     finetuned = {n: w.detach().clone() for n, w in weights.items()}
     results = []
     max_dim = max(min(d.shape) for d in deltas.values())
+    ks = sorted(k for k in set(int(k) for k in cfg.run.truncation_ranks) if k < max_dim)
+    factors = {n: top_singular(deltas[n], ks[-1], device) for n in analysed} if ks else {}  # one SVD per ΔW
 
     def entry(k, m):
         return {"k": k, "test_accuracy": m["accuracy"], **({"test_perplexity": m["perplexity"]} if "perplexity" in m else {})}
-    for k in sorted(set(int(k) for k in cfg.run.truncation_ranks)):
-        if k >= max_dim:
-            continue
+    for k in ks:
         for n, w in weights.items():
-            w.copy_((w_pre[n] + truncate(deltas[n], k)).to(w.device, w.dtype))
+            us, vh = factors[n]
+            w.copy_((w_pre[n] + us[:, :k] @ vh[:k]).to(w.device, w.dtype))
         results.append(entry(k, evaluator(model, test, cfg.train.eval_batch_size, device, precision)))
     for n, w in weights.items():
         w.copy_(finetuned[n])

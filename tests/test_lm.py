@@ -190,3 +190,23 @@ def test_smollm2_converts_once_and_takes_two_lora_steps(tmp_path):
     from lora_study.artifacts import BaseWeights
     w = BaseWeights(str(path)).get("model.layers.0.self_attn.q_proj")
     assert w.shape == (576, 576) and w.dtype == torch.float32
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_gradient_checkpointing_gives_the_same_gradients(method):
+    from lora_study.methods import apply_method
+    from lora_study.models import build_model
+    grads = []
+    for checkpointing in (False, True):
+        lm = build_model(ModelConfig(source="tiny_llama"))
+        torch.manual_seed(0)  # the same random LoRA factors both times
+        prepared = apply_method(lm.model, MethodConfig(name=method, rank=2, alpha=4, init="random_b"), [],
+                                gradient_checkpointing=checkpointing)
+        model = prepared.model.train()
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        assert base.is_gradient_checkpointing == checkpointing
+        b = _encoded(lm.tokenizer, ["Is this review fresh or rotten?", "Short?"], ["rotten", "fresh"]).batch([0, 1])
+        model(**b).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
