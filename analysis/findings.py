@@ -10,6 +10,9 @@ import pandas as pd
 import torch
 
 from .spectral import rank_at_energy
+from .forgetting import forgetting_difference_se
+from .study import label_key
+from .tradeoff import latency_batches
 
 
 def _random_rank90(shape: tuple) -> int:
@@ -60,10 +63,13 @@ def rank_finding(runs: pd.DataFrame, trunc: pd.DataFrame, n_test: Optional[int] 
     if full.empty or lora.empty:
         return "The study lacks full finetuning or LoRA runs, so LoRA's accuracy is not compared with full finetuning's."
     f = full.mean()
-    n = n_test or 1000
+    sizes = runs.n_test.dropna() if "n_test" in runs else pd.Series(dtype=float)
+    n = n_test or (int(sizes.min()) if len(sizes) else 1000)  # the test examples each run was scored on
     tol = 2 * _se(f, n)
+    head = "trainable_params" in runs and (runs[runs.method == "none"].trainable_params > 0).any()
     parts = [f"Full finetuning reaches {f:.3f} test accuracy"
-             + (f", the frozen base with a trained head {base.mean():.3f}" if len(base) else "") + "."]
+             + (f", the frozen base {'with a trained head' if head else '(nothing trained)'} {base.mean():.3f}"
+                if len(base) else "") + "."]
     if len(base) and f <= base.mean() + tol:
         parts.append(f"Full finetuning does not beat the frozen base by more than two binomial standard errors ({tol:.3f}), "
                      "so this study has no finetuning gain to compare LoRA against: no conclusion on rank.")
@@ -74,6 +80,11 @@ def rank_finding(runs: pd.DataFrame, trunc: pd.DataFrame, n_test: Optional[int] 
         parts.append(f"LoRA comes within two binomial standard errors ({tol:.3f}) of full finetuning from r = {min(reach)} "
                      f"({lora[min(reach)]:.3f}); at r = {int(lora.index.min())} it reaches {lora.iloc[0]:.3f}. "
                      "This supports the claim that LoRA gets most of the benefit at small rank.")
+        above = [int(r) for r, a in lora.items() if a > f + tol]
+        if above:
+            parts.append(f"LoRA beats full finetuning by more than two standard errors at r = {', '.join(map(str, above))}: "
+                         "before reading that as LoRA being better, check that full finetuning's learning rate was "
+                         "searched (study.lr_search) and its budget sufficed.")
     else:
         parts.append(f"No LoRA rank comes within two binomial standard errors ({tol:.3f}) of full finetuning: the best is "
                      f"r = {best_r} at {lora[best_r]:.3f}. On this study the claim that LoRA matches full finetuning "
@@ -118,7 +129,7 @@ def intruder_finding(intr: pd.DataFrame, eps: float = 0.5) -> str:
         return "No intruder dimensions were measured."
     full = t.get("full FT")
     lora = {k: v for k, v in t.items() if k.startswith("LoRA")}
-    txt = f"At ε = {eps}, intruder dimensions summed over modules: " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()) + "."
+    txt = f"At ε = {eps}, intruder dimensions summed over modules: " + ", ".join(f"{k} {t[k]:.0f}" for k in sorted(t.index, key=label_key)) + "."
     if full is not None and lora:
         more = [k for k, v in lora.items() if v > full]
         txt += (f" {len(more)} of {len(lora)} LoRA ranks have more intruders than full finetuning"
@@ -148,10 +159,12 @@ def memory_finding(t: pd.DataFrame) -> str:
 
 def latency_finding(t: pd.DataFrame) -> str:
     lora = t[t.method == "lora"]
-    if lora.empty or "latency_merged_batch32_s" not in lora:
+    sizes = [b for b in latency_batches(t) if f"latency_merged_batch{b}_s" in lora]
+    if lora.empty or not sizes:
         return "No LoRA latency was measured in this study."
+    sizes = sorted({sizes[0], sizes[-1]})
     txt = []
-    for b in (1, 32):
+    for b in sizes:
         m, u = lora[f"latency_merged_batch{b}_s"], lora[f"latency_unmerged_batch{b}_s"]
         txt.append(f"batch {b}: unmerged / merged latency median {np.median(u / m):.2f}×")
         base = t.get(f"base_latency_batch{b}_s")
@@ -159,7 +172,7 @@ def latency_finding(t: pd.DataFrame) -> str:
             ratio = float(np.median(m / base.iloc[0]))
             txt[-1] += f", merged / frozen base {ratio:.2f}×"
     base_ok = []
-    for b in (1, 32):
+    for b in sizes:
         base = t.get(f"base_latency_batch{b}_s")
         if base is not None and not np.isnan(base.iloc[0]):
             base_ok.append(abs(float(np.median(lora[f"latency_merged_batch{b}_s"] / base.iloc[0])) - 1) <= 0.10)
@@ -178,19 +191,44 @@ def forgetting_finding(forget: pd.DataFrame, corr: dict) -> str:
                 "is neither supported nor refuted here.")
     full = forget[forget.method == "full"].forgetting_mean
     lora = forget[forget.method == "lora"].groupby("rank").forgetting_mean.mean()
-    parts = ["Mean forgetting (base probe accuracy − finetuned, averaged over held-out tasks): " +
+    metrics = {c[len("metric_"):]: forget[c].dropna().iloc[0] for c in forget.columns
+               if c.startswith("metric_") and forget[c].notna().any()}
+    perplexity = any(m == "perplexity" for m in metrics.values())
+    what = ("accuracy drops and relative perplexity increases averaged over held-out tasks; positive = worse than "
+            "the base" if perplexity else "base probe accuracy − finetuned, averaged over held-out tasks")
+    parts = [f"Mean forgetting ({what}): " +
              (f"full FT {full.mean():+.3f}; " if len(full) else "") +
              ", ".join(f"LoRA r={int(r)} {v:+.3f}" for r, v in lora.items()) + "."]
+    if perplexity:  # the mean mixes units: give each task on its own
+        by = forget[forget.method != "none"]
+        for task, metric in metrics.items():
+            col = f"forgetting_{task}"
+            if col not in by:
+                continue
+            v = by.groupby("label")[col].mean()
+            unit = "perplexity, finetuned − base" if metric == "perplexity" else f"{metric}, base − finetuned"
+            parts.append(f"{task} ({unit}): " + ", ".join(f"{k} {v[k]:+.3g}" for k in sorted(v.index, key=label_key)) + ".")
     if len(full) and len(lora):
-        less = [int(r) for r, v in lora.items() if v < full.mean()]
-        parts.append(f"LoRA forgot less than full finetuning at {len(less)} of {len(lora)} ranks" +
-                     (": this supports Biderman et al.'s 'LoRA forgets less'." if len(less) == len(lora) else
-                      " — the claim holds only partly here." if less else
-                      ": on this study the claim that LoRA forgets less is not supported."))
+        less = [int(r) for r, v in lora.items() if v < full.mean() - 1e-9]
+        se = forgetting_difference_se(forget)
+        resolved = None if se is None else [int(r) for r, v in lora.items() if abs(v - full.mean()) > 2 * se]
+        verdict = (": this supports Biderman et al.'s 'LoRA forgets less'." if len(less) == len(lora) else
+                   " — the claim holds only partly here." if less else
+                   ": on this study the claim that LoRA forgets less is not supported.")
+        if resolved is not None and not resolved:
+            verdict = "."
+        parts.append(f"LoRA forgot less than full finetuning at {len(less)} of {len(lora)} ranks" + verdict)
+        if se is not None:
+            parts.append(f"With {int(forget.probe_n_test.dropna().iloc[0])} probe examples per task, two standard "
+                         f"errors of a difference in mean forgetting are about {2 * se:.3f}; " +
+                         (f"the difference from full finetuning exceeds that at r = {', '.join(map(str, resolved))}."
+                          if resolved else "no rank's difference from full finetuning exceeds that, so this study "
+                          "neither supports nor refutes 'LoRA forgets less' (more probe examples or seeds would be "
+                          "needed)."))
     if "cka" in forget and forget.cka.notna().any():
         c = forget[forget.method != "none"].groupby("label").cka.mean()
         parts.append("Linear CKA to the base's features on held-out text: " +
-                     ", ".join(f"{k} {v:.3f}" for k, v in c.items()) + ".")
+                     ", ".join(f"{k} {c[k]:.3f}" for k in sorted(c.index, key=label_key)) + ".")
     if corr.get("rho") is not None:
         parts.append(f"Spearman correlation between intruder count (ε = {corr['eps']}) and forgetting over {corr['n']} "
                      f"runs: ρ = {corr['rho']:.2f} (p = {corr['p']:.2g}; Shuttleworth et al. report 0.971 on RoBERTa).")

@@ -19,10 +19,29 @@ def forgetting_table(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     base = runs[runs.method == "none"].set_index("seed").test_accuracy
     cols = ["member", "method", "label", "rank", "d", "seed", "test_accuracy", "forgetting_mean", "cka"] + \
-        [c for c in runs.columns if c.startswith("forgetting_") and c != "forgetting_mean"]
+        [c for c in runs.columns if c.startswith("forgetting_") and c != "forgetting_mean"] + \
+        [c for c in runs.columns if c.startswith(("heldout_", "metric_"))] + ["probe_n_test"]
     t = runs[[c for c in cols if c in runs]].copy()
     t["gain_over_base"] = [a - base.get(s, np.nan) for a, s in zip(t.test_accuracy, t.seed)]
     return t
+
+
+def forgetting_difference_se(forget: pd.DataFrame, reference: str = "full") -> Optional[float]:
+    """Standard error of a difference in mean forgetting between two runs, from the probes' sampling noise:
+    sqrt(2 · Σ_t p_t (1 − p_t) / n) / T over the T held-out tasks, with p_t the ``reference`` method's probe
+    accuracy on task t and n the probe's test examples per task (unpaired binomial, so conservative: both
+    runs are probed on the same examples). None without probe sizes."""
+    if forget.empty or "probe_n_test" not in forget:
+        return None
+    ref = forget[forget.method == reference]
+    tasks = [c for c in forget.columns if c.startswith("heldout_")]
+    n = ref.probe_n_test.dropna()
+    if ref.empty or not tasks or n.empty or float(n.iloc[0]) <= 0:
+        return None
+    p = ref[tasks].mean().to_numpy(dtype=float)
+    if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
+        return None
+    return float(np.sqrt(2 * np.sum(p * (1 - p)) / float(n.iloc[0])) / len(tasks))
 
 
 def intruder_correlation(forget: pd.DataFrame, intruders: pd.DataFrame, eps: float = 0.5) -> Dict[str, Optional[float]]:

@@ -165,6 +165,28 @@ def at_d90(runs: pd.DataFrame, metric: str = "test_accuracy", fraction: float = 
     return pd.concat(keep) if keep else sub.iloc[0:0]
 
 
+LORA_RANKS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def lora_param_counts(study: Study, ranks: Sequence[int] = LORA_RANKS,
+                      kinds: Sequence[str] = ("query", "value")) -> Dict[int, int]:
+    """LoRA's trainable parameter count r · Σ(m + n) over the modules of ``kinds`` (default: W_q and W_v, the
+    attn_qv preset), head excluded, with the shapes read from the header of the first saved ΔW file (no
+    tensor is loaded). Empty if no run saved ΔW. Marks LoRA on the d axis of a study that ran no LoRA."""
+    from safetensors import safe_open
+
+    from lora_study.artifacts import DELTA, module_kind
+
+    for run in study.runs:
+        path = run.dir.file(DELTA)
+        if not run.summary.get("saved", {}).get("delta") or not path.exists():
+            continue
+        with safe_open(str(path), framework="pt") as f:
+            per_rank = sum(sum(f.get_slice(k).get_shape()) for k in f.keys() if module_kind(k) in kinds)
+        return {int(r): int(r) * per_rank for r in ranks} if per_rank else {}
+    return {}
+
+
 # -- figure ---------------------------------------------------------------------------------------
 
 def figure(study: Study, runs: pd.DataFrame, table: pd.DataFrame, metric: str = "test_accuracy"):
@@ -197,13 +219,17 @@ def figure(study: Study, runs: pd.DataFrame, table: pd.DataFrame, metric: str = 
     lora = runs[runs.method == "lora"]
     note = None
     if lora.empty:
-        note = "No LoRA runs in this study: LoRA's parameter counts are not marked on the d axis."
+        counts = lora_param_counts(study)
+        label = "LoRA r on W_q, W_v: r · Σ(m + n) (computed; no LoRA runs here)"
+        if not counts:
+            note = "No LoRA runs and no saved ΔW in this study: LoRA's parameter counts are not marked on the d axis."
     else:
-        counts = (lora.trainable_params - lora.head_params).groupby(lora["rank"]).first().sort_index()
-        for i, (rank, n) in enumerate(counts.items()):
-            ax.axvline(n, color="tab:green", alpha=0.35, lw=0.9, label="LoRA trainable params (head excluded)" if i == 0 else None)
-            ax.annotate(f"r={int(rank)}", (n, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=6,
-                        color="tab:green", ha="right", va="top")
+        counts = (lora.trainable_params - lora.head_params).groupby(lora["rank"]).first().sort_index().to_dict()
+        label = "LoRA trainable params (head excluded)"
+    for i, (rank, n) in enumerate(sorted(counts.items())):
+        ax.axvline(n, color="tab:green", alpha=0.35, lw=0.9, label=label if i == 0 else None)
+        ax.annotate(f"r={int(rank)}", (n, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=6,
+                    color="tab:green", ha="right", va="top")
     ax.set_xscale("log")
     ax.set_xlabel("subspace dimension d (trainable numbers, head excluded; log scale)")
     ax.set_ylabel(f"{metric.replace('_', ' ')} (fraction correct)")

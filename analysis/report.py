@@ -23,7 +23,7 @@ from .cli import analyze, write_table
 from .findings import (energy_finding, forgetting_finding, intruder_finding, latency_finding, memory_finding, rank_finding,
                        similarity_finding)
 from .intrinsic import finding as intrinsic_finding, format_summary as format_intrinsic
-from .study import Study, load_study
+from .study import Study, label_key, load_study
 from .tradeoff import format_tradeoff, to_latex, to_markdown, tradeoff
 
 
@@ -101,7 +101,7 @@ def _header(study: Study) -> List[str]:
              f"- **suite**: lora-study {__version__} (torch {v.get('torch')}, transformers {v.get('transformers')}, "
              f"peft {v.get('peft')})", f"- **runs**: {d['runs']} complete"]
     lr = study.index.get("lr_search")
-    lrs = sorted({(r.label, r.lr) for r in study.runs}, key=lambda x: x[0])
+    lrs = sorted({(r.label, r.lr) for r in study.runs}, key=lambda x: label_key(x[0]))
     lines.append("- **learning rates**: " + ", ".join(f"{k} {v:g}" for k, v in lrs) +
                  (" (chosen by a validation sweep in this study)" if lr else " (the study's configured values)"))
     if d["skipped"]:

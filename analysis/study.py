@@ -10,6 +10,8 @@ Runs that are incomplete or corrupt are listed in ``st.skipped`` with the reason
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +21,21 @@ import pandas as pd
 import torch
 
 from lora_study.artifacts import ArtifactError, BaseWeights, RunDir, StudyDir, module_kind, module_layer
+
+
+_LABEL_ORDER = {"frozen base": 0, "full FT": 1, "LoRA": 2, "QLoRA": 3, "subspace": 4}
+
+
+def label_key(label: str) -> tuple:
+    """Sort key for run labels: frozen base, full FT, then LoRA / QLoRA by rank and subspace by variant and
+    d, numerically (so r=2 comes before r=16)."""
+    m = re.match(r"(LoRA|QLoRA) r=(\d+)$", label)
+    if m:
+        return (_LABEL_ORDER[m.group(1)], "", int(m.group(2)))
+    m = re.match(r"subspace (\w+) d=(\d+)$", label)
+    if m:
+        return (_LABEL_ORDER["subspace"], m.group(1), int(m.group(2)))
+    return (_LABEL_ORDER.get(label, 9), label, 0)
 
 
 @dataclass
@@ -36,6 +53,8 @@ class Run:
     def label(self) -> str:
         if self.method == "lora":
             return f"LoRA r={self.rank}"
+        if self.method == "qlora":
+            return f"QLoRA r={self.rank}"
         if self.method == "subspace":
             return f"subspace {self.variant} d={self.d}"
         return {"full": "full FT", "none": "frozen base"}.get(self.method, self.method)
@@ -106,6 +125,7 @@ class Study:
                 "member": r.member, "method": r.method, "label": r.label, "rank": r.rank, "d": r.d, "seed": r.seed,
                 "variant": r.variant, "lr": r.lr, "test_accuracy": s["metrics"]["test_accuracy"],
                 "validation_accuracy": s["metrics"].get("validation_accuracy"),
+                "n_test": (s.get("examples") or {}).get("test"),
                 "trainable_params": s["params"]["trainable"], "total_params": s["params"]["total"],
                 "head_params": s["params"]["head"],
                 "optimizer_state_bytes": s["memory"]["optimizer_state_bytes"],
@@ -147,10 +167,14 @@ class Study:
 def _heldout_columns(h: Optional[dict]) -> Dict[str, float]:
     if not h:
         return {}
-    cols = {"forgetting_mean": h.get("forgetting_mean"), "cka": h.get("cka")}
+    cols = {"forgetting_mean": h.get("forgetting_mean"), "cka": h.get("cka"),
+            # the probes' size, for their binomial noise; not for perplexity tasks, whose noise is not binomial
+            "probe_n_test": None if any(t.get("metric") == "perplexity" for t in (h.get("tasks") or {}).values())
+            else (h.get("probe") or {}).get("n_test")}
     for name, t in (h.get("tasks") or {}).items():
         cols[f"heldout_{name}"] = t["finetuned"]
         cols[f"forgetting_{name}"] = t["forgetting"]
+        cols[f"metric_{name}"] = t.get("metric", "accuracy")
     return cols
 
 

@@ -9,6 +9,8 @@ trainable parameter (plus a 4-byte step counter per tensor); the seed's mixed-pr
 """
 from __future__ import annotations
 
+import re
+
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -71,11 +73,18 @@ def tradeoff(runs: pd.DataFrame, spectra: Optional[pd.DataFrame] = None,
             row["forgetting_mean"] = g.forgetting_mean.mean()
         rows.append(row)
     out = pd.DataFrame(rows)
-    for b in (1, 32):
+    for b in latency_batches(out):
         col = f"latency_plain_batch{b}_s"
         if col in base_lat:
             out[f"base_latency_batch{b}_s"] = base_lat[col]
     return out.iloc[sorted(range(len(out)), key=lambda i: _order(out.iloc[i]))].reset_index(drop=True)
+
+
+def latency_batches(t: pd.DataFrame) -> list:
+    """The batch sizes at which latency was measured (run.latency_batches), from the columns present."""
+    found = {int(m.group(1)) for c in t.columns
+             for m in [re.fullmatch(r"latency_(?:plain|merged|unmerged)_batch(\d+)_s", c)] if m}
+    return sorted(found)
 
 
 def _bytes(b) -> str:
@@ -94,10 +103,12 @@ def _ms_str(s) -> str:
 def format_tradeoff(t: pd.DataFrame) -> pd.DataFrame:
     """The table as strings for Markdown / HTML / LaTeX."""
     rows = []
+    sizes = latency_batches(t) or [1, 32]
+    lo, hi = sizes[0], sizes[-1]
     for _, r in t.iterrows():
-        lat1 = r.get("latency_merged_batch1_s", r.get("latency_plain_batch1_s"))
-        lat32 = r.get("latency_merged_batch32_s", r.get("latency_plain_batch32_s"))
-        un1, un32 = r.get("latency_unmerged_batch1_s"), r.get("latency_unmerged_batch32_s")
+        lat1 = r.get(f"latency_merged_batch{lo}_s", r.get(f"latency_plain_batch{lo}_s"))
+        lat32 = r.get(f"latency_merged_batch{hi}_s", r.get(f"latency_plain_batch{hi}_s"))
+        un1, un32 = r.get(f"latency_unmerged_batch{lo}_s"), r.get(f"latency_unmerged_batch{hi}_s")
         acc = f"{r.test_accuracy:.3f}" + (f" ± {r.test_accuracy_std:.3f}" if r.seeds > 1 else "")
         rows.append({
             "method": r.label,
@@ -108,8 +119,8 @@ def format_tradeoff(t: pd.DataFrame) -> pd.DataFrame:
             "mixed-precision bill (16 B/param)": _bytes(r.mixed_precision_bill_bytes),
             "gradients": _bytes(r.gradient_bytes), "peak memory": _bytes(r.peak_memory_bytes),
             "step time": _ms_str(r.mean_step_s), "tokens/s": "n/a" if np.isnan(r.tokens_per_s) else f"{r.tokens_per_s:,.0f}",
-            "latency b=1 (merged)": _ms_str(lat1), "latency b=32 (merged)": _ms_str(lat32),
-            "latency b=1 / b=32 unmerged": "—" if un1 is None or np.isnan(un1) else f"{_ms_str(un1)} / {_ms_str(un32)}",
+            f"latency b={lo} (merged)": _ms_str(lat1), f"latency b={hi} (merged)": _ms_str(lat32),
+            f"latency b={lo} / b={hi} unmerged": "—" if un1 is None or np.isnan(un1) else f"{_ms_str(un1)} / {_ms_str(un32)}",
             "storage per task": _bytes(r.storage_bytes),
             "test accuracy": acc, "gain over base": "—" if np.isnan(r.gain_over_base) else f"{r.gain_over_base:+.3f}",
             "mean rank@90 % of ΔW": "—" if np.isnan(r.get("mean_rank90", np.nan)) else f"{r.mean_rank90:.1f}",

@@ -6,8 +6,13 @@
 
 Both sides get the same fp32 arrays. Goals: >= 1.5x for (a), >= 5x for (b), top-k relative error < 1e-3.
 
-    python benchmarks/spectra.py                  # 4 x (4096 x 4096) and 4 x (4096 x 11008), a few minutes
+    python benchmarks/spectra.py                  # 4 x (4096 x 4096) and 4 x (4096 x 11008): ~10 min on 2 cores
     python benchmarks/spectra.py --sizes small    # shapes and k / 8, seconds
+    python benchmarks/spectra.py --threads 1      # one thread for both libraries
+
+On a machine whose cores are shared with other jobs, multi-threaded LAPACK in both libraries slows
+down several-fold (threads wait for each other at every step), so compare runs made under similar
+load, and prefer --threads 1 there: it times the libraries rather than the contention.
 """
 from __future__ import annotations
 

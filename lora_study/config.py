@@ -155,13 +155,13 @@ class StudyConfig:
     seeds: List[int] = field(default_factory=lambda: [0])
     alpha_rule: str = "two_r"  # two_r | fixed | rslora
     alpha: float = 16.0  # used by alpha_rule=fixed and rslora
-    # found by `lora-study-study experiment=rank_sweep study.lr_search=true study.lr_search_ranks=[8]` on the
+    # found by `lora-study-study experiment=rank_sweep study.lr_search=true study.lr_search_ranks=[1,8,64]` on the
     # default model and task (best validation accuracy over study.lr_grid); see README
-    lr: Any = field(default_factory=lambda: {"none": 3e-2, "full": 1e-4, "lora": 1.5e-3, "subspace": 1e-2})
+    lr: Any = field(default_factory=lambda: {"none": 3e-1, "full": 1e-4, "lora": 1.5e-3, "subspace": 1e-2})
     lr_by_rank: Any = None  # {rank: lr}: overrides lr.lora at that rank, e.g. study.lr_by_rank={1:1e-3}
     lr_search: bool = False
     lr_grid: Any = field(default_factory=lambda: {  # per method, searched on validation with lr_search=true
-        "none": [1e-2, 3e-2], "full": [3e-5, 1e-4, 3e-4], "lora": [5e-4, 1.5e-3, 5e-3],
+        "none": [1e-2, 3e-2, 1e-1, 3e-1], "full": [3e-5, 1e-4, 3e-4], "lora": [5e-4, 1.5e-3, 5e-3],
         "subspace": [3e-3, 1e-2, 3e-2]})
     lr_search_ranks: List[int] = field(default_factory=lambda: [1, 8, 64])
     dims: List[int] = field(default_factory=list)  # subspace dimensions d (method subspace)

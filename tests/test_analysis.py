@@ -77,3 +77,44 @@ def test_delta_of_a_module_missing_from_the_base_is_skipped(study_copy):
     assert "skipped lora_r4_s0" in r.stderr and "has no weight in the base model" in r.stderr
     meta = json.loads((study_copy / "analysis" / "analysis.json").read_text())
     assert "lora_r4_s0" in meta["skipped"] or "lora_r4_s0" in r.stderr
+
+
+def test_run_labels_sort_by_method_then_rank_numerically():
+    from analysis.study import label_key
+    labels = ["LoRA r=16", "full FT", "subspace SAID d=10", "LoRA r=2", "frozen base", "subspace DID d=100",
+              "subspace DID d=32", "QLoRA r=4"]
+    assert sorted(labels, key=label_key) == ["frozen base", "full FT", "LoRA r=2", "LoRA r=16", "QLoRA r=4",
+                                             "subspace DID d=32", "subspace DID d=100", "subspace SAID d=10"]
+
+
+def test_forgetting_difference_se_known_answer():
+    import math
+
+    import pandas as pd
+
+    from analysis.forgetting import forgetting_difference_se
+    f = pd.DataFrame({"method": ["full", "lora"], "heldout_a": [0.5, 0.6], "heldout_b": [0.9, 0.8],
+                      "probe_n_test": [100, 100]})
+    assert math.isclose(forgetting_difference_se(f), math.sqrt(2 * (0.25 + 0.09) / 100) / 2)
+    assert forgetting_difference_se(f.drop(columns="probe_n_test")) is None
+    assert forgetting_difference_se(f.assign(heldout_a=[46.7, 40.0])) is None  # a perplexity is no probability
+
+
+def test_latency_batches_are_read_from_the_columns():
+    import pandas as pd
+
+    from analysis.tradeoff import latency_batches
+    t = pd.DataFrame(columns=["latency_merged_batch4_s", "latency_unmerged_batch1_s", "latency_plain_batch4_s", "x"])
+    assert latency_batches(t) == [1, 4]
+    assert latency_batches(pd.DataFrame(columns=["test_accuracy"])) == []
+
+
+def test_rank_finding_uses_the_runs_test_size_for_its_tolerance():
+    import pandas as pd
+
+    from analysis.findings import rank_finding
+    runs = pd.DataFrame({"method": ["none", "full", "lora"], "rank": [None, None, 8], "test_accuracy": [0.0, 0.7, 0.75],
+                         "trainable_params": [0, 100, 10], "n_test": [100, 100, 100]})
+    txt = rank_finding(runs, pd.DataFrame())
+    assert "(0.092)" in txt and "frozen base (nothing trained) 0.000" in txt  # 2·sqrt(0.7·0.3/100)
+    assert "(0.029)" in rank_finding(runs.assign(n_test=1000), pd.DataFrame())

@@ -121,6 +121,10 @@ def test_intrinsic_dim_study_runs_and_is_analysed(tmp_path):
     assert (table.target == 0.9 * table.full).all()
     reached = table.d90.dropna()
     assert ((reached >= 10) & (reached <= 100)).all()
+    # no LoRA runs here: LoRA's counts on the d axis come from ΔW shapes, 2 layers x (W_q, W_v) x (16 + 16) per rank
+    from analysis import load_study
+    from analysis.intrinsic import lora_param_counts
+    assert lora_param_counts(load_study(study)) == {r: 128 * r for r in (1, 2, 4, 8, 16, 32, 64)}
 
     r = cli("lora-study-report", str(study))
     assert r.returncode == 0, r.stderr[-3000:]

@@ -210,3 +210,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(method):
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys()
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+def test_subspace_training_saves_delta_of_every_decoder_linear_layer(tmp_path):
+    s, _ = run_tiny(tmp_path, ["method=subspace", "method.d=64", "optim.lr=1e-2", "run.truncation_ranks=[]"], base=LM_TINY)
+    deltas = load_file(tmp_path / "delta.safetensors")
+    assert {n.split(".")[-1] for n in deltas} == set(DECODER_LINEARS) and len(deltas) == 14
+    assert any(float(d.norm()) > 0 for d in deltas.values()) and 0.0 <= s["metrics"]["test_accuracy"] <= 1.0
