@@ -78,6 +78,7 @@ class MethodConfig:
     projection: str = "fastfood"  # dense | sparse | fastfood
     said: bool = False
     exclude_embeddings: bool = False
+    head_lr: Optional[float] = None  # learning rate of the directly trained head (null: optim.lr)
 
 
 @dataclass
@@ -232,6 +233,8 @@ def validate(cfg: Any) -> None:
         if int(m.d) <= 0:
             raise ConfigError(f"method.d={m.d} is not valid; the subspace dimension must be a positive integer.")
         _one_of(m.projection, PROJECTIONS, "method.projection")
+        if m.head_lr is not None and float(m.head_lr) <= 0:
+            raise ConfigError(f"method.head_lr={m.head_lr} is not valid; the head's learning rate must be positive.")
     o = cfg.optim
     _one_of(o.name, ("adamw",), "optim.name")
     _one_of(o.schedule, ("linear", "cosine", "constant"), "optim.schedule")

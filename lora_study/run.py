@@ -120,8 +120,11 @@ def execute(cfg: Config, out: RunDir) -> Dict:
     try:
         # subspace models keep θ0 in their modules until merged, so they are probed at the end only
         probe = (lambda: heldout.evaluate(model)) if heldout and cfg.method.name != "subspace" else None
+        head_lr = cfg.method.get("head_lr") if cfg.method.name == "subspace" else None
+        group_lrs = {id(p): float(head_lr) for p in model.direct_parameters} if head_lr else None
         result = train(model, enc["train"], enc["validation"], cfg.train, cfg.optim, device, precision, logger.log,
-                       probe=probe, probe_every=cfg.heldout.every if heldout else 0, evaluate_fn=evaluator)
+                       probe=probe, probe_every=cfg.heldout.every if heldout else 0, evaluate_fn=evaluator,
+                       group_lrs=group_lrs)
     except Diverged as e:
         summary.update(status="failed", reason=str(e), failed_step=e.step, wall_time_s=time.time() - started)
         out.write_summary(summary)
@@ -154,6 +157,7 @@ def execute(cfg: Config, out: RunDir) -> Dict:
     summary["storage"] = _storage(cfg, model, out, saved)
     if cfg.method.name == "subspace":
         summary["subspace"] = {"d": model.d, "D": model.D, "projection": cfg.method.projection, "said": bool(cfg.method.said),
+                               "head_lr": float(cfg.method.head_lr) if cfg.method.get("head_lr") else float(cfg.optim.lr),
                                "subspace_params": model.num_subspace_params, "direct_params": model.num_direct_params}
         model = model.merge_into_base()  # θ0 + P θ_d written into the model: probes and latency see a plain model
     if heldout:

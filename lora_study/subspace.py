@@ -136,6 +136,11 @@ class SubspaceModel(nn.Module):
     def scoped_names(self) -> list[str]:
         return list(self._names)
 
+    @property
+    def direct_parameters(self) -> list[nn.Parameter]:
+        """The parameters trained directly, outside the subspace (the head)."""
+        return [p for _, p in self._direct]
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """θ_d, the SAID scales λ if any, then the directly trained parameters."""
         own = [self.theta_d] + ([self.lambdas] if self.said else [])

@@ -94,6 +94,17 @@ def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
                              weight_decay=cfg.weight_decay, foreach=False)
 
 
+def param_groups(params: list, group_lrs: Optional[Dict[int, float]] = None) -> list:
+    """AdamW parameter groups: the parameters whose id() is in ``group_lrs`` get their own learning rate
+    (one group per rate); the rest share optim.lr. The schedule scales every group alike."""
+    if not group_lrs:
+        return params
+    groups: Dict[Optional[float], list] = {}
+    for p in params:
+        groups.setdefault(group_lrs.get(id(p)), []).append(p)
+    return [{"params": ps} if lr is None else {"params": ps, "lr": float(lr)} for lr, ps in groups.items()]
+
+
 def make_schedule(optimizer, cfg: OptimConfig, max_steps: int):
     from transformers import get_scheduler
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.schedule]
@@ -104,10 +115,10 @@ def make_schedule(optimizer, cfg: OptimConfig, max_steps: int):
 def train(model, train_data: Encoded, val_data: Encoded, cfg: TrainConfig, optim_cfg: OptimConfig,
           device: torch.device, precision: str, log: Callable[[Dict], None],
           probe: Optional[Callable[[], Dict]] = None, probe_every: int = 0,
-          evaluate_fn: Callable[..., Dict] = evaluate) -> TrainResult:
+          evaluate_fn: Callable[..., Dict] = evaluate, group_lrs: Optional[Dict[int, float]] = None) -> TrainResult:
     """Train the parameters that require gradients; ``probe`` (held-out evaluation) runs every
     ``probe_every`` steps when both are given; ``evaluate_fn(model, data, batch_size, device, precision)``
-    validates every ``cfg.eval_every`` steps."""
+    validates every ``cfg.eval_every`` steps; ``group_lrs`` maps id(parameter) to its own learning rate."""
     params = [p for p in model.parameters() if p.requires_grad]
     result = TrainResult(steps=0)
     if not params:  # the frozen base without a head (or a causal LM with method=none): evaluation only
@@ -115,7 +126,7 @@ def train(model, train_data: Encoded, val_data: Encoded, cfg: TrainConfig, optim
                                                                        precision)
         log({"step": 0, "split": "validation", **result.last_validation})
         return result
-    optimizer = make_optimizer(params, optim_cfg)
+    optimizer = make_optimizer(param_groups(params, group_lrs), optim_cfg)
     schedule = make_schedule(optimizer, optim_cfg, cfg.max_steps)
     batches = train_data.train_batches(cfg.batch_size, cfg.seed)
     model.train()

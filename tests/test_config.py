@@ -51,9 +51,11 @@ def test_wrong_type_fails_at_composition():
     ("method.name=adapter", "method.name='adapter'"),
     ("method.target_modules=attn_qvk", None),
     ("train.device=tpu", "train.device='tpu'"),
+    ("method=subspace method.head_lr=-0.1", "method.head_lr=-0.1"),
+    ("method=subspace method.d=0", "method.d=0"),
 ])
 def test_bad_values_give_one_sentence(override, needle):
-    cfg = compose([override])
+    cfg = compose(override.split())
     if needle is None:  # target presets are checked against the model, see test_methods
         validate(cfg)
         return

@@ -107,6 +107,7 @@ def test_intrinsic_dim_study_runs_and_is_analysed(tmp_path):
         # d counts every trained number of the subspace (SAID's per-layer scales included), plus the head
         assert s["params"]["trainable"] == m["d"] + s["params"]["head"], m["id"]
         assert s["subspace"]["said"] == ("said" in m["id"]) and s["lr"] == m["lr"]
+        assert s["subspace"]["head_lr"] == 0.3  # the head trains at its own rate (experiment=intrinsic_dim)
         assert 0 < s["subspace"]["d"] < s["subspace"]["D"]
 
     r = cli("lora-study-analyze", str(study))
