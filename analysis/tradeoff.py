@@ -17,15 +17,10 @@ import numpy as np
 import pandas as pd
 
 from .intrinsic import at_d90
+from .study import label_key
 
 ADAM_FP32_BYTES = 8
 MIXED_PRECISION_BYTES = 16
-
-
-def _order(label_row) -> tuple:
-    method = label_row["method"]
-    return ({"none": 0, "full": 1, "lora": 2, "subspace": 3}.get(method, 9), label_row.get("rank") or 0,
-            label_row.get("d") or 0)
 
 
 def tradeoff(runs: pd.DataFrame, spectra: Optional[pd.DataFrame] = None,
@@ -77,7 +72,7 @@ def tradeoff(runs: pd.DataFrame, spectra: Optional[pd.DataFrame] = None,
         col = f"latency_plain_batch{b}_s"
         if col in base_lat:
             out[f"base_latency_batch{b}_s"] = base_lat[col]
-    return out.iloc[sorted(range(len(out)), key=lambda i: _order(out.iloc[i]))].reset_index(drop=True)
+    return out.iloc[sorted(range(len(out)), key=lambda i: label_key(out.label.iloc[i]))].reset_index(drop=True)
 
 
 def latency_batches(t: pd.DataFrame) -> list:

@@ -9,6 +9,16 @@ import torch
 from .tasks import Split
 
 
+def shuffled_batches(data, batch_size: int, seed: int) -> Iterator[Dict[str, torch.Tensor]]:
+    """Endless shuffled batches of ``data`` (anything with ``len`` and ``batch(indices)``); a new permutation
+    per epoch from a generator seeded by ``seed``, so every method sees the same batches in the same order."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(data), generator=gen).tolist()
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield data.batch(order[start:start + batch_size])
+
+
 class Encoded:
     """A split tokenised (truncated to ``max_length``, unpadded) on first use of each example, so a short
     run over a large training split only tokenises what it sees; batches are padded per batch."""
@@ -52,12 +62,7 @@ class Encoded:
         return out
 
     def train_batches(self, batch_size: int, seed: int) -> Iterator[Dict[str, torch.Tensor]]:
-        """Endless shuffled batches; a new permutation per epoch from a generator seeded by ``seed``."""
-        gen = torch.Generator().manual_seed(seed)
-        while True:
-            order = torch.randperm(len(self), generator=gen).tolist()
-            for start in range(0, len(order) - batch_size + 1, batch_size):
-                yield self.batch(order[start:start + batch_size])
+        return shuffled_batches(self, batch_size, seed)
 
     def eval_batches(self, batch_size: int) -> Iterator[Dict[str, torch.Tensor]]:
         """Batches in order of length (less padding); metrics do not depend on the order."""

@@ -18,6 +18,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from .data import shuffled_batches
 from .lm_tasks import LMSplit
 
 IGNORE = -100
@@ -101,12 +102,7 @@ class LMEncoded:
         return {"input_ids": ids, "attention_mask": mask}
 
     def train_batches(self, batch_size: int, seed: int) -> Iterator[Dict[str, torch.Tensor]]:
-        """Endless shuffled batches; a new permutation per epoch from a generator seeded by ``seed``."""
-        gen = torch.Generator().manual_seed(seed)
-        while True:
-            order = torch.randperm(len(self), generator=gen).tolist()
-            for start in range(0, len(order) - batch_size + 1, batch_size):
-                yield self.batch(order[start:start + batch_size])
+        return shuffled_batches(self, batch_size, seed)
 
     def _by_length(self, prompt_only: bool = False) -> List[int]:
         key = (lambda i: len(self.encoded(i)[0])) if prompt_only else (lambda i: sum(map(len, self.encoded(i))))
