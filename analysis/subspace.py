@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from analysis.spectral import as_matrices, positive_int, singular_values, thin_svd
+from lora_study.linalg import as_matrices, positive_int, singular_values, thin_svd
 
 DEFAULT_EPS_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 

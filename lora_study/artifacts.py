@@ -14,6 +14,10 @@ This module alone builds paths inside a run or study directory. Layout, schema v
     <study>/
       study.json                  index: shared settings, members, their status and chosen lrs
       runs/<member>/              one run directory per member
+      lr_search/<member>/         the learning-rate search's validation runs (study.lr_search=true)
+
+Member ids name a study's runs: ``<arm>[_<axis><value>]_s<seed>`` (``full_s0``, ``lora_r8_s0``,
+``subspace_did_d100_s0``); ``member_id`` builds them and ``parse_member_id`` reads them back.
 
 Every file is written atomically (temporary file, then rename), so a killed run never leaves a file
 that looks whole; ``summary.json`` with ``status: complete`` is written last and is what marks a run
@@ -42,6 +46,7 @@ ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 STUDY_INDEX = "study.json"
 RUNS_DIR = "runs"
+SEARCH_DIR = "lr_search"
 
 
 class ArtifactError(RuntimeError):
@@ -50,7 +55,9 @@ class ArtifactError(RuntimeError):
 
 # -- atomic writes -----------------------------------------------------------------------------
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Write ``path`` through ``write(temporary path)`` and rename it into place, so it is whole or absent."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -70,13 +77,13 @@ def write_json(path: Path, obj: Any) -> None:
             json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
             f.flush()
             os.fsync(f.fileno())
-    _atomic(Path(path), w)
+    atomic_write(path, w)
 
 
 def write_tensors(path: Path, tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {"schema_version": str(SCHEMA_VERSION), **(metadata or {})}
-    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def _jsonable(o: Any) -> Any:
@@ -99,31 +106,37 @@ def read_json(path: Path) -> Any:
         raise ArtifactError(f"{path} is not valid JSON ({e}); the file is corrupt or was cut short.") from e
 
 
-# -- module names --------------------------------------------------------------------------------
+# -- member ids ----------------------------------------------------------------------------------
 
-_KINDS = [  # (regex on the module path, kind): encoder (BERT/RoBERTa) and decoder (Llama/Qwen) names
-    (r"attention\.self\.query$|self_attn\.q_proj$|attn\.q_proj$", "query"),
-    (r"attention\.self\.key$|self_attn\.k_proj$|attn\.k_proj$", "key"),
-    (r"attention\.self\.value$|self_attn\.v_proj$|attn\.v_proj$", "value"),
-    (r"attention\.output\.dense$|self_attn\.o_proj$|attn\.o_proj$", "attn_out"),
-    (r"intermediate\.dense$|mlp\.up_proj$|mlp\.fc1$", "ffn_in"),
-    (r"mlp\.gate_proj$", "ffn_gate"),
-    (r"(?<!attention\.)output\.dense$|mlp\.down_proj$|mlp\.fc2$", "ffn_out"),
-]
-MODULE_KINDS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_gate", "ffn_out")
+AXIS_PREFIX = {"rank": "r", "d": "d"}  # the letter an axis value carries in a member id
+_MEMBER = re.compile(r"^(?P<arm>[a-z][a-z0-9_]*?)(?:_(?P<prefix>[a-z])(?P<value>\d+))?_s(?P<seed>\d+)$")
 
 
-def module_kind(name: str) -> Optional[str]:
-    """The role of a linear module inside a transformer block, or None for anything else."""
-    for pattern, kind in _KINDS:
-        if re.search(pattern, name):
-            return kind
-    return None
+def arm_key(arm: str, axis: Optional[str] = None, value: Optional[int] = None) -> str:
+    """``lora_r8``: an arm (a method, or a method and variant) and its swept value, without a seed."""
+    return f"{arm}_{AXIS_PREFIX[axis]}{int(value)}" if axis is not None and value is not None else arm
 
 
-def module_layer(name: str) -> Optional[int]:
-    m = re.search(r"\.(?:layer|layers|h|blocks)\.(\d+)\.", name)
-    return int(m.group(1)) if m else None
+def member_id(arm: str, seed: int, axis: Optional[str] = None, value: Optional[int] = None) -> str:
+    """``lora_r8_s0``: the arm, the swept axis value, the seed."""
+    return f"{arm_key(arm, axis, value)}_s{int(seed)}"
+
+
+def search_id(arm: str, lr: float, axis: Optional[str] = None, value: Optional[int] = None) -> str:
+    """``lora_r8_lr0.005``: one validation run of the learning-rate search."""
+    return f"{arm_key(arm, axis, value)}_lr{lr:g}"
+
+
+def parse_member_id(member: str) -> Dict[str, Any]:
+    """{arm, axis, value, seed} of a member id; ArtifactError for anything else."""
+    m = _MEMBER.match(member)
+    if not m:
+        raise ArtifactError(f"{member!r} is not a member id of the form <arm>[_r<rank>|_d<dim>]_s<seed>.")
+    axis = {v: k for k, v in AXIS_PREFIX.items()}.get(m.group("prefix")) if m.group("prefix") else None
+    if m.group("prefix") and axis is None:
+        raise ArtifactError(f"{member!r} has an unknown axis letter {m.group('prefix')!r}.")
+    return {"arm": m.group("arm"), "axis": axis, "value": int(m.group("value")) if m.group("value") else None,
+            "seed": int(m.group("seed"))}
 
 
 # -- runs ----------------------------------------------------------------------------------------
@@ -335,11 +348,16 @@ class StudyDir:
     def index_path(self) -> Path:
         return self.path / STUDY_INDEX
 
-    def run_path(self, member: str) -> Path:
-        return self.path / RUNS_DIR / member
+    @staticmethod
+    def subdir(member: str, phase: str = "main") -> str:
+        """Where a member's run lives inside the study: ``runs/<member>``, or ``lr_search/<member>``."""
+        return f"{SEARCH_DIR if phase == 'lr_search' else RUNS_DIR}/{member}"
 
-    def run(self, member: str) -> RunDir:
-        return RunDir(self.run_path(member))
+    def run_path(self, member: str, phase: str = "main") -> Path:
+        return self.path / self.subdir(member, phase)
+
+    def run(self, member: str, phase: str = "main") -> RunDir:
+        return RunDir(self.run_path(member, phase))
 
     def exists(self) -> bool:
         return self.index_path.exists()

@@ -33,7 +33,7 @@ def make_logger(cfg, out: RunDir) -> Logger:
     try:
         import wandb
     except ImportError as e:
-        from .config import ConfigError
+        from .schema import ConfigError
         raise ConfigError("logger=wandb needs the wandb package; install it with `pip install 'lora-study[wandb]'`.") from e
     from omegaconf import OmegaConf
     mode = cfg.logger.mode or os.environ.get("WANDB_MODE", "offline")

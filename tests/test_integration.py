@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import cli, run_tiny
+from conftest import cli, compose, run_tiny
 
 REAL = ["model=minilm", "train.max_steps=3", "train.eval_every=3", "train.batch_size=8", "train.max_length=48",
         "task.max_eval_examples=32", "run.latency=false", "run.truncation_ranks=[1]",
@@ -43,11 +43,30 @@ def test_train_cli_writes_a_run_directory(tmp_path):
     (["method.target_modules=[q_proj]"], "matches no linear layer"),
     (["optim.lr=-1"], "optim.lr=-1.0 is not valid"),
     (["train.max_steps=0"], "train.max_steps=0 is not valid"),
-    (["method.rnak=4"], "rnak"),
+    (["task.n_test=-5"], "task.n_test=-5 is not valid; it must be a positive integer."),
+    (["method=subspace", "method.d=100000000", "method.projection=dense"],
+     "method.d=100000000 is larger than D="),
+    (["method=subspace", "method.d=20000", "method.projection=dense"],
+     "method.d=20000 with method.projection=dense is too large"),
 ])
-def test_bad_input_stops_before_training_with_one_sentence(tmp_path, args, needle):
-    r = cli("lora-study-train", "model=tiny", *args, f"hydra.run.dir={tmp_path}/run")
-    assert r.returncode != 0
-    assert needle in r.stderr, r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+def test_bad_input_stops_before_training_with_one_sentence(tmp_path, args, needle, monkeypatch):
+    from lora_study import run
+    from lora_study.artifacts import RunDir
+    from lora_study.methods import projections
+    from lora_study.schema import ConfigError
+    monkeypatch.setattr(run, "train", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(projections, "default_max_bytes", lambda device="cpu": 10**6)  # a small machine
+    with pytest.raises(ConfigError) as e:
+        run.execute(compose(["model=tiny", *args]), RunDir(tmp_path))
+    msg = str(e.value)
+    assert needle in msg and msg.endswith(".") and msg.count(". ") == 0, msg
+    assert not any(tmp_path.iterdir())
+
+
+def test_bad_input_on_the_command_line_exits_non_zero_without_a_traceback(tmp_path):
+    for args, needle in ((["method.rank=0"], "method.rank=0 is not valid"), (["method.rnak=4"], "rnak")):
+        r = cli("lora-study-train", "model=tiny", *args, f"hydra.run.dir={tmp_path}/run")
+        assert r.returncode != 0
+        assert needle in r.stderr, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr
+        assert not (tmp_path / "run" / "metrics.jsonl").exists()

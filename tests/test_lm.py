@@ -7,8 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import compose, run_tiny
-from lora_study.config import ConfigError, MethodConfig, ModelConfig
+from conftest import compose, load_model, prepare, randomize_lora_b, run_tiny
+from lora_study.models import ModelConfig
+from lora_study.schema import ConfigError
 
 # a tiny causal run: a 2-layer, 16-wide Llama on a slice of the review-label instruction task
 LM_TINY = ["model=tiny_llama", "task=lm_review_label", "train.max_steps=4", "train.eval_every=4", "train.batch_size=4",
@@ -19,18 +20,16 @@ DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 @pytest.fixture(scope="module")
 def tiny_lm():
-    from lora_study.models import build_model
-    return build_model(ModelConfig(source="tiny_llama"))
+    return load_model(ModelConfig(source="tiny_llama"), family="causal_lm")
 
 
 def _encoded(tok, prompts, answers, max_length=64):
-    from lora_study.lm_data import LMEncoded
-    from lora_study.lm_tasks import LMSplit
+    from lora_study.tasks.lm_encoding import LMEncoded, LMSplit
     return LMEncoded(LMSplit(prompts, answers), tok, max_length)
 
 
 def test_loss_is_taken_on_completion_tokens_only(tiny_lm):
-    from lora_study.lm_data import chat_pair
+    from lora_study.tasks.lm_encoding import chat_pair
     tok = tiny_lm.tokenizer
     enc = _encoded(tok, ["Is this review fresh or rotten?\n\nReview: a long and quite dull film", "Short?"],
                    ["rotten", "fresh"])
@@ -69,21 +68,22 @@ def test_long_prompts_lose_the_end_of_the_message_not_the_answer(tiny_lm):
 @pytest.mark.parametrize("preset,kinds", [("attn_qv", {"q_proj", "v_proj"}), ("attn", {"q_proj", "k_proj", "v_proj", "o_proj"}),
                                           ("all_linear", set(DECODER_LINEARS))])
 def test_lora_targets_every_preset_on_a_decoder(preset, kinds):
-    from lora_study.methods import apply_method, block_linears, expected_lora_count, resolve_targets
-    from lora_study.models import build_model, head_module_names
-    lm = build_model(ModelConfig(source="tiny_llama"))
-    assert head_module_names(lm.model, "causal") == []
+    from lora_study.methods.lora import resolve_targets
+    from lora_study.models.structure import block_linears
+    from lora_study.tasks.causal_lm import CausalLMFamily
+    lm = load_model(ModelConfig(source="tiny_llama"), family="causal_lm")
+    assert CausalLMFamily().head_modules(lm.model) == []
     targets = resolve_targets(lm.model, preset)
     assert {t.split(".")[-1] for t in targets} == kinds and len(targets) == 2 * len(kinds)  # 2 layers
     shapes = {n: tuple(m.weight.shape) for n, m in block_linears(lm.model).items()}
-    prepared = apply_method(lm.model, MethodConfig(name="lora", rank=2, alpha=4, target_modules=preset), [])
+    prepared = prepare(lm.model, "lora", rank=2, alpha=4, target_modules=preset)
     assert prepared.model.peft_config["default"].modules_to_save is None  # no head on a causal LM
     trainable = sum(p.numel() for p in prepared.model.parameters() if p.requires_grad)
-    assert trainable == expected_lora_count(shapes, targets, 2, 0)
+    assert trainable == sum(2 * (shapes[t][0] + shapes[t][1]) for t in targets)  # r (d_out + d_in) per target
 
 
 def test_exact_match_normalises_case_punctuation_and_extra_words():
-    from lora_study.lm_tasks import exact_match, normalise_answer
+    from lora_study.tasks.decoding import exact_match, normalise_answer
     assert normalise_answer("  Fresh.") == "fresh" and normalise_answer("ROTTEN!! it is") == "rotten"
     assert normalise_answer("...") == ""
     assert exact_match(["Rotten!", "fresh or rotten", "", "  FRESH"], ["rotten", "rotten", "fresh", "fresh"]) == 0.5
@@ -92,7 +92,7 @@ def test_exact_match_normalises_case_punctuation_and_extra_words():
 
 
 def test_greedy_decoding_matches_generate_on_left_padded_prompts(tiny_lm):
-    from lora_study.lm_eval import greedy
+    from lora_study.tasks.decoding import greedy
     tok, model = tiny_lm.tokenizer, tiny_lm.model.eval()
     enc = _encoded(tok, ["a", "a much longer prompt than the first one, padded on the left"], ["x", "y"])
     b = enc.prompt_batch([0, 1])
@@ -110,7 +110,7 @@ def test_full_finetune_saves_delta_of_every_decoder_linear_layer(tmp_path):
     expected = {f"model.layers.{l}.{'self_attn' if k[0] in 'qkvo' else 'mlp'}.{k}" for l in (0, 1) for k in DECODER_LINEARS}
     assert set(deltas) == expected and set(load_file(tmp_path / "spectrum.safetensors")) == expected
     assert all(float(d.norm()) > 0 for d in deltas.values())
-    assert s["kind"] == "causal" and s["head_modules"] == [] and s["params"]["trainable"] == s["params"]["total"]
+    assert s["family"] == "causal_lm" and s["head_modules"] == [] and s["params"]["trainable"] == s["params"]["total"]
     m = s["metrics"]
     assert 0.0 <= m["test_accuracy"] <= 1.0 and math.isfinite(m["test_perplexity"])
     assert [r["k"] for r in s["truncation"]["ranks"]] == [1, 2, "full"]
@@ -119,7 +119,7 @@ def test_full_finetune_saves_delta_of_every_decoder_linear_layer(tmp_path):
 
 
 def test_lora_run_merges_and_frozen_base_trains_nothing(tmp_path):
-    s, _ = run_tiny(tmp_path / "lora", ["method=lora", "method.rank=2", "method.init=random_b"], base=LM_TINY)
+    s, _ = run_tiny(tmp_path / "lora", ["method=lora", "method.rank=2", "optim.lr=1e-2"], base=LM_TINY)
     assert s["status"] == "complete" and len(s["lora_targets"]) == 4 and s["steps"] == 4
     assert s["merge"]["max_abs_logit_diff_fp32"] < 1e-4 and set(load_file(tmp_path / "lora" / "delta.safetensors")) == set(s["lora_targets"])
     base, _ = run_tiny(tmp_path / "none", ["method=none"], base=LM_TINY)
@@ -136,10 +136,10 @@ def test_perplexity_task_records_no_accuracy(tmp_path):
 
 
 def test_heldout_lm_base_forgets_nothing_and_damage_is_positive_forgetting(tiny_lm):
-    from lora_study.heldout import maybe_heldout
+    from lora_study.heldout import make_scorer
     cfg = compose(["heldout.n_test=6", "heldout.n_drift=6", "heldout.max_length=24", "heldout.max_new_tokens=2"]).heldout
     model = copy.deepcopy(tiny_lm.model).eval()  # damaged below; the fixture stays intact
-    h = maybe_heldout(cfg, model, tiny_lm.tokenizer, "tiny-llama-test", torch.device("cpu"), kind="causal", batch_size=8)
+    h = make_scorer(cfg, "causal_lm", model, tiny_lm.tokenizer, "tiny-llama-test", torch.device("cpu"), batch_size=8)
     same = h.evaluate(model)
     assert set(same["tasks"]) == {"lee_wiki", "bbc_tech_politics", "subjectivity"}
     assert all(t["forgetting"] == pytest.approx(0.0, abs=1e-6) for t in same["tasks"].values())
@@ -156,8 +156,9 @@ def test_heldout_lm_base_forgets_nothing_and_damage_is_positive_forgetting(tiny_
 def test_qlora_on_cpu_stops_with_one_sentence_before_any_work(tmp_path, monkeypatch):
     from lora_study import run
     from lora_study.artifacts import RunDir
+    from lora_study.tasks.causal_lm import CausalLMFamily
     monkeypatch.setattr(run, "build_model", lambda *a, **k: pytest.fail("a model was loaded"))
-    monkeypatch.setattr(run, "load_lm_task", lambda *a, **k: pytest.fail("a task was loaded"))
+    monkeypatch.setattr(CausalLMFamily, "load", lambda *a, **k: pytest.fail("a task was loaded"))
     cfg = compose(LM_TINY + ["method=qlora", "train.device=cpu"])
     with pytest.raises(ConfigError) as e:
         run.execute(cfg, RunDir(tmp_path))
@@ -166,19 +167,22 @@ def test_qlora_on_cpu_stops_with_one_sentence_before_any_work(tmp_path, monkeypa
     assert not any(tmp_path.iterdir())
 
 
-def test_task_and_model_kinds_must_agree(tmp_path):
+def test_task_family_and_model_must_agree(tmp_path):
     from lora_study.artifacts import RunDir
     from lora_study.run import execute
-    with pytest.raises(ConfigError, match="causal LM"):
+    with pytest.raises(ConfigError, match="is a causal LM and task.family=classification"):
         execute(compose(["model=tiny_llama", "task=rotten_tomatoes"]), RunDir(tmp_path))
-    with pytest.raises(ConfigError, match="task.kind=lm"):
+    with pytest.raises(ConfigError, match="task.family=causal_lm needs a causal LM"):
         execute(compose(["model=tiny", "task=lm_review_label"]), RunDir(tmp_path))
+    with pytest.raises(ConfigError, match="task.source=bbc_business is not a classification task"):
+        execute(compose(["model=tiny", "task=lm_bbc_business", "task.family=classification"]), RunDir(tmp_path))
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.slow
 def test_smollm2_converts_once_and_takes_two_lora_steps(tmp_path):
     import json
-    from lora_study.lm import smollm2_path
+    from lora_study.models.gguf import smollm2_path
     s, _ = run_tiny(tmp_path, ["model=smollm2_135m", "method=lora", "method.rank=4", "train.max_steps=2",
                                "train.eval_every=2", "train.batch_size=2", "train.max_length=48",
                                "task.max_eval_examples=2", "run.latency=false", "run.truncation_ranks=[]"], base=LM_TINY)
@@ -194,14 +198,14 @@ def test_smollm2_converts_once_and_takes_two_lora_steps(tmp_path):
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_gradient_checkpointing_gives_the_same_gradients(method):
-    from lora_study.methods import apply_method
-    from lora_study.models import build_model
     grads = []
     for checkpointing in (False, True):
-        lm = build_model(ModelConfig(source="tiny_llama"))
+        lm = load_model(ModelConfig(source="tiny_llama"), family="causal_lm")
         torch.manual_seed(0)  # the same random LoRA factors both times
-        prepared = apply_method(lm.model, MethodConfig(name=method, rank=2, alpha=4, init="random_b"), [],
-                                gradient_checkpointing=checkpointing)
+        fields = {"rank": 2, "alpha": 4} if method == "lora" else {}
+        prepared = prepare(lm.model, method, gradient_checkpointing=checkpointing, **fields)
+        if method == "lora":
+            randomize_lora_b(prepared.model)
         model = prepared.model.train()
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         assert base.is_gradient_checkpointing == checkpointing

@@ -39,8 +39,8 @@ def test_full_run_records_truncation_and_accounting(tmp_path):
     n = s["params"]["trainable"]
     assert n == s["params"]["total"]
     # AdamW in fp32: exp_avg and exp_avg_sq (8 bytes per parameter) plus a 4-byte step per tensor
-    from lora_study.models import build_model
-    n_tensors = len(list(build_model(cfg.model, 2).model.parameters()))
+    from conftest import load_model
+    n_tensors = len(list(load_model(cfg.model).model.parameters()))
     assert s["memory"]["optimizer_state_bytes"] == 8 * n + 4 * n_tensors
     assert s["memory"]["gradient_bytes"] == 4 * n
     spectra = load_file(tmp_path / "spectrum.safetensors")
@@ -69,8 +69,7 @@ def test_same_seed_gives_identical_metrics_and_delta(tmp_path):
 
 
 def test_every_method_sees_the_same_batches():
-    from lora_study.data import Encoded
-    from lora_study.tasks import Split
+    from lora_study.tasks.classification import Encoded, Split
     from transformers import AutoTokenizer
     from lora_study.models import minilm_path
     tok = AutoTokenizer.from_pretrained(minilm_path())
@@ -81,11 +80,11 @@ def test_every_method_sees_the_same_batches():
 
 
 def test_lora_training_leaves_base_weights_untouched(tmp_path):
-    from lora_study.models import build_model
+    from conftest import load_model
     _, cfg = run_tiny(tmp_path, ["method=lora", "method.target_modules=all_linear", "optim.lr=1e-2"])
     from peft import PeftModel
     torch.manual_seed(0)
-    base = build_model(cfg.model, 2).model
+    base = load_model(cfg.model).model
     before = {k: v.clone() for k, v in base.state_dict().items()}
     model = PeftModel.from_pretrained(base, tmp_path / "adapter")
     inner = model.get_base_model()
@@ -101,12 +100,10 @@ def test_lora_training_leaves_base_weights_untouched(tmp_path):
 
 def test_saved_adapter_reproduces_the_test_metric(tmp_path):
     from peft import PeftModel
-    from lora_study.data import Encoded
-    from lora_study.models import build_model
-    from lora_study.tasks import load_task
-    from lora_study.train import evaluate
+    from conftest import load_model
+    from lora_study.tasks.classification import Encoded, evaluate, load_task
     s, cfg = run_tiny(tmp_path, ["method=lora", "method.rank=4", "optim.lr=5e-3", "train.max_steps=12"])
-    loaded = build_model(cfg.model, 2)
+    loaded = load_model(cfg.model)
     model = PeftModel.from_pretrained(loaded.model, tmp_path / "adapter")
     test = Encoded(load_task(cfg.task).test, loaded.tokenizer, cfg.train.max_length)
     acc = evaluate(model, test, 64, torch.device("cpu"), "fp32")["accuracy"]

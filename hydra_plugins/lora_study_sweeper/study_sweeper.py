@@ -1,6 +1,7 @@
-"""A Hydra sweeper that runs a lora-study study: it expands ``study.*`` into members (base, full,
-LoRA at every rank, per seed; an optional learning-rate search first), skips members whose run is
-complete, and hands the rest to whatever launcher is configured (basic, joblib, submitit)."""
+"""A Hydra sweeper that runs a lora-study study: it expands ``study.*`` into members (every method of
+``study.methods`` at each of its swept values, per seed; an optional learning-rate search first), skips
+members whose run is complete, and hands the rest to whatever launcher is configured (basic, joblib,
+submitit). The plan itself is ``lora_study.planning``'s."""
 from __future__ import annotations
 
 import logging
@@ -30,9 +31,9 @@ class StudySweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
+        from lora_study import planning as S
         from lora_study.artifacts import StudyDir
         from lora_study.config import ConfigError, validate
-        from lora_study import study as S
 
         cfg = self.config
         try:
@@ -67,15 +68,15 @@ class StudySweeper(Sweeper):
         return index
 
     def _entry(self, sdir, m) -> dict:
-        from lora_study import study as S
+        from lora_study import planning as S
         reason = S.member_status(sdir, m)
-        rec = {**m.record(), "dir": f"runs/{m.id}", "status": "complete" if reason is None else "failed"}
+        rec = {**m.record(), "dir": sdir.subdir(m.id, m.phase), "status": "complete" if reason is None else "failed"}
         if reason is not None:
             rec["reason"] = reason
         return rec
 
     def _launch(self, sdir, members: Sequence, arguments: List[str], index: dict) -> List[str]:
-        from lora_study import study as S
+        from lora_study import planning as S
         todo = []
         for m in members:
             reason = S.member_status(sdir, m)
@@ -84,7 +85,7 @@ class StudySweeper(Sweeper):
             else:
                 todo.append(m)
         # write the plan before launching, so a killed study still has an index to resume from
-        index["members"] = [{**m.record(), "dir": f"runs/{m.id}", "status": "pending"} for m in members]
+        index["members"] = [{**m.record(), "dir": sdir.subdir(m.id, m.phase), "status": "pending"} for m in members]
         sdir.write_index(index)
         if not todo:
             return []

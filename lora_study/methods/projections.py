@@ -208,12 +208,16 @@ class Fastfood(_Projection):
         return f"D={self.D}, d={self.d}, block_size={self.n}, blocks={self.blocks}"
 
 
+class ProjectionTooLarge(ValueError):
+    """An explicit projection matrix would not fit in the memory allowed for it."""
+
+
 def _refuse_if_too_big(kind: str, D: int, d: int, need: int, max_bytes: int | None, device) -> None:
     limit = default_max_bytes(device) if max_bytes is None else int(max_bytes)
     if need > limit:
-        raise ValueError(
+        raise ProjectionTooLarge(
             f"A {kind} projection with D={D:,} and d={d:,} needs {need:,} bytes ({need / 2**30:.2f} GiB) "
-            f"but the limit is {limit:,} bytes ({limit / 2**30:.2f} GiB); use projection='fastfood', "
+            f"but the limit is {limit:,} bytes ({limit / 2**30:.2f} GiB); use method.projection=fastfood, "
             f"which never forms the D x d matrix."
         )
 

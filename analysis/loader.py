@@ -6,65 +6,105 @@
     st.delta("lora_r8_s0", "bert.encoder.layer.5.attention.self.value")
     st.spectrum("full_s0")                 # {module: singular values}
 
-Runs that are incomplete or corrupt are listed in ``st.skipped`` with the reason, never silently dropped.
+What a run's method is to the analyses comes from the method registry (``lora_study.methods``), never from its
+name: its label, whether it is the baseline (the frozen base) or the reference (full finetuning), and the axis
+it is swept over (LoRA's rank, subspace training's d). Runs that are incomplete or corrupt are listed in
+``st.skipped`` with the reason, never silently dropped.
 """
 from __future__ import annotations
-
-import re
 
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pandas as pd
 import torch
 
-from lora_study.artifacts import ArtifactError, BaseWeights, RunDir, StudyDir, module_kind, module_layer
-
-
-_LABEL_ORDER = {"frozen base": 0, "full FT": 1, "LoRA": 2, "QLoRA": 3, "subspace": 4}
-
-
-def label_key(label: str) -> tuple:
-    """Sort key for run labels: frozen base, full FT, then LoRA / QLoRA by rank and subspace by variant and
-    d, numerically (so r=2 comes before r=16)."""
-    m = re.match(r"(LoRA|QLoRA) r=(\d+)$", label)
-    if m:
-        return (_LABEL_ORDER[m.group(1)], "", int(m.group(2)))
-    m = re.match(r"subspace (\w+) d=(\d+)$", label)
-    if m:
-        return (_LABEL_ORDER["subspace"], m.group(1), int(m.group(2)))
-    return (_LABEL_ORDER.get(label, 9), label, 0)
+from lora_study import methods
+from lora_study.artifacts import ArtifactError, BaseWeights, RunDir, StudyDir, member_id
+from lora_study.models.structure import module_kind, module_layer
 
 
 @dataclass
 class Run:
     member: str
-    method: str
-    rank: Optional[int]
-    d: Optional[int]
-    seed: int
-    lr: float
+    record: Dict[str, Any]  # the study index's entry for this member
     dir: RunDir
     summary: dict
 
     @property
+    def method(self) -> str:
+        return self.record["method"]
+
+    @property
+    def spec(self) -> methods.Method:
+        return methods.get(self.method)
+
+    @property
+    def seed(self) -> int:
+        return int(self.record["seed"])
+
+    @property
+    def lr(self) -> float:
+        return float(self.record["lr"])
+
+    @property
+    def arm(self) -> str:
+        return self.record.get("arm") or self.method
+
+    @property
+    def axis(self) -> Optional[str]:
+        return self.spec.axis
+
+    @property
+    def value(self) -> Optional[int]:
+        """The swept value: the rank of a rank-swept method, d of a d-swept one, None for the others."""
+        v = self.record.get("value")
+        if v is None and self.axis is not None:
+            v = self.record.get(self.axis)
+        return None if v is None else int(v)
+
+    @property
+    def rank(self) -> Optional[int]:
+        return self.value if self.axis == "rank" else None
+
+    @property
+    def d(self) -> Optional[int]:
+        return self.value if self.axis == "d" else None
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.spec.is_baseline
+
+    @property
+    def is_reference(self) -> bool:
+        return self.spec.is_reference
+
+    @property
     def label(self) -> str:
-        if self.method == "lora":
-            return f"LoRA r={self.rank}"
-        if self.method == "qlora":
-            return f"QLoRA r={self.rank}"
-        if self.method == "subspace":
-            return f"subspace {self.variant} d={self.d}"
-        return {"full": "full FT", "none": "frozen base"}.get(self.method, self.method)
+        return self.spec.label({**self.record, **(self.summary.get("subspace") or {})})
 
     @property
     def variant(self) -> Optional[str]:
-        """Subspace runs: 'SAID' (per-layer scales) or 'DID'; None for other methods."""
-        if self.method != "subspace":
+        """The part of the label between the method and the swept value ('SAID', 'DID'), if any."""
+        if self.axis != "d":
             return None
-        return "SAID" if (self.summary.get("subspace") or {}).get("said") else "DID"
+        words = self.label.split()
+        return words[1] if len(words) > 2 else None
+
+    @property
+    def saved(self) -> Dict[str, bool]:
+        return self.summary.get("saved", {})
+
+
+def label_key(run_or_row) -> tuple:
+    """Sort key: registry order of the method, then its arm and variant, then the swept value numerically
+    (so r=2 comes before r=16)."""
+    get = run_or_row.get if isinstance(run_or_row, dict) else lambda k, d=None: getattr(run_or_row, k, d)
+    value = get("value")
+    return (methods.order(get("method")), str(get("arm") or ""), str(get("variant") or ""),
+            -1 if value is None or value != value else float(value))
 
 
 class Study:
@@ -77,11 +117,12 @@ class Study:
         for m in self.index.get("members", []):
             run = RunDir(self.path / m["dir"])
             reason = run.check_complete()
+            if reason is None and m.get("method") not in methods.names():
+                reason = f"its method {m.get('method')!r} is not registered in this suite"
             if reason is not None:
                 self.skipped[m["id"]] = reason
                 continue
-            s = run.summary()
-            self.runs.append(Run(m["id"], m["method"], m.get("rank"), m.get("d"), int(m["seed"]), float(m["lr"]), run, s))
+            self.runs.append(Run(m["id"], m, run, run.summary()))
         self._base: Optional[BaseWeights] = None
 
     # -- description ---------------------------------------------------------------------------
@@ -111,19 +152,47 @@ class Study:
         why = self.skipped.get(member)
         raise ArtifactError(f"run {member} is not a complete run of this study" + (f": {why}." if why else "."))
 
-    def by_method(self, method: str) -> List[Run]:
-        return [r for r in self.runs if r.method == method]
+    def find(self, arm: str, seed: int, value: Optional[int] = None) -> Optional[Run]:
+        """The run of ``arm`` at swept ``value`` and ``seed``, or None."""
+        for r in self.runs:
+            if r.arm == arm and r.seed == seed and r.value == value:
+                return r
+        return None
 
-    def lora_ranks(self) -> List[int]:
-        return sorted({r.rank for r in self.by_method("lora")})
+    def baselines(self) -> List[Run]:
+        return [r for r in self.runs if r.is_baseline]
+
+    def references(self) -> List[Run]:
+        return [r for r in self.runs if r.is_reference]
+
+    def reference(self, seed: int) -> Optional[Run]:
+        """The reference run (full finetuning) of one seed, or None."""
+        return next((r for r in self.references() if r.seed == seed), None)
+
+    def swept(self, axis: str) -> List[Run]:
+        """Runs of methods swept over ``axis`` ("rank" or "d")."""
+        return [r for r in self.runs if r.axis == axis]
+
+    def arms(self, axis: str) -> List[str]:
+        """The arms swept over ``axis``, in registry order."""
+        return sorted({r.arm for r in self.swept(axis)}, key=lambda a: label_key({"method": self.arm_method(a),
+                                                                                    "arm": a}))
+
+    def arm_method(self, arm: str) -> Optional[str]:
+        return next((r.method for r in self.runs if r.arm == arm), None)
+
+    def values(self, arm: str) -> List[int]:
+        return sorted({r.value for r in self.runs if r.arm == arm and r.value is not None})
 
     def runs_frame(self) -> pd.DataFrame:
         rows = []
         for r in self.runs:
             s = r.summary
             rows.append({
-                "member": r.member, "method": r.method, "label": r.label, "rank": r.rank, "d": r.d, "seed": r.seed,
-                "variant": r.variant, "lr": r.lr, "test_accuracy": s["metrics"]["test_accuracy"],
+                "member": r.member, "method": r.method, "arm": r.arm, "label": r.label, "axis": r.axis,
+                "value": r.value, "rank": r.rank, "d": r.d, "seed": r.seed, "variant": r.variant, "lr": r.lr,
+                "baseline": r.is_baseline, "reference": r.is_reference,
+                "test_accuracy": s["metrics"]["test_accuracy"],
                 "validation_accuracy": s["metrics"].get("validation_accuracy"),
                 "n_test": (s.get("examples") or {}).get("test"),
                 "trainable_params": s["params"]["trainable"], "total_params": s["params"]["total"],
@@ -136,15 +205,22 @@ class Study:
                 **{f"latency_{k[:-2]}_s": v for k, v in (s.get("latency") or {}).items()},
                 **{k: v for k, v in (s.get("merge") or {}).items()},
             })
-        return pd.DataFrame(rows)
+        df = pd.DataFrame(rows)
+        if df.empty:
+            return df
+        order = sorted(range(len(df)), key=lambda i: (label_key(df.iloc[i].to_dict()), df.seed.iloc[i]))
+        return df.iloc[order].reset_index(drop=True)
 
     def metrics(self, member: str) -> pd.DataFrame:
         return pd.DataFrame(self.run(member).dir.metrics())
 
+    def member(self, arm: str, seed: int, axis: Optional[str] = None, value: Optional[int] = None) -> str:
+        return member_id(arm, seed, axis, value)
+
     # -- matrices ------------------------------------------------------------------------------
     def modules(self, member: Optional[str] = None) -> pd.DataFrame:
-        """Analysed modules of a run (default: the first run with saved ΔW) with layer and kind."""
-        runs = [self.run(member)] if member else [r for r in self.runs if r.summary.get("saved", {}).get("spectrum")]
+        """Analysed modules of a run (default: the first run with saved spectra) with layer and kind."""
+        runs = [self.run(member)] if member else [r for r in self.runs if r.saved.get("spectrum")]
         if not runs:
             return pd.DataFrame(columns=["module", "layer", "kind"])
         names = list(runs[0].dir.spectra())

@@ -1,4 +1,4 @@
-"""Intrinsic-dimension finetuning: train a random d-dimensional subspace of the weights.
+"""Intrinsic-dimension finetuning (method ``subspace``): train a random d-dimensional subspace of the weights.
 
 DID (Li et al. 2018; Aghajanyan et al. 2020):   θ = θ0 + P θ_d,            θ_d ∈ R^d, θ_d = 0 at step 0.
 SAID (Aghajanyan et al. 2020):                  θ_i = θ0_i + λ_ℓ(i) (P θ_{d−m})_i,  one λ_ℓ per layer ℓ.
@@ -18,12 +18,17 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from lora_study.hadamard import make_projection
+from ..schema import POSITIVE, POSITIVE_INT, Choice, ConfigError, Free, opt
+from . import register
+from .base import Method, MethodConfig, Prepared, Variant, analysed_modules
+from .projections import ProjectionTooLarge, make_projection
 
 EMBEDDING_MARKERS = ("embeddings", "embed_tokens")
 PROJECTIONS = ("fastfood", "dense", "sparse")
@@ -237,3 +242,80 @@ class SubspaceModel(nn.Module):
     def extra_repr(self) -> str:
         said = f", said=True, m={len(self.group_names)}" if self.said else ""
         return f"d={self.d}, D={self.D}, projection={self.projection_kind!r}{said}, direct={self.num_direct_params}"
+
+
+# -- the method -----------------------------------------------------------------------------------
+
+@dataclass
+class SubspaceConfig(MethodConfig):
+    d: int = opt(1000, POSITIVE_INT)
+    projection: str = opt("fastfood", Choice(PROJECTIONS))
+    said: bool = opt(False, Free())
+    exclude_embeddings: bool = opt(False, Free())
+    head_lr: Optional[float] = opt(None, POSITIVE)  # learning rate of the directly trained head (null: optim.lr)
+
+
+def scope_size(model: nn.Module, head: List[str], exclude_embeddings: bool) -> int:
+    """D: the number of weights a SubspaceModel would put in scope (all but the head and, optionally, embeddings)."""
+    return sum(p.numel() for n, p in model.named_parameters()
+               if not any(h in n for h in head) and not (exclude_embeddings and any(s in n for s in EMBEDDING_MARKERS)))
+
+
+class Subspace(Method):
+    name = "subspace"
+    title = "subspace"
+    schema = SubspaceConfig
+    axis = "d"
+    probes_during_training = False  # θ0 stays in the modules until merged, so probes run at the end only
+
+    def prepare(self, model: nn.Module, cfg, head: List[str], gradient_checkpointing: bool = False) -> Prepared:
+        D = scope_size(model, head, bool(cfg.exclude_embeddings))
+        if int(cfg.d) > D:
+            raise ConfigError(f"method.d={cfg.d} is larger than D={D:,}, the number of weights in the subspace's "
+                              f"scope; choose d between 1 and {D:,}.")
+        analysed = analysed_modules(model)
+        try:
+            sub = SubspaceModel(model, d=int(cfg.d), projection=cfg.projection, said=bool(cfg.said),
+                                exclude_embeddings=bool(cfg.exclude_embeddings), direct_trainable=tuple(head))
+        except ProjectionTooLarge as e:
+            raise ConfigError(f"method.d={cfg.d} with method.projection={cfg.projection} is too large: {e}") from e
+        return Prepared(sub, analysed, head=head)
+
+    def group_lrs(self, model, cfg) -> Optional[Dict[int, float]]:
+        return {id(p): float(cfg.head_lr) for p in model.direct_parameters} if cfg.head_lr else None
+
+    def summary(self, cfg) -> Dict[str, Any]:
+        return {"rank": None, "d": int(cfg.d)}
+
+    def deltas(self, prepared: Prepared, model, w_pre: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        names = [n + ".weight" for n in prepared.analysed]
+        return {n[:-len(".weight")]: d.float().cpu() for n, d in model.deltas(names).items()}
+
+    def storage(self, model, out, run_cfg, saved: Dict[str, bool]) -> Dict[str, Any]:
+        return {"bytes": 4 * sum(p.numel() for p in model.trainable_parameters()),
+                "basis": "θ_d, scalars and head in fp32 (the projection is regenerated from its seed)"}
+
+    def finish(self, model, cfg) -> tuple:
+        info = {"subspace": {"d": model.d, "D": model.D, "projection": cfg.projection, "said": bool(cfg.said),
+                             "head_lr": float(cfg.head_lr) if cfg.head_lr else None,
+                             "subspace_params": model.num_subspace_params, "direct_params": model.num_direct_params}}
+        return model.merge_into_base(), info  # θ0 + P θ_d written in: probes and latency see a plain model
+
+    def variants(self, study) -> List[Variant]:
+        out = []
+        for d in study.dims:
+            for said in study.said:
+                tag = "said" if said else "did"
+                out.append(Variant(f"{self.name}_{tag}", int(d), [f"method.d={int(d)}",
+                                                                  f"method.said={str(bool(said)).lower()}"],
+                                   {"d": int(d), "said": bool(said)}))
+        return out
+
+    def search_variants(self, study) -> List[Variant]:
+        return [Variant(self.name)]  # one search at the configured d serves every d
+
+    def label(self, record: Dict[str, Any]) -> str:
+        return f"subspace {'SAID' if record.get('said') else 'DID'} d={record.get('d')}"
+
+
+register(Subspace())

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
-from lora_study.subspace import OUTSIDE_BLOCKS, SubspaceModel, layer_group
+from lora_study.methods.intrinsic import OUTSIDE_BLOCKS, SubspaceModel, layer_group
 
 PROJECTIONS = ["fastfood", "dense", "sparse"]
 

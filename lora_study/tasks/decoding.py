@@ -1,6 +1,7 @@
 """Evaluation of causal LMs: perplexity of the reference tokens and exact match of greedy answers.
 
-Perplexity over a split is token-weighted: PPL = exp( Σ NLL / N ) over the N scored tokens of all
+Exact match compares normalised answers: lowercase, punctuation removed, first word only — so "Fresh." matches
+"fresh". Perplexity over a split is token-weighted: PPL = exp( Σ NLL / N ) over the N scored tokens of all
 examples (completion tokens for prompt → completion data, every token after the first for plain text).
 
 Generation is a hand-written greedy loop with a KV cache rather than ``model.generate``, so it runs the
@@ -11,13 +12,30 @@ at the model's end-of-turn / end-of-sequence tokens.
 from __future__ import annotations
 
 import math
+import string
 from typing import Dict, Iterable, List, Optional
 
+import numpy as np
 import torch
 
-from .lm_data import IGNORE, LMEncoded
-from .lm_tasks import exact_match
-from .train import autocast, to_device
+from ..device import autocast, to_device
+from .lm_encoding import IGNORE, LMEncoded
+
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalise_answer(text: str) -> str:
+    """Lowercase, strip punctuation, keep the first word ('' if there is none)."""
+    words = text.lower().translate(_PUNCT).split()
+    return words[0] if words else ""
+
+
+def exact_match(predictions: List[str], references: List[str]) -> float:
+    """Fraction of predictions whose normalised first word equals the reference's."""
+    if len(predictions) != len(references) or not references:
+        raise ValueError(f"exact_match needs equally many predictions and references ({len(predictions)} vs "
+                         f"{len(references)}), at least one.")
+    return float(np.mean([normalise_answer(p) == normalise_answer(r) for p, r in zip(predictions, references)]))
 
 
 def _cache_field() -> str:
@@ -119,21 +137,14 @@ def generate_answers(model, data: LMEncoded, batch_size: int, max_new_tokens: in
     return answers
 
 
-def evaluate_lm(model, data: LMEncoded, batch_size: int, device, precision, metric: str = "exact_match",
+def evaluate_lm(model, data: LMEncoded, batch_size: int, device, precision, answers: bool = True,
                 max_new_tokens: int = 4) -> Dict[str, Optional[float]]:
-    """Completion-token loss and perplexity; with ``metric=exact_match`` also the exact-match accuracy of
-    greedy answers (``accuracy``), else ``accuracy`` is None."""
+    """Completion-token loss and perplexity; with ``answers`` also the exact-match accuracy of greedy answers
+    (``accuracy``), else ``accuracy`` is None."""
     out: Dict[str, Optional[float]] = dict(perplexity(model, data.eval_batches(batch_size), device, precision))
     out.pop("tokens")
     out["accuracy"] = None
-    if metric == "exact_match":
+    if answers:
         preds = generate_answers(model, data, batch_size, max_new_tokens, device, precision)
         out["accuracy"] = exact_match(preds, data.answers)
     return out
-
-
-def lm_evaluator(metric: str, max_new_tokens: int):
-    """``evaluate_lm`` with the task's metric bound, in the signature the training loop calls."""
-    def evaluate(model, data, batch_size, device, precision):
-        return evaluate_lm(model, data, batch_size, device, precision, metric, max_new_tokens)
-    return evaluate

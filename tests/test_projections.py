@@ -1,9 +1,9 @@
-"""The fast Walsh–Hadamard transform and the three random projections of lora_study.hadamard."""
+"""The fast Walsh–Hadamard transform and the three random projections of lora_study.methods.projections."""
 import pytest
 import scipy.linalg
 import torch
 
-from lora_study.hadamard import DenseProjection, Fastfood, SparseProjection, _fwht_butterfly, default_max_bytes, fwht
+from lora_study.methods.projections import DenseProjection, Fastfood, SparseProjection, _fwht_butterfly, default_max_bytes, fwht
 
 
 def _matrix(projection, dtype=torch.float64):

@@ -1,6 +1,6 @@
-"""Tokenised prompt → completion splits for causal LMs, with the interface of ``data.Encoded``
-(``train_batches(batch_size, seed)``, ``eval_batches``, ``fixed_width``) so the one training loop runs
-unchanged.
+"""Tokenised prompt → completion splits for causal LMs, with the interface of the classification family's
+``Encoded`` (``train_batches(batch_size, seed)``, ``eval_batches``, ``fixed_width``) so the one training loop
+runs unchanged.
 
 Each example is rendered through the model's chat template: prompt = the user turn plus the header of
 the assistant's turn, completion = the assistant's reply and its end-of-turn marker. The loss is the
@@ -14,14 +14,26 @@ the question, the answer and the turn markers always survive.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from .data import shuffled_batches
-from .lm_tasks import LMSplit
+from . import shuffled_batches
 
 IGNORE = -100
+
+
+@dataclass
+class LMSplit:
+    prompts: List[str]  # the user's message (rendered through the model's chat template when tokenised)
+    completions: List[str]  # the assistant's reply: the only tokens the loss is taken on
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def head(self, n: int) -> "LMSplit":
+        return LMSplit(self.prompts[:n], self.completions[:n])
 
 
 def chat_pair(tokenizer, user: str, answer: str) -> Tuple[str, str]:

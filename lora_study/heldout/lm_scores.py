@@ -4,14 +4,14 @@ not finetuned on (Biderman et al. 2024's forgetting, with offline stand-ins for 
 Tasks (``heldout.lm_tasks``):
 
 - ``lee_wiki``: perplexity on held-out unlabelled text, the Lee news corpus and Wikipedia paragraphs
-  (``heldout.drift_texts``), each cut to ``heldout.max_length`` tokens (for instruction tasks, the text gets
+  (the drift texts of ``lora_study.heldout.probe_data``), each cut to ``heldout.max_length`` tokens (for instruction tasks, the text gets
   ``heldout.max_length`` tokens and the instruction and chat markup come on top);
 - ``bbc_tech_politics``: perplexity on BBC tech and politics articles (never in any target task);
 - ``subjectivity``: exact match of the greedy answer to "is this a review or a plot summary?" on the
   encoder probe's test side (reviews from the default task's reserve, kept out of every split);
 - ``bbc_topic``: exact match of the article's topic (business / entertainment / politics / sport / tech;
   not a default, since lm_bbc_business trains on business articles);
-- ``heldout.extra``: users' LM tasks (task configs with kind=lm), scored by their own metric on their test split.
+- ``heldout.extra``: users' LM tasks (task configs with family=causal_lm), scored by their own metric on their test split.
 
 Sign convention — positive always means forgetting:
 
@@ -26,20 +26,23 @@ keyed by model, texts and lengths, exactly as the encoder path caches its featur
 """
 from __future__ import annotations
 
-import hashlib
+import io
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
-from .config import ConfigError, HeldoutConfig, TaskConfig
-from .heldout import bbc_topic, drift_texts, linear_cka, subjectivity
-from .lm_data import LMEncoded, encode_pair, text_batches
-from .lm_eval import generate_answers, nll_sum, perplexity
-from .lm_tasks import LMSplit, bbc_articles, exact_match, load_lm_task
-from .models import cache_dir
+from .. import corpora
+from ..cache import cached_file
+from .cka import linear_cka
+from ..schema import ConfigError
+from ..tasks import TaskConfig
+from ..tasks.causal_lm import load_lm_task
+from ..tasks.decoding import exact_match, generate_answers, nll_sum, perplexity
+from ..tasks.lm_encoding import LMEncoded, LMSplit, encode_pair, text_batches
+from .probe_data import _key, bbc_topic, drift_texts, subjectivity
 
 LM_BUILTIN = ("lee_wiki", "bbc_tech_politics", "subjectivity", "bbc_topic")
 SUBJ_PROMPT = ("Is the following text a movie review or a plot summary? Answer with one word: review or plot."
@@ -59,8 +62,8 @@ class LMHeldoutTask:
     template: str = "{text}"  # the instruction around each text (its tokens do not count against max_length)
 
 
-def _bbc_tech_politics(cfg: HeldoutConfig) -> LMHeldoutTask:
-    arts = [f"{t}. {b}" for topic in ("tech", "politics") for t, b in bbc_articles(topic)]
+def _bbc_tech_politics(cfg) -> LMHeldoutTask:
+    arts = [f"{t}. {b}" for topic in ("tech", "politics") for t, b in corpora.bbc_articles(topic)]
     pick = np.random.default_rng(cfg.seed).permutation(len(arts))[:cfg.n_test]
     return LMHeldoutTask("bbc_tech_politics", "perplexity", texts=[arts[i] for i in sorted(pick)])
 
@@ -74,13 +77,13 @@ def _extra(spec: dict) -> LMHeldoutTask:
     spec = dict(spec)
     name = spec.pop("name", None) or "custom"
     try:
-        t = load_lm_task(TaskConfig(**{**spec, "kind": "lm"}))
+        t = load_lm_task(TaskConfig(**{**spec, "family": "causal_lm"}))
     except TypeError as e:
         raise ConfigError(f"heldout.extra entry {name!r} has an unknown key ({e}); use task config keys.") from e
     return LMHeldoutTask(name, t.metric, prompts=t.test.prompts, answers=t.test.completions)
 
 
-def load_lm_heldout(cfg: HeldoutConfig) -> List[LMHeldoutTask]:
+def load_lm_heldout(cfg) -> List[LMHeldoutTask]:
     makers = {"lee_wiki": lambda c: LMHeldoutTask("lee_wiki", "perplexity", texts=drift_texts(c)),
               "bbc_tech_politics": _bbc_tech_politics,
               "subjectivity": lambda c: _instruction("subjectivity", subjectivity(c), SUBJ_PROMPT, ["plot", "review"]),
@@ -94,10 +97,10 @@ def load_lm_heldout(cfg: HeldoutConfig) -> List[LMHeldoutTask]:
     return tasks + [_extra(spec) for spec in cfg.extra]
 
 
-class HeldoutLM:
+class LMScorer:
     """Held-out LM tasks plus the base's scores and drift features, prepared before training."""
 
-    def __init__(self, cfg: HeldoutConfig, model, tokenizer, model_path: str, device, precision: str = "fp32",
+    def __init__(self, cfg, model, tokenizer, model_path: str, device, precision: str = "fp32",
                  batch_size: int = 16):
         self.cfg, self.tokenizer, self.device, self.precision, self.batch_size = cfg, tokenizer, device, precision, batch_size
         self.tasks = _lm_data(cfg)
@@ -143,19 +146,20 @@ class HeldoutLM:
         return scores, drift
 
     def _cached(self, model, model_path: str) -> tuple:
-        key = hashlib.sha1(json.dumps({"model": model_path, "len": self.cfg.max_length, "new": self.cfg.max_new_tokens,
-                                       "tasks": [vars(t) for t in self.tasks]}, sort_keys=True).encode()).hexdigest()[:16]
-        path = cache_dir() / "heldout-lm" / f"{key}.npz"
-        if path.exists():
+        key = {"model": model_path, "len": self.cfg.max_length, "new": self.cfg.max_new_tokens,
+               "tasks": [asdict(t) for t in self.tasks]}
+
+        def write(value, tmp):
+            scores, drift = value
+            buf = io.BytesIO()
+            np.savez(buf, scores=json.dumps(scores), **({"drift": drift} if drift is not None else {}))
+            with open(tmp, "wb") as f:
+                f.write(buf.getvalue())
+
+        def read(path):
             with np.load(path) as z:
-                scores = json.loads(str(z["scores"]))
-                return scores, (z["drift"] if "drift" in z.files else None)
-        scores, drift = self._all(model)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{id(self)}.npz")
-        np.savez(tmp, scores=json.dumps(scores), **({"drift": drift} if drift is not None else {}))
-        tmp.replace(path)
-        return scores, drift
+                return json.loads(str(z["scores"])), (z["drift"] if "drift" in z.files else None)
+        return cached_file("heldout-lm", key, ".npz", lambda: self._all(model), write, read)
 
     def evaluate(self, model) -> Dict[str, object]:
         """Base and finetuned scores, forgetting per task (positive = worse than the base) and their mean."""
@@ -181,18 +185,10 @@ class HeldoutLM:
         return out
 
 
-def _lm_data(cfg: HeldoutConfig) -> List[LMHeldoutTask]:
+def _lm_data(cfg) -> List[LMHeldoutTask]:
     """Held-out LM tasks, built once per held-out config and cached (parsing the corpora is slow)."""
-    from omegaconf import OmegaConf
-    plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(vars(cfg))
-    plain.pop("every", None)
-    key = hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = cache_dir() / "heldout-lm-data" / f"{key}.json"
-    if path.exists():
-        return [LMHeldoutTask(**t) for t in json.loads(path.read_text())]
-    tasks = load_lm_heldout(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{id(tasks)}")
-    tmp.write_text(json.dumps([vars(t) for t in tasks]))
-    tmp.replace(path)
-    return tasks
+    def write(tasks, tmp):
+        with open(tmp, "w") as f:
+            json.dump([asdict(t) for t in tasks], f)
+    return cached_file("heldout-lm-data", _key(cfg), ".json", lambda: load_lm_heldout(cfg), write,
+                       lambda path: [LMHeldoutTask(**t) for t in json.loads(path.read_text())])

@@ -1,12 +1,12 @@
-"""Measured accounting: memory of the optimizer state, gradients and parameters, peak memory, latency,
-spectra of ΔW and the best rank-k truncation of ΔW (Eckart–Young)."""
+"""Measured accounting: bytes of the optimizer state, gradients, parameters and saved files, peak memory, and
+inference latency."""
 from __future__ import annotations
 
 import os
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import torch
 
@@ -80,40 +80,6 @@ def median_latency(fn: Callable[[], object], device: torch.device, repeats: int,
         _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-# -- spectra and truncation --------------------------------------------------------------------
-
-@torch.no_grad()
-def spectra(deltas: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
-    """Singular values of every ΔW, batched over matrices of equal shape, on the run's device."""
-    by_shape: Dict[tuple, list] = {}
-    for name, d in deltas.items():
-        by_shape.setdefault(tuple(d.shape), []).append(name)
-    out = {}
-    for names in by_shape.values():
-        stack = torch.stack([deltas[n].float() for n in names]).to(device)
-        s = torch.linalg.svdvals(stack).cpu()
-        out.update({n: s[i] for i, n in enumerate(names)})
-    return out
-
-
-@torch.no_grad()
-def truncate(delta: torch.Tensor, k: int) -> torch.Tensor:
-    """trunc_k(ΔW) = U_k diag(σ_1..σ_k) V_kᵀ, the best rank-k approximation in Frobenius and spectral norm."""
-    if k >= min(delta.shape):
-        return delta
-    u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)
-    return (u[:, :k] * s[:k]) @ vh[:k]
-
-
-@torch.no_grad()
-def top_singular(delta: torch.Tensor, k: int, device: Optional[torch.device] = None) -> tuple:
-    """(U_k diag(σ_1..σ_k), V_kᵀ) from one SVD, so that trunc_j(ΔW) = (U_k Σ_k)[:, :j] V_kᵀ[:j] for every j ≤ k
-    without another decomposition (a study truncates each ΔW at several ranks)."""
-    u, s, vh = torch.linalg.svd(delta.float().to(device or delta.device), full_matrices=False)
-    k = min(k, len(s))
-    return (u[:, :k] * s[:k]).cpu(), vh[:k].cpu()
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:

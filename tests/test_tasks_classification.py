@@ -1,10 +1,11 @@
-"""Target tasks: the default split is fixed, disjoint and stratified; local files load; bad files are refused."""
+"""The classification family's tasks: the default split is fixed, disjoint and stratified; local files load; bad files are refused."""
 import json
 
 import pytest
 
-from lora_study.config import ConfigError, TaskConfig
-from lora_study.tasks import load_task
+from lora_study.schema import ConfigError
+from lora_study.tasks import TaskConfig
+from lora_study.tasks.classification import load_task
 
 
 def test_rotten_tomatoes_split_is_fixed_disjoint_and_stratified():

@@ -1,0 +1,58 @@
+"""Held-out evaluation: what a finetune costs the base model on tasks it was not finetuned on (Biderman et al.
+2024's forgetting). Each task family has its scorer, prepared on the base model before training (base scores
+and features are cached) and called on the finetuned model after it:
+
+- classification: linear probes on frozen encoder features, and CKA drift (``lora_study.heldout.probes``);
+- causal_lm: perplexity on held-out text and exact match on held-out instruction tasks
+  (``lora_study.heldout.lm_scores``).
+
+Positive forgetting always means worse than the base. A new task family registers its scorer with
+``register_scorer``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List
+
+from ..schema import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Choice, ConfigError, Each, Free, opt
+from .lm_scores import LM_BUILTIN, LMScorer
+from .probe_data import BUILTIN
+from .probes import ProbeScorer
+
+_SCORERS: Dict[str, Callable] = {"classification": ProbeScorer, "causal_lm": LMScorer}
+
+
+def register_scorer(family: str, scorer: Callable) -> None:
+    """``scorer(cfg, model, tokenizer, model_key, device, precision, batch_size)`` -> an object whose
+    ``evaluate(model)`` returns {tasks: {name: {base, finetuned, forgetting}}, forgetting_mean, ...}."""
+    _SCORERS[family] = scorer
+
+
+@dataclass
+class HeldoutConfig:
+    enabled: bool = opt(True, Free())
+    tasks: List[str] = opt(rule=Each(Choice(BUILTIN)),
+                           factory=lambda: ["bbc_topic", "subjectivity", "political_party"])
+    extra: List[Any] = opt(rule=Free(), factory=list)  # user tasks: task config dicts (source=files|hf) with a name
+    drift: bool = opt(True, Free())  # linear CKA on held-out unlabelled text (Lee corpus, Wikipedia)
+    n_train: int = opt(100, POSITIVE_INT)  # probe examples per task
+    n_test: int = opt(100, POSITIVE_INT)
+    n_drift: int = opt(100, POSITIVE_INT)
+    max_length: int = opt(64, POSITIVE_INT)
+    C: float = opt(1.0, POSITIVE)  # inverse L2 strength of the logistic-regression probe
+    seed: int = opt(0, NON_NEGATIVE_INT)  # fixed: the probe split never depends on the run's seed
+    every: int = opt(0, NON_NEGATIVE_INT)  # also probe every N training steps (0: only at the end)
+    # causal LMs: perplexity on held-out text, exact match on held-out instruction tasks
+    lm_tasks: List[str] = opt(rule=Each(Choice(LM_BUILTIN)),
+                              factory=lambda: ["lee_wiki", "bbc_tech_politics", "subjectivity"])
+    max_new_tokens: int = opt(4, POSITIVE_INT)
+
+
+def make_scorer(cfg: HeldoutConfig, family: str, model, tokenizer, model_key: str, device, precision: str = "fp32",
+                batch_size: int = 64):
+    """The family's held-out scorer prepared on the base ``model``; None when held-out evaluation is off."""
+    if cfg is None or not cfg.enabled:
+        return None
+    if family not in _SCORERS:
+        raise ConfigError(f"task.family={family} has no held-out evaluation; set heldout=none.")
+    return _SCORERS[family](cfg, model, tokenizer, model_key, device, precision, batch_size)

@@ -1,0 +1,86 @@
+"""Study planning without training: members, alpha rules, learning-rate choice on validation only."""
+import pytest
+
+from conftest import compose
+from lora_study.artifacts import StudyDir, parse_member_id
+from lora_study.config import ConfigError, validate
+from lora_study.methods.base import Variant
+from lora_study.methods.lora import alpha_for
+from lora_study.planning import choose_lrs, lr_for, main_members, search_members, validate_study
+
+
+def rank(r):
+    return Variant("lora", r)
+
+
+def test_default_study_members_and_alpha():
+    st = compose(["experiment=rank_sweep"], "study").study
+    ids = [m.id for m in main_members(st, {})]
+    assert ids == ["none_s0", "full_s0"] + [f"lora_r{r}_s0" for r in (1, 2, 4, 8, 16, 32, 64)]
+    assert [m.record()["alpha"] for m in main_members(st, {}) if m.method == "lora"] == \
+        [2.0 * r for r in (1, 2, 4, 8, 16, 32, 64)]
+    three = compose(["study.seeds=[0,1,2]"], "study").study
+    assert len(main_members(three, {})) == 27
+    for m in main_members(three, {}):  # ids parse back into arm, swept value and seed
+        p = parse_member_id(m.id)
+        assert (p["arm"], p["value"], p["seed"]) == (m.variant.arm, m.variant.value, m.seed)
+
+
+def test_alpha_rules():
+    fixed = compose(["study.alpha_rule=fixed", "study.alpha=32"], "study").study
+    assert alpha_for(4, fixed) == 32.0
+    rs = compose(["study.alpha_rule=rslora", "study.ranks=[4]", "study.methods=[lora]"], "study").study
+    assert "method.use_rslora=true" in main_members(rs, {})[0].overrides()
+    with pytest.raises(ConfigError, match="study.alpha_rule='sqrt' is not valid; choose one of two_r, fixed, rslora"):
+        validate(compose(["study.alpha_rule=sqrt"], "study"))
+
+
+def test_lr_precedence():
+    st = compose(["study.lr_by_rank={1:0.002}"], "study").study
+    assert lr_for("lora", rank(1), st, {}) == 0.002 and lr_for("lora", rank(8), st, {}) == st.lr["lora"]
+    chosen = {"lora_r1": 1e-3, "lora_r64": 3e-4, "full": 5e-5}
+    assert lr_for("lora", rank(2), st, chosen) == 1e-3 and lr_for("lora", rank(32), st, chosen) == 3e-4  # log scale
+    assert lr_for("lora", rank(7), st, chosen) == 1e-3 and lr_for("lora", rank(9), st, chosen) == 3e-4  # √64 = 8
+    assert lr_for("full", Variant("full"), st, chosen) == 5e-5
+
+
+def test_every_rank_swept_method_gets_per_rank_rates():
+    st = compose(["study.lr_by_rank={1:0.002}", "study.methods=[lora,qlora]", "study.ranks=[1,8]",
+                  "study.lr.lora=0.001", "+study.lr.qlora=0.0005"], "study").study
+    lrs = {m.id: m.lr for m in main_members(st, {})}
+    assert lrs == {"lora_r1_s0": 0.002, "lora_r8_s0": 0.001, "qlora_r1_s0": 0.002, "qlora_r8_s0": 0.0005}
+    chosen = {"qlora_r8": 3e-4}
+    assert lr_for("qlora", Variant("qlora", 1), st, chosen) == 3e-4  # nearest searched rank of its own arm
+    assert lr_for("lora", Variant("lora", 1), st, chosen) == 0.002  # another arm's search does not leak
+
+
+def test_lr_choice_reads_validation_never_test(tmp_path):
+    st = compose(["study.methods=[lora]", "study.lr_search_ranks=[4]", "study.lr_grid.lora=[1e-4,1e-3]"], "study").study
+    members = search_members(st)
+    assert [m.id for m in members] == ["lora_r4_lr0.0001", "lora_r4_lr0.001"]
+    sdir = StudyDir(tmp_path)
+    # the lower lr has the better validation accuracy but the worse test accuracy
+    for m, val, test in zip(members, (0.8, 0.7), (0.6, 0.9)):
+        run = sdir.run(m.id, "lr_search")
+        assert run.path == tmp_path / "lr_search" / m.id
+        (run.path / ".hydra").mkdir(parents=True)
+        (run.path / ".hydra" / "config.yaml").write_text("{}")
+        (run.path / "metrics.jsonl").write_text("")
+        run.write_summary({"status": "complete", "lr": m.lr, "seed": 0, "saved": {},
+                           "metrics": {"best_validation_accuracy": val, "test_accuracy": test}})
+    best = choose_lrs(sdir, members)
+    assert best == {"lora_r4": {"lr": 1e-4, "validation_accuracy": 0.8}}
+
+
+def test_bad_study_values():
+    with pytest.raises(ConfigError, match="study.methods=\\['full', 'adapter'\\] is not valid"):
+        validate(compose(["study.methods=[full,adapter]"], "study"))
+    with pytest.raises(ConfigError, match="study.ranks=\\[0, 4\\] is not valid"):
+        validate(compose(["study.ranks=[0,4]"], "study"))
+    with pytest.raises(ConfigError, match="study.seeds=\\[\\] is not valid; it must be a non-empty list"):
+        validate(compose(["study.seeds=[]"], "study"))
+    with pytest.raises(ConfigError, match="study.dims is empty; method subspace is swept over d"):
+        validate_study(compose(["study.methods=[none,subspace]"], "study").study)
+    with pytest.raises(ConfigError, match="study.lr has no learning rate for method 'qlora'"):
+        validate_study(compose(["study.methods=[qlora]"], "study").study)
+    validate_study(compose(["study.methods=[qlora]", "study.lr_by_rank={1:0.1}"], "study").study)
