@@ -2,7 +2,10 @@
 
     from analysis import load_study
     study = load_study("results/studies/rank_sweep")
+
+The maths (``spectral``, ``subspace``, ``dimension``) works on tensors and numbers; ``measures`` holds one module
+per measured claim, in report order; ``cli`` (lora-study-analyze) and ``report`` (lora-study-report) run them.
 """
-from .study import Run, Study, load_study
+from .loader import Run, Study, load_study
 
 __all__ = ["Run", "Study", "load_study"]

@@ -83,7 +83,7 @@ class Run:
 
     @property
     def label(self) -> str:
-        return self.spec.label({**self.record, **(self.summary.get("subspace") or {})})
+        return self.spec.label({**self.record, **(self.summary.get(self.method) or {})})  # the method's own section
 
     @property
     def variant(self) -> Optional[str]:

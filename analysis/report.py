@@ -12,82 +12,22 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import pandas as pd
 
 from lora_study import __version__
 from lora_study.artifacts import ArtifactError
 
-from .cli import analyze, write_table
-from .findings import (energy_finding, forgetting_finding, intruder_finding, latency_finding, memory_finding, rank_finding,
-                       similarity_finding)
-from .intrinsic import finding as intrinsic_finding, format_summary as format_intrinsic
-from .study import Study, label_key, load_study
-from .tradeoff import format_tradeoff, to_latex, to_markdown, tradeoff
+from .analyze import analyze
+from .loader import Study, label_key, load_study
+from .measures import Context, Section
+from .tables import to_markdown, write_formatted, write_table
 
 
-class Section:
-    def __init__(self, title: str, paragraphs: List[str], figure: Optional[str] = None,
-                 table: Optional[str] = None):
-        self.title, self.paragraphs, self.figure, self.table = title, paragraphs, figure, table
-
-
-def build_sections(study: Study, result: Dict, tables_fmt: Dict[str, pd.DataFrame]) -> List[Section]:
-    t = result["tables"]
-    figs = set(result["figures"])
-    runs = t["runs"]
-    methods = set(runs.method) if not runs.empty else set()
-    missing = [name for m, name in (("none", "the frozen base"), ("full", "full finetuning"), ("lora", "LoRA"))
-               if m not in methods]
-    sections = [Section("Tradeoff table", [
-        "One row per method, mean over seeds (± sample standard deviation where there are several). "
-        "Every column is measured in the runs: optimizer state is read from AdamW's state tensors, latency is "
-        "the median of repeated timings at max_length tokens, storage is the bytes a user ships per task.",
-        memory_finding(result["tradeoff"]),
-        *([f"This study has no run of {', '.join(missing)}: the rows and comparisons that need it are absent."]
-          if missing else []),
-    ], table="tradeoff")]
-    sections.append(Section("Does LoRA reach full finetuning, and does the update survive truncation?",
-                            [rank_finding(runs, t["truncation"])], figure="truncation" if "truncation" in figs else None))
-    if "spectra" in figs:
-        sections.append(Section("Spectra of ΔW", [energy_finding(t["spectra"])], figure="spectra"))
-        sections.append(Section("Cumulative energy", [
-            "Cumulative energy Σ_{i≤k} σ_i² / Σ σ_i² of each ΔW; the dotted line marks 90 %."], figure="cumulative_energy"))
-        sections.append(Section("Rank at 90 % energy, layer × module", [
-            "Rank at 90 % energy of each ΔW of the full finetune (or the first run with saved spectra)."],
-            figure="rank90_heatmap"))
-    if "similarity" in figs:
-        sections.append(Section("Subspace similarity between LoRA ranks",
-                                [similarity_finding(t["similarity"])], figure="similarity", table="similarity"))
-    if "intruders" in figs:
-        sections.append(Section("Intruder dimensions", [intruder_finding(t["intruders"])], figure="intruders"))
-    if not t["amplification"].empty:
-        sections.append(Section("Amplification (Hu et al., Table 7)", [
-            "‖UᵀWVᵀ‖_F with U, V the top-r left/right singular vectors of ΔW (ΔW directions), of W itself, and random "
-            "orthonormal ones, on the last layer; factor = ‖ΔW‖_F / ‖UᵀWVᵀ‖_F. A large factor means ΔW amplifies "
-            "directions that W barely uses."], table="amplification"))
-    sections.append(Section("Merge and latency", [latency_finding(result["tradeoff"])]))
-    fig_f = "pareto" if "pareto" in figs else None
-    sections.append(Section("Forgetting on held-out tasks",
-                            [forgetting_finding(t["forgetting"], result["meta"].get("intruders_vs_forgetting", {}))],
-                            figure="forgetting_vs_rank" if "forgetting_vs_rank" in figs else None))
-    if fig_f:
-        sections.append(Section("Learning vs forgetting", [
-            "Each point is one run: x is its test-accuracy gain over the frozen base (same seed), y its mean "
-            "held-out forgetting. Biderman et al. found LoRA and full finetuning on roughly one Pareto curve."],
-            figure=fig_f))
-    if "subspace" not in methods:
-        sections.append(Section("Intrinsic dimension", [
-            "Not measured in this study: it holds no subspace runs (see experiment=intrinsic_dim)."]))
-    else:
-        sections.append(Section("Intrinsic dimension (Li et al. 2018; Aghajanyan et al. 2020)", [
-            "Test accuracy of subspace training θ = θ0 + P θ_d (DID) and SAID (per-layer scales from the same d) "
-            "against d, the trainable numbers besides the head; d90 is the smallest d reaching 90 % of full "
-            "finetuning's accuracy, d90-gain 90 % of its gain over the frozen base, both interpolated on log d.",
-            intrinsic_finding(t["intrinsic_dim_summary"], study.describe())],
-            figure="intrinsic_dim" if "intrinsic_dim" in figs else None, table="intrinsic_dim"))
-    return sections
+def build_sections(ctx: Context) -> List[Section]:
+    """Every measure's sections, in the order of ``MEASURES``."""
+    return [s for m in ctx.measures for s in m.sections(ctx)]
 
 
 def _header(study: Study) -> List[str]:
@@ -101,7 +41,7 @@ def _header(study: Study) -> List[str]:
              f"- **suite**: lora-study {__version__} (torch {v.get('torch')}, transformers {v.get('transformers')}, "
              f"peft {v.get('peft')})", f"- **runs**: {d['runs']} complete"]
     lr = study.index.get("lr_search")
-    lrs = sorted({(r.label, r.lr) for r in study.runs}, key=lambda x: label_key(x[0]))
+    lrs = list(dict.fromkeys((r.label, r.lr) for r in sorted(study.runs, key=lambda r: (label_key(r), r.lr))))
     lines.append("- **learning rates**: " + ", ".join(f"{k} {v:g}" for k, v in lrs) +
                  (" (chosen by a validation sweep in this study)" if lr else " (the study's configured values)"))
     if d["skipped"]:
@@ -150,33 +90,23 @@ def write_html(study: Study, sections: List[Section], tables_fmt, out: Path) -> 
 
 
 def report(study: Study, out: Path) -> Path:
-    result = analyze(study, study.path / "analysis")
-    t = result["tables"]
-    result["tradeoff"] = tradeoff(t["runs"], t["spectra"], t["truncation"])
+    ctx = analyze(study, study.path / "analysis")
     if out.exists():
         shutil.rmtree(out)
     (out / "figures").mkdir(parents=True)
     (out / "tables").mkdir()
-    for name in result["figures"]:
+    for name in ctx.figures:
         for ext in ("png", "pdf"):
             shutil.copy(study.path / "analysis" / f"{name}.{ext}", out / "figures" / f"{name}.{ext}")
-    tables_fmt = {"tradeoff": format_tradeoff(result["tradeoff"]) if not result["tradeoff"].empty else pd.DataFrame()}
-    if "intrinsic_dim_summary" in t:
-        tables_fmt["intrinsic_dim"] = format_intrinsic(t["intrinsic_dim_summary"])
-    if not t["similarity"].empty:
-        tables_fmt["similarity"] = t["similarity"].round(3)
-    if not t["amplification"].empty:
-        a = t["amplification"]
-        tables_fmt["amplification"] = a[["label", "kind", "layer", "r", "delta_dirs", "w_dirs", "random_dirs",
-                                         "w_norm", "dw_norm", "factor"]].round(3)
-    write_table(result["tradeoff"], out / "tables", "tradeoff")
+    tables_fmt: Dict[str, pd.DataFrame] = {}
+    for m in ctx.measures:
+        tables_fmt.update(m.formatted(ctx))
+        for name in m.report_tables:
+            write_table(ctx.table(name), out / "tables", name)
     for name, df in tables_fmt.items():
-        if df.empty:
-            continue
-        (out / "tables" / f"{name}.md").write_text(to_markdown(df) + "\n")
-        (out / "tables" / f"{name}.tex").write_text(to_latex(df, caption=f"{name}: {study.caption()}"))
-        df.to_csv(out / "tables" / f"{name}_formatted.csv", index=False)
-    sections = build_sections(study, result, tables_fmt)
+        if not df.empty:
+            write_formatted(df, out / "tables", name, caption=f"{name}: {study.caption()}")
+    sections = build_sections(ctx)
     write_markdown(study, sections, tables_fmt, out)
     write_html(study, sections, tables_fmt, out)
     return out

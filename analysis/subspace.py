@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lora_study.linalg import as_matrices, positive_int, singular_values, thin_svd
+from lora_study.linalg import as_matrices, max_cosines, positive_int, singular_values, thin_svd
 
 DEFAULT_EPS_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -140,19 +140,7 @@ def amplification(W, dW, r: int, seed: int = 0) -> dict:
 
 def _max_cosines(W_pre, W_ft, k: int, side: str) -> torch.Tensor:
     """max_i |cos(y_j, x_i)| for the top-k singular vectors y_j of W_ft (x_i: all of W_pre's)."""
-    if side not in ("left", "right"):
-        raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
-    W_pre = as_matrices(W_pre, "W_pre", allow_batch=False)
-    W_ft = as_matrices(W_ft, "W_ft", allow_batch=False)
-    if W_pre.shape != W_ft.shape:
-        raise ValueError(f"W_pre and W_ft must have the same shape, got {tuple(W_pre.shape)} and {tuple(W_ft.shape)}.")
-    k = positive_int(k, "k", min(W_pre.shape), "min(W.shape)")
-    dtype = torch.promote_types(W_pre.dtype, W_ft.dtype)
-    U0, _, Vh0 = thin_svd(W_pre.to(dtype))
-    U1, _, Vh1 = thin_svd(W_ft.to(W_pre.device, dtype))
-    X, Y = (U0, U1[:, :k]) if side == "left" else (Vh0.mT, Vh1[:k].mT)
-    # singular vectors are unit-norm, so the cosine is the inner product
-    return (Y.mT @ X).abs().max(dim=1).values
+    return max_cosines(W_pre, W_ft, k, side)[0]
 
 
 def _check_eps(eps) -> float:

@@ -1,6 +1,6 @@
 """Time the spectral analysis on Llama-7B-shaped fp32 matrices against plain numpy, in one process.
 
-(a) full spectra: analysis.spectral.batched_singular_values vs a numpy.linalg.svd(compute_uv=False) loop
+(a) full spectra: lora_study.linalg.batched_singular_values vs a numpy.linalg.svd(compute_uv=False) loop
 (b) top-k (default 64): the randomized path (block Krylov) vs numpy's full SVD cut to the top k, with
     torch.svd_lowrank (q = k + 64, niter = 2) beside it as the plain-subspace-iteration reference.
 
@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from analysis.spectral import batched_singular_values, randomized_singular_values
+from lora_study.linalg import batched_singular_values, randomized_singular_values
 
 SHAPES = {"full": [(4096, 4096), (4096, 11008)], "small": [(512, 512), (512, 1376)]}
 

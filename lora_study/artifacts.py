@@ -8,6 +8,10 @@ This module alone builds paths inside a run or study directory. Layout, schema v
       summary.json                final metrics, accounting, probes; written last, with status
       delta.safetensors           fp32 ΔW per analysed 2-D weight, keyed by module path (save_delta)
       spectrum.safetensors        singular values of every ΔW, same keys (save_spectrum)
+      predictions.safetensors     per-example outputs in split order, for paired tests: ``test.correct``,
+                                  ``test.prediction``, ``test.label``, ``test.loss`` (classification) or
+                                  ``test.nll``, ``test.tokens`` (language modelling), and per held-out task
+                                  ``heldout.<task>.<field>`` (base and finetuned probe correctness, NLL, ...)
       adapter/                    LoRA only: peft's adapter_config.json + adapter_model.safetensors
       model/                      full FT with run.save_model=true only
 
@@ -42,6 +46,7 @@ SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 DELTA = "delta.safetensors"
 SPECTRUM = "spectrum.safetensors"
+PREDICTIONS = "predictions.safetensors"
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 STUDY_INDEX = "study.json"
@@ -149,6 +154,8 @@ def expected_files(summary: Dict[str, Any]) -> List[str]:
         files.append(DELTA)
     if saved.get("spectrum"):
         files.append(SPECTRUM)
+    if saved.get("predictions"):
+        files.append(PREDICTIONS)
     if saved.get("adapter"):
         files += [f"{ADAPTER_DIR}/adapter_config.json", f"{ADAPTER_DIR}/adapter_model.safetensors"]
     if saved.get("model"):
@@ -171,7 +178,7 @@ class RunDir:
 
     def clear_outputs(self) -> None:
         """Remove what an interrupted earlier attempt left, keeping Hydra's ``.hydra/``."""
-        for name in (SUMMARY, METRICS, DELTA, SPECTRUM):
+        for name in (SUMMARY, METRICS, DELTA, SPECTRUM, PREDICTIONS):
             p = self.path / name
             if p.exists():
                 p.unlink()
@@ -194,6 +201,13 @@ class RunDir:
 
     def write_spectrum(self, spectra: Dict[str, torch.Tensor]) -> None:
         write_tensors(self.path / SPECTRUM, {k: v.float() for k, v in spectra.items()})
+
+    def write_predictions(self, arrays: Dict[str, Any]) -> None:
+        """Per-example outputs (numpy arrays or tensors; booleans stored as uint8)."""
+        def tensor(a):
+            t = torch.as_tensor(a)
+            return t.to(torch.uint8) if t.dtype == torch.bool else t
+        write_tensors(self.path / PREDICTIONS, {k: tensor(v) for k, v in arrays.items()})
 
     # reading
     def summary(self) -> Dict[str, Any]:
@@ -235,7 +249,7 @@ class RunDir:
         for name in expected_files(s):
             if not (self.path / name).exists():
                 return f"{name} is missing"
-        for name in (DELTA, SPECTRUM, f"{ADAPTER_DIR}/adapter_model.safetensors"):
+        for name in (DELTA, SPECTRUM, PREDICTIONS, f"{ADAPTER_DIR}/adapter_model.safetensors"):
             if name in expected_files(s):
                 try:
                     with safe_open(str(self.path / name), "pt") as f:
@@ -275,6 +289,13 @@ class RunDir:
         keys = self._tensor_keys(SPECTRUM)
         with safe_open(str(self.path / SPECTRUM), "pt") as f:
             return {k: f.get_tensor(k) for k in keys}
+
+    def predictions(self) -> Dict[str, Any]:
+        """The per-example outputs as numpy arrays (correctness as booleans), by key."""
+        keys = self._tensor_keys(PREDICTIONS)
+        with safe_open(str(self.path / PREDICTIONS), "pt") as f:
+            out = {k: f.get_tensor(k).numpy() for k in keys}
+        return {k: v.astype(bool) if k.endswith("correct") else v for k, v in out.items()}
 
     def adapter_dir(self) -> Path:
         return self.path / ADAPTER_DIR

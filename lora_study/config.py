@@ -16,8 +16,9 @@ from omegaconf import MISSING
 
 from . import methods as method_registry, tasks
 from .heldout import HeldoutConfig
-from .methods.lora import ALPHA_RULES
+from .methods.lora import ALPHA_RULES, Targets
 from .models import ModelConfig, validate_model
+from .post_training import SCOPES
 from .schema import (FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Choice, ConfigError, Each, Free, Num, Values,
                      check_section, opt)  # noqa: F401 - ConfigError is part of this module's interface
 from .tasks import TaskConfig
@@ -66,7 +67,18 @@ class RunConfig:
     save_delta: bool = opt(True, Free())
     save_spectrum: bool = opt(True, Free())
     save_model: bool = opt(False, Free())
+    # full finetuning: the test metric with ΔW truncated to rank k (and k = 0) in each scope (post_training.SCOPES)
     truncation_ranks: List[int] = opt(rule=Each(POSITIVE_INT), factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    truncation_scopes: List[str] = opt(rule=Each(Choice(tuple(SCOPES))), factory=lambda: list(SCOPES))
+    # the matrices the like-for-like interventions act on for methods without targets of their own (full FT):
+    # the LoRA arm's targets (a preset or module names), for truncation's targets_only scope and intruder scaling
+    intervention_targets: Any = opt("attn_qv", Targets())
+    # Shuttleworth et al.'s test: scale intruder dimensions (top-k singular vectors of W_ft with max |cos| < ε to
+    # W_pre's) by λ and measure the target metric and forgetting again
+    intruder_scaling: bool = opt(False, Free())
+    intruder_lambda: float = opt(0.3, Num(ge=0, le=1))
+    intruder_eps: float = opt(0.5, Num(gt=0, le=1))
+    intruder_k: int = opt(10, POSITIVE_INT)
     latency: bool = opt(True, Free())
     latency_repeats: int = opt(10, POSITIVE_INT)
     latency_batches: List[int] = opt(rule=Each(POSITIVE_INT, nonempty=True), factory=lambda: [1, 32])

@@ -218,3 +218,22 @@ def top_factors(M, k: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     U, S, Vh = torch.linalg.svd(X.to(device) if device is not None else X, full_matrices=False)
     k = min(int(k), len(S))
     return (U[:, :k] * S[:k]).cpu(), Vh[:k].cpu()
+
+
+@torch.no_grad()
+def max_cosines(W_pre, W_ft, k: int, side: str = "left") -> tuple:
+    """(max_i |cos(y_j, x_i)| for the top-k singular vectors y_j of W_ft against all singular vectors x_i of
+    W_pre, and W_ft's thin SVD (U, S, Vh)). Singular vectors are unit-norm, so the cosine is an inner product.
+    ``side``: left singular vectors (columns of U, as Shuttleworth et al.'s code) or right ones."""
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
+    W_pre = as_matrices(W_pre, "W_pre", allow_batch=False)
+    W_ft = as_matrices(W_ft, "W_ft", allow_batch=False)
+    if W_pre.shape != W_ft.shape:
+        raise ValueError(f"W_pre and W_ft must have the same shape, got {tuple(W_pre.shape)} and {tuple(W_ft.shape)}.")
+    k = positive_int(k, "k", min(W_pre.shape), "min(W.shape)")
+    dtype = torch.promote_types(W_pre.dtype, W_ft.dtype)
+    U0, _, Vh0 = thin_svd(W_pre.to(dtype))
+    U1, S1, Vh1 = thin_svd(W_ft.to(W_pre.device, dtype))
+    X, Y = (U0, U1[:, :k]) if side == "left" else (Vh0.mT, Vh1[:k].mT)
+    return (Y.mT @ X).abs().max(dim=1).values, (U1, S1, Vh1)

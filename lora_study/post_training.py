@@ -1,5 +1,7 @@
-"""Measurements on a trained model inside its run: the test metric with every analysed ΔW truncated to rank k,
-and inference latency (unmerged and merged for methods that merge) with the merge's fidelity."""
+"""Measurements on a trained model inside its run (they need the model on a device, so the analyses cannot make
+them): the test metric with ΔW truncated to rank k in three scopes, the effect of scaling intruder dimensions
+down (forgetting and the target metric again), and inference latency (unmerged and merged for methods that
+merge) with the merge's fidelity."""
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional
@@ -8,34 +10,85 @@ import torch
 
 from .accounting import max_abs_diff, median_latency
 from .device import autocast, to_device
-from .linalg import top_factors
+from .linalg import max_cosines, top_factors
 from .models.structure import base_module
 
 
-@torch.no_grad()
-def truncation(model, analysed: List[str], w_pre: Dict[str, torch.Tensor], deltas: Dict[str, torch.Tensor],
-               ranks: List[int], evaluate: Callable[[], Dict], untruncated: Dict, device) -> Dict:
-    """The test metric of W_pre + trunc_k(ΔW), every analysed ΔW truncated to rank k at once; other
-    parameters (embeddings, biases, norms, heads) keep their finetuned values. One SVD per ΔW serves every k;
-    the finetuned weights are put back afterwards. Perplexity is recorded too where the task has it."""
-    weights = {n: base_module(model, n).weight for n in analysed}
-    finetuned = {n: w.detach().clone() for n, w in weights.items()}
-    max_dim = max(min(d.shape) for d in deltas.values())
-    ks = sorted(k for k in {int(k) for k in ranks} if k < max_dim)
-    factors = {n: top_factors(deltas[n], ks[-1], device) for n in analysed} if ks else {}
+# truncation scopes: which matrices carry trunc_k(ΔW), and what every other parameter but the head holds
+SCOPES = {
+    "finetuned_rest": "every analysed ΔW truncated to rank k; every other parameter finetuned",
+    "pretrained_rest": "every analysed ΔW truncated to rank k; every other parameter but the head at W_pre",
+    "targets_only": "only the intervention targets carry trunc_k(ΔW); everything else but the head at W_pre",
+}
 
-    def entry(k, m):
-        return {"k": k, "test_accuracy": m["accuracy"], **({"test_perplexity": m["perplexity"]} if "perplexity" in m else {})}
-    results = []
-    for k in ks:
-        for n, w in weights.items():
-            us, vh = factors[n]
-            w.copy_((w_pre[n] + us[:, :k] @ vh[:k]).to(w.device, w.dtype))
-        results.append(entry(k, evaluate()))
-    for n, w in weights.items():
-        w.copy_(finetuned[n])
-    results.append(entry("full", untruncated))
-    return {"ranks": results, "scope": "all analysed block linear weights; other parameters finetuned"}
+
+@torch.no_grad()
+def truncation(model, analysed: List[str], targets: List[str], w_pre: Dict[str, torch.Tensor],
+               deltas: Dict[str, torch.Tensor], pretrained: Dict[str, torch.Tensor], ranks: List[int],
+               scopes: List[str], evaluate: Callable[[], Dict], device) -> Dict:
+    """The test metric of W_pre + trunc_k(ΔW) for k = 0 (no matrix update, the control) and every k in ``ranks``,
+    in each of ``scopes`` (``SCOPES``): the truncated matrices are all analysed ones or only ``targets``; the
+    rest of the model (``pretrained``: W_pre of every parameter but the head) is finetuned or reset. One SVD per
+    ΔW serves every k; the finetuned parameters are put back afterwards. ``evaluate()`` returns the metrics and
+    the per-example outputs, which come back under ``per_example`` keyed ``<scope>.k<k>``."""
+    params = dict(model.named_parameters())
+    finetuned = {n: params[n].detach().clone() for n in pretrained}
+    weights = {n: base_module(model, n).weight for n in analysed}
+    max_dim = max(min(d.shape) for d in deltas.values())
+    ks = sorted(k for k in {int(k) for k in ranks} if 0 < k < max_dim)
+    factors = {n: top_factors(deltas[n], ks[-1], device) for n in analysed} if ks else {}
+    out: Dict = {"scopes": {}, "per_example": {}}
+    for scope in scopes:
+        matrices = targets if scope == "targets_only" else analysed
+        rest = finetuned if scope == "finetuned_rest" else pretrained
+        for n, value in rest.items():
+            params[n].copy_(value)
+        entries = []
+        for k in [0] + ks:
+            for n in analysed:
+                w = w_pre[n]
+                if k and n in matrices:
+                    us, vh = factors[n]
+                    w = w + us[:, :k] @ vh[:k]
+                weights[n].copy_(w.to(weights[n].device, weights[n].dtype))
+            m = evaluate()
+            out["per_example"].update({f"{scope}.k{k}.{f}": v for f, v in m.pop("per_example", {}).items()})
+            entries.append({"k": k, "test_accuracy": m["accuracy"],
+                            **({"test_perplexity": m["perplexity"]} if "perplexity" in m else {})})
+        out["scopes"][scope] = {"description": SCOPES[scope], "matrices": len(matrices), "ranks": entries}
+    for n, value in finetuned.items():
+        params[n].copy_(value)
+    return out
+
+
+@torch.no_grad()
+def intruder_scaling(model, names: List[str], w_pre: Dict[str, torch.Tensor], deltas: Dict[str, torch.Tensor],
+                     lam: float, eps: float, k: int, evaluate: Callable[[], Dict]) -> Dict:
+    """Shuttleworth et al.'s causal test: in each matrix of ``names``, W_ft = W_pre + ΔW; among its top-k left
+    singular vectors u_j, the intruders are those with max_i |cos(u_j, x_i)| < ε over W_pre's left singular
+    vectors x_i; their singular values are scaled by λ: W' = W_ft − (1 − λ) Σ_intruders σ_j u_j v_jᵀ. The model
+    is evaluated with W' in place of W_ft: the base weight moves by W' − W_ft, so a method whose update lives
+    beside the base weight (LoRA's adapter) keeps it and the effective weight becomes W'; every weight is
+    restored afterwards."""
+    modified, originals, count = {}, {}, 0  # W' per matrix, the base weights as they were, intruders found
+    for n in names:
+        w_ft = w_pre[n] + deltas[n]
+        cos, (U, S, Vh) = max_cosines(w_pre[n], w_ft, k)
+        intruders = (cos < eps).nonzero().flatten()
+        count += len(intruders)
+        scale = torch.ones(len(S), dtype=S.dtype)
+        scale[intruders] = lam
+        modified[n] = w_ft - ((1 - scale[:k]) * S[:k] * U[:, :k]) @ Vh[:k] if len(intruders) else w_ft
+    for n in names:
+        w = base_module(model, n).weight
+        originals[n] = w.detach().clone()
+        w.add_((modified[n] - (w_pre[n] + deltas[n])).to(w.device, w.dtype))
+    result = evaluate()
+    for n in names:
+        base_module(model, n).weight.copy_(originals[n])
+    result.update(intruders=count, modules=len(names), vectors_examined=k * len(names), **{"lambda": lam}, eps=eps,
+                  k=k)
+    return result
 
 
 @torch.no_grad()

@@ -26,7 +26,8 @@ from .linalg import spectra
 from .loggers import make_logger
 from .methods.base import pretrained_weights
 from .models import build_model, load_config
-from .post_training import latency, truncation
+from .models.structure import resolve_targets
+from .post_training import intruder_scaling, latency, truncation
 from .train import Diverged, train
 
 
@@ -69,8 +70,12 @@ def execute(cfg: Config, out: RunDir) -> Dict:
     head = family.head_modules(loaded.model)
     total_params = _count(loaded.model.parameters())
     head_params = _count(p for h in head for p in getattr(loaded.model, h).parameters())
+    w_pre = pretrained_weights(loaded.model, method.pretrained_scope(loaded.model, cfg.method))
+    truncating = method.truncates and bool(cfg.run.truncation_ranks) and bool(cfg.run.truncation_scopes)
+    # W_pre of every parameter but the head, for truncation scopes that reset the rest of the model
+    pretrained = {n: p.detach().clone() for n, p in loaded.model.named_parameters()
+                  if not any(n.startswith(h + ".") for h in head)} if truncating else {}
     prepared = method.prepare(loaded.model, cfg.method, head, gradient_checkpointing=bool(cfg.train.gradient_checkpointing))
-    w_pre = pretrained_weights(prepared.model, prepared.analysed) if method.keeps_pretrained else {}
     model = method.to_device(prepared, device)
     tok = loaded.tokenizer
     enc = {r: family.encode(getattr(task, r), tok, cfg.train.max_length) for r in ("train", "validation", "test")}
@@ -97,7 +102,8 @@ def execute(cfg: Config, out: RunDir) -> Dict:
         "examples": {r: len(enc[r]) for r in enc},
     }
     try:
-        probe = (lambda: heldout.evaluate(model)) if heldout and method.probes_during_training else None
+        probe = (lambda: {k: v for k, v in heldout.evaluate(model).items() if k != "per_example"}) \
+            if heldout and method.probes_during_training else None
         result = train(model, enc["train"], enc["validation"], cfg.train, cfg.optim, device, precision, logger.log,
                        evaluate_fn=evaluate, probe=probe, probe_every=cfg.heldout.every if heldout else 0,
                        group_lrs=method.group_lrs(model, cfg.method))
@@ -106,7 +112,8 @@ def execute(cfg: Config, out: RunDir) -> Dict:
         out.write_summary(summary)
         logger.finish(summary)
         raise
-    test = evaluate(model, enc["test"], cfg.train.eval_batch_size, device, precision)
+    test = evaluate(model, enc["test"], cfg.train.eval_batch_size, device, precision, per_example=True)
+    predictions = {f"test.{k}": v for k, v in test.pop("per_example").items()}
     logger.log({"step": result.steps, "split": "test", **test})
     steady = result.step_times[1:] or result.step_times
     summary.update({
@@ -120,7 +127,7 @@ def execute(cfg: Config, out: RunDir) -> Dict:
                  "train_s": sum(result.step_times), "heldout_prepare_s": t_prep,
                  "tokens_per_s": result.tokens / sum(result.step_times) if result.step_times else None},
     })
-    saved = {"delta": False, "spectrum": False, "adapter": False, "model": False}
+    saved = {"delta": False, "spectrum": False, "adapter": False, "model": False, "predictions": False}
     deltas = method.deltas(prepared, model, w_pre)
     if deltas:
         summary["delta_norms"] = {n: float(d.norm()) for n, d in deltas.items()}
@@ -136,16 +143,36 @@ def execute(cfg: Config, out: RunDir) -> Dict:
     if heldout:
         t0 = time.perf_counter()
         summary["heldout"] = heldout.evaluate(model)
+        predictions.update({f"heldout.{k}": v for k, v in summary["heldout"].pop("per_example").items()})
         summary["heldout"]["seconds"] = time.perf_counter() - t0
         logger.log({"step": result.steps, "split": "heldout", **summary["heldout"]})
-    if method.truncates and cfg.run.truncation_ranks and deltas:
-        summary["truncation"] = truncation(
-            model, prepared.analysed, w_pre, deltas, list(cfg.run.truncation_ranks),
-            lambda: evaluate(model, enc["test"], cfg.train.eval_batch_size, device, precision), test, device)
+    def test_outputs():
+        return evaluate(model, enc["test"], cfg.train.eval_batch_size, device, precision, per_example=True)
+    targets = prepared.targets or resolve_targets(model, cfg.run.intervention_targets)
+    if truncating and deltas:
+        summary["truncation"] = truncation(model, prepared.analysed, targets, w_pre, deltas, pretrained,
+                                           list(cfg.run.truncation_ranks), list(cfg.run.truncation_scopes),
+                                           test_outputs, device)
+        predictions.update({f"truncation.{k}": v for k, v in summary["truncation"].pop("per_example").items()})
+    if cfg.run.intruder_scaling and deltas and all(t in w_pre for t in targets):
+        def scaled_outputs():
+            r = test_outputs()
+            examples = {f"test.{k}": v for k, v in r.pop("per_example").items()}
+            if heldout:
+                r["heldout"] = heldout.evaluate(model)
+                examples.update({f"heldout.{k}": v for k, v in r["heldout"].pop("per_example").items()})
+            r["per_example"] = examples
+            return r
+        summary["intruder_scaling"] = intruder_scaling(
+            model, targets, w_pre, deltas, cfg.run.intruder_lambda, cfg.run.intruder_eps, cfg.run.intruder_k,
+            scaled_outputs)
+        predictions.update({f"intruder_scaled.{k}": v for k, v in summary["intruder_scaling"].pop("per_example").items()})
     if cfg.run.latency:
         summary["latency"], summary["merge"] = latency(
             model, enc["test"], cfg.train.max_length, list(cfg.run.latency_batches), cfg.run.latency_repeats, device,
             precision, merge=method.merge if method.mergeable else None)
+    out.write_predictions(predictions)
+    saved["predictions"] = True
     summary.update(status="complete", saved=saved, wall_time_s=time.time() - started)
     out.write_summary(summary)
     logger.finish(summary)

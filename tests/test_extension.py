@@ -41,7 +41,7 @@ def toy_method():
 
 def test_a_toy_method_flows_through_the_whole_pipeline(tmp_path, toy_method):
     from analysis import load_study
-    from analysis.cli import analyze
+    from analysis.analyze import analyze
     code = study_in_process(*STUDY_ARGS, "study.methods=[none,full,frozena]", "study.ranks=[1,2]",
                             "study.lr_by_rank={1:0.005,2:0.005}", f"study.root={tmp_path}", "study.name=toy")
     assert code == 0
@@ -53,17 +53,16 @@ def test_a_toy_method_flows_through_the_whole_pipeline(tmp_path, toy_method):
     assert all(m["status"] == "complete" for m in index["members"])
 
     study = load_study(tmp_path / "toy")
-    result = analyze(study, tmp_path / "toy" / "analysis")
-    tables = result["tables"]
-    runs = tables["runs"]
+    ctx = analyze(study, tmp_path / "toy" / "analysis")
+    runs = ctx.table("runs")
     toy = runs[runs.method == "frozena"]
     assert list(toy.label) == ["LoRA-FA r=1", "LoRA-FA r=2"]
     # only B trains: r·d_out per target plus the head, fewer than LoRA's r·(d_in + d_out)
     summary = study.run("frozena_r2_s0").summary
     assert summary["params"]["trainable"] == 2 * 16 * len(summary["lora_targets"]) + summary["params"]["head"]
-    spectra = tables["spectra"]
+    spectra = ctx.table("spectra")
     toy_spectra = spectra[spectra.member.str.startswith("frozena")]
     assert len(toy_spectra) == 2 * len(summary["lora_targets"]) and (toy_spectra.rank90 <= toy_spectra["rank"]).all()
     assert {"LoRA-FA r=1", "LoRA-FA r=2"} <= set(pd.read_csv(tmp_path / "toy" / "analysis" / "tradeoff.csv").label)
-    forgetting = tables["forgetting"]
+    forgetting = ctx.table("forgetting")
     assert {"frozena_r1_s0", "frozena_r2_s0"} <= set(forgetting.member)

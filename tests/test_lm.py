@@ -68,7 +68,7 @@ def test_long_prompts_lose_the_end_of_the_message_not_the_answer(tiny_lm):
 @pytest.mark.parametrize("preset,kinds", [("attn_qv", {"q_proj", "v_proj"}), ("attn", {"q_proj", "k_proj", "v_proj", "o_proj"}),
                                           ("all_linear", set(DECODER_LINEARS))])
 def test_lora_targets_every_preset_on_a_decoder(preset, kinds):
-    from lora_study.methods.lora import resolve_targets
+    from lora_study.models.structure import resolve_targets
     from lora_study.models.structure import block_linears
     from lora_study.tasks.causal_lm import CausalLMFamily
     lm = load_model(ModelConfig(source="tiny_llama"), family="causal_lm")
@@ -113,8 +113,9 @@ def test_full_finetune_saves_delta_of_every_decoder_linear_layer(tmp_path):
     assert s["family"] == "causal_lm" and s["head_modules"] == [] and s["params"]["trainable"] == s["params"]["total"]
     m = s["metrics"]
     assert 0.0 <= m["test_accuracy"] <= 1.0 and math.isfinite(m["test_perplexity"])
-    assert [r["k"] for r in s["truncation"]["ranks"]] == [1, 2, "full"]
-    assert s["truncation"]["ranks"][-1]["test_perplexity"] == m["test_perplexity"]
+    entries = s["truncation"]["scopes"]["finetuned_rest"]["ranks"]
+    assert [r["k"] for r in entries] == [0, 1, 2] and all(math.isfinite(r["test_perplexity"]) for r in entries)
+    assert s["truncation"]["scopes"]["targets_only"]["matrices"] == 4  # W_q, W_v of two layers
     assert set(s["latency"]) == {"plain_batch1_s", "plain_batch2_s"}
 
 

@@ -7,7 +7,8 @@ import torch
 
 from conftest import compose, load_model, prepare, randomize_lora_b
 from lora_study import methods
-from lora_study.methods.lora import PRESETS, lora_deltas, lora_layers, resolve_targets
+from lora_study.methods.lora import lora_deltas, lora_layers
+from lora_study.models.structure import PRESETS, resolve_targets
 from lora_study.models.structure import base_module, block_linears
 from lora_study.schema import ConfigError
 from lora_study.tasks.classification import ClassificationFamily
@@ -132,3 +133,25 @@ def test_study_variants_and_labels():
     assert [(x.arm, x.value) for x in sub] == [("subspace_did", 10), ("subspace_said", 10), ("subspace_did", 100),
                                                ("subspace_said", 100)]
     assert methods.get("subspace").label(sub[1].record) == "subspace SAID d=10"
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_delta_of_principal_component_inits_is_zero_before_training(tiny, init):
+    from lora_study.methods.base import pretrained_weights
+    model, head = tiny
+    w_pre = pretrained_weights(model, resolve_targets(model, "attn_qv"))
+    p = prepare(model, "lora", head, rank=2, alpha=4, init=init)
+    saved = lora_deltas(p.model, w_pre)  # W_ft − W_pre: nothing has trained yet
+    assert max(float(d.abs().max()) for d in saved.values()) < 1e-5
+    naive = lora_deltas(p.model)  # s·B·A alone holds the principal components moved out of W0
+    assert min(float(d.norm()) for d in naive.values()) > 0.05
+
+
+def test_pissa_run_at_a_vanishing_learning_rate_saves_a_vanishing_delta(tmp_path):
+    from safetensors.torch import load_file
+
+    from conftest import run_tiny
+    run_tiny(tmp_path, ["method=lora", "method.init=pissa", "method.rank=2", "optim.lr=1e-12", "heldout=none",
+                        "run.latency=false"])
+    deltas = load_file(tmp_path / "delta.safetensors")
+    assert len(deltas) == 4 and max(float(d.abs().max()) for d in deltas.values()) < 1e-5

@@ -7,7 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from conftest import ROOT, cli
+from conftest import ROOT, cli, load_model
 
 SECTIONS = ["Tradeoff table", "Does LoRA reach full finetuning", "Spectra of ΔW", "Cumulative energy",
             "Rank at 90 % energy", "Subspace similarity", "Intruder dimensions", "Amplification", "Merge and latency",
@@ -46,19 +46,22 @@ def test_tradeoff_counts_and_optimizer_bytes_are_exact(reported):
     t = pd.read_csv(reported / "report" / "tables" / "tradeoff.csv")
     runs = {json.loads(p.read_text())["member"]: json.loads(p.read_text())
             for p in (reported / "runs").glob("*/summary.json")}
+    from lora_study.artifacts import member_id
     from lora_study.config import ModelConfig
-    from lora_study.methods import block_linears
-    from lora_study.models import build_model
-    model = build_model(ModelConfig(source="tiny"), 2).model
+    from lora_study.models.structure import block_linears
+    model = load_model(ModelConfig(source="tiny")).model
     shapes = {n: (m.out_features, m.in_features) for n, m in block_linears(model).items()}
     head = 16 * 2 + 2
-    for _, row in t[t.method == "lora"].iterrows():
-        s = runs[f"lora_r{int(row['rank'])}_s0"]
+    swept = t[t.axis == "rank"]
+    assert list(swept.label) == ["LoRA r=1", "LoRA r=2", "LoRA r=4"]
+    for _, row in swept.iterrows():
+        s = runs[member_id(row.arm, 0, "rank", int(row["value"]))]
         analytic = sum(int(row["rank"]) * (shapes[n][0] + shapes[n][1]) for n in s["lora_targets"]) + head
         assert row.trainable_params == analytic
         n_tensors = 2 * len(s["lora_targets"]) + 2
         assert row.optimizer_state_bytes == 8 * analytic + 4 * n_tensors  # exp_avg, exp_avg_sq, step: nothing else
-    full = t[t.method == "full"].iloc[0]
+    full = t[t.reference].iloc[0]
+    assert full.label == "full FT" and t[t.baseline].label.tolist() == ["frozen base"]
     assert full.optimizer_state_bytes == 8 * full.trainable_params + 4 * len(list(model.parameters()))
 
 
@@ -72,7 +75,8 @@ def test_html_is_self_contained(reported):
 
 def test_study_missing_full_ft_still_reports(study_copy):
     idx = json.loads((study_copy / "study.json").read_text())
-    idx["members"] = [m for m in idx["members"] if m["method"] != "full"]
+    from lora_study import methods
+    idx["members"] = [m for m in idx["members"] if not methods.get(m["method"]).is_reference]
     (study_copy / "study.json").write_text(json.dumps(idx))
     r = cli("lora-study-report", str(study_copy))
     assert r.returncode == 0, r.stderr[-3000:]

@@ -20,9 +20,11 @@ HYDRA = [".hydra/config.yaml"]
 
 @pytest.mark.parametrize("method,expected", [
     ("lora", HYDRA + ["adapter/README.md", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
-                      "delta.safetensors", "metrics.jsonl", "spectrum.safetensors", "summary.json"]),
-    ("full", HYDRA + ["delta.safetensors", "metrics.jsonl", "spectrum.safetensors", "summary.json"]),
-    ("none", HYDRA + ["metrics.jsonl", "summary.json"]),
+                      "delta.safetensors", "metrics.jsonl", "predictions.safetensors", "spectrum.safetensors",
+                      "summary.json"]),
+    ("full", HYDRA + ["delta.safetensors", "metrics.jsonl", "predictions.safetensors", "spectrum.safetensors",
+                      "summary.json"]),
+    ("none", HYDRA + ["metrics.jsonl", "predictions.safetensors", "summary.json"]),
 ])
 def test_run_directory_holds_exactly_the_expected_files(tmp_path, method, expected):
     summary, _ = run_tiny(tmp_path, [f"method={method}"])
@@ -31,11 +33,24 @@ def test_run_directory_holds_exactly_the_expected_files(tmp_path, method, expect
     assert summary["head_trained"] is True
 
 
+def test_per_example_outputs_reproduce_the_summary(tmp_path):
+    import numpy as np
+    s, _ = run_tiny(tmp_path, ["method=lora", "heldout.n_train=20", "heldout.n_test=20", "heldout.n_drift=20"])
+    p = RunDir(tmp_path).predictions()
+    assert len(p["test.correct"]) == s["examples"]["test"]
+    assert p["test.correct"].mean() == s["metrics"]["test_accuracy"]
+    assert np.array_equal(p["test.correct"], p["test.prediction"] == p["test.label"])
+    assert np.isclose(p["test.loss"].mean(), s["metrics"]["test_loss"], rtol=1e-5)
+    for task, t in s["heldout"]["tasks"].items():
+        assert p[f"heldout.{task}.base_correct"].mean() == t["base"]
+        assert p[f"heldout.{task}.finetuned_correct"].mean() == t["finetuned"]
+        assert len(p[f"heldout.{task}.finetuned_correct"]) == s["heldout"]["probe"]["n_test"]
+
+
 def test_full_run_records_truncation_and_accounting(tmp_path):
     s, cfg = run_tiny(tmp_path, ["method=full", "optim.lr=1e-3"])
-    ks = [r["k"] for r in s["truncation"]["ranks"]]
-    assert ks == [1, 2, "full"]
-    assert s["truncation"]["ranks"][-1]["test_accuracy"] == s["metrics"]["test_accuracy"]
+    for scope in ("finetuned_rest", "pretrained_rest", "targets_only"):
+        assert [r["k"] for r in s["truncation"]["scopes"][scope]["ranks"]] == [0, 1, 2]
     n = s["params"]["trainable"]
     assert n == s["params"]["total"]
     # AdamW in fp32: exp_avg and exp_avg_sq (8 bytes per parameter) plus a 4-byte step per tensor
@@ -129,3 +144,47 @@ def test_divergence_is_recorded_as_failed_with_metrics_kept(tmp_path, monkeypatc
     assert s["status"] == "failed" and s["failed_step"] == 3 and "nan" in s["reason"]
     assert (tmp_path / "metrics.jsonl").read_text().strip()
     assert RunDir(tmp_path).check_complete().startswith("status is 'failed'")
+
+
+def test_truncation_scopes_and_their_k0_controls(tmp_path):
+    import numpy as np
+
+    from conftest import load_model
+    from lora_study.tasks.classification import Encoded, evaluate, load_task
+    s, cfg = run_tiny(tmp_path, ["method=full", "optim.lr=1e-2", "run.save_model=true", "heldout=none",
+                                 "run.latency=false"])
+    scopes = s["truncation"]["scopes"]
+    assert set(scopes) == {"finetuned_rest", "pretrained_rest", "targets_only"}
+    assert [e["k"] for e in scopes["pretrained_rest"]["ranks"]] == [0, 1, 2]
+    assert scopes["targets_only"]["matrices"] == 4 and scopes["finetuned_rest"]["matrices"] == 12  # W_q, W_v of 2 layers
+    p = RunDir(tmp_path).predictions()
+    # with k = 0 nothing of ΔW is left: targets_only and pretrained_rest are both W_pre everywhere but the head
+    assert np.array_equal(p["truncation.pretrained_rest.k0.correct"], p["truncation.targets_only.k0.correct"])
+    # ... which is the pretrained model carrying the finetuned head
+    pretrained = load_model(cfg.model).model
+    from lora_study.models import ModelConfig
+    finetuned = load_model(ModelConfig(source="hf", name=str(tmp_path / "model")))
+    state = {n: v for n, v in finetuned.model.state_dict().items() if n.startswith("classifier.")}
+    pretrained.load_state_dict(state, strict=False)
+    test = Encoded(load_task(cfg.task).test, finetuned.tokenizer, cfg.train.max_length)
+    control = evaluate(pretrained, test, 64, torch.device("cpu"), "fp32", per_example=True)
+    assert scopes["pretrained_rest"]["ranks"][0]["test_accuracy"] == control["accuracy"]
+    assert np.array_equal(p["truncation.pretrained_rest.k0.correct"], control["per_example"]["correct"])
+    # the run's own test outputs are untouched by the truncation it made afterwards
+    assert p["test.correct"].mean() == s["metrics"]["test_accuracy"]
+
+
+def test_intruder_scaling_with_lambda_one_changes_nothing(tmp_path):
+    import numpy as np
+    s, _ = run_tiny(tmp_path, ["method=lora", "method.rank=2", "optim.lr=1e-2", "heldout=none", "run.latency=false",
+                               "run.intruder_scaling=true", "run.intruder_lambda=1.0", "run.intruder_eps=1.0",
+                               "run.intruder_k=3"])
+    i = s["intruder_scaling"]
+    assert i["modules"] == 4 and i["vectors_examined"] == 12 and i["intruders"] > 0
+    p = RunDir(tmp_path).predictions()
+    assert np.array_equal(p["intruder_scaled.test.correct"], p["test.correct"])
+    assert i["accuracy"] == s["metrics"]["test_accuracy"]
+    t, _ = run_tiny(tmp_path / "scaled", ["method=lora", "method.rank=2", "optim.lr=1e-2", "heldout=none",
+                                          "run.latency=false", "run.intruder_scaling=true", "run.intruder_lambda=0.0",
+                                          "run.intruder_eps=1.0", "run.intruder_k=3"])
+    assert t["intruder_scaling"]["loss"] != t["metrics"]["test_loss"]  # removing the top directions changes the model

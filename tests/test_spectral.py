@@ -1,4 +1,5 @@
-"""analysis/spectral.py: known answers, planted ranks, randomized top-k against the exact spectrum."""
+"""analysis/spectral.py (the spectral measures) and the decompositions they rest on, ``lora_study.linalg``: known
+answers, planted ranks, randomized top-k against the exact spectrum."""
 from __future__ import annotations
 
 import math
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from analysis import spectral
-from analysis.spectral import (batched_singular_values, effective_rank, energy_captured, randomized_singular_values,
-                               rank_at_energy, singular_values, spectrum_row, stable_rank, truncate)
+from analysis.spectral import effective_rank, energy_captured, rank_at_energy, spectrum_row, stable_rank
+from lora_study import linalg
+from lora_study.linalg import batched_singular_values, randomized_singular_values, singular_values, truncate
 
 
 def orthonormal(n: int, r: int, seed: int) -> torch.Tensor:
@@ -152,7 +153,7 @@ def test_singular_values_with_small_k_takes_the_randomized_path(monkeypatch):
         calls.append(args[1])
         return randomized_singular_values(*args, **kwargs)
 
-    monkeypatch.setattr(spectral, "randomized_singular_values", spy)
+    monkeypatch.setattr(linalg, "randomized_singular_values", spy)
     gen = torch.Generator().manual_seed(9)
     M = torch.randn(1100, 1024, generator=gen)
     s = singular_values(M, k=8)

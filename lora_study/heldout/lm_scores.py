@@ -36,11 +36,11 @@ import torch
 
 from .. import corpora
 from ..cache import cached_file
-from .cka import linear_cka
+from .cka import linear_cka, linear_cka_debiased
 from ..schema import ConfigError
 from ..tasks import TaskConfig
 from ..tasks.causal_lm import load_lm_task
-from ..tasks.decoding import exact_match, generate_answers, nll_sum, perplexity
+from ..tasks.decoding import exact_match, generate_answers, nll_sum, normalise_answer, perplexity
 from ..tasks.lm_encoding import LMEncoded, LMSplit, encode_pair, text_batches
 from .probe_data import _key, bbc_topic, drift_texts, subjectivity
 
@@ -104,7 +104,7 @@ class LMScorer:
                  batch_size: int = 16):
         self.cfg, self.tokenizer, self.device, self.precision, self.batch_size = cfg, tokenizer, device, precision, batch_size
         self.tasks = _lm_data(cfg)
-        self.base_scores, self.base_drift = self._cached(model, model_path)
+        self.base_scores, self.base_drift, self.base_examples = self._cached(model, model_path)
 
     def _encoded(self, task: LMHeldoutTask) -> LMEncoded:
         """Prompt → answer pairs with room for ``heldout.max_length`` tokens of text beyond the instruction,
@@ -114,14 +114,16 @@ class LMScorer:
         return LMEncoded(LMSplit(task.prompts, task.answers), self.tokenizer, self.cfg.max_length + markup)
 
     def _score(self, model, task: LMHeldoutTask) -> tuple:
-        """(score, mean-pooled last hidden states or None) of one task."""
+        """(score, mean-pooled last hidden states or None, per-example arrays) of one task."""
         if task.metric == "exact_match":
             data = self._encoded(task)
             preds = generate_answers(model, data, self.batch_size, self.cfg.max_new_tokens, self.device, self.precision)
-            return exact_match(preds, task.answers), None
+            correct = np.array([normalise_answer(p) == normalise_answer(a) for p, a in zip(preds, task.answers)])
+            return exact_match(preds, task.answers), None, {"correct": correct}
         if task.texts is None:  # a user's prompt → completion task scored by perplexity of the completions
             data = self._encoded(task)
-            return perplexity(model, data.eval_batches(self.batch_size), self.device, self.precision)["perplexity"], None
+            r = perplexity(model, data.eval_batches(self.batch_size), self.device, self.precision, n=len(data))
+            return r["perplexity"], None, r["per_example"]
         return self._text_perplexity(model, task.texts, drift=task.name == "lee_wiki")
 
     @torch.no_grad()
@@ -129,41 +131,49 @@ class LMScorer:
         was = model.training
         model.eval()
         total, count = 0.0, 0
+        nll, tokens = np.zeros(len(texts)), np.zeros(len(texts), dtype=np.int64)
         feats = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32) if drift else None
         for idx, batch in text_batches(self.tokenizer, texts, self.cfg.max_length, self.batch_size):
             s, n, pooled = nll_sum(model, batch, self.device, self.precision, pooled=drift)
             total, count = total + float(s.sum()), count + int(n.sum())
+            nll[idx], tokens[idx] = s.double().numpy(), n.numpy()
             if drift:
                 feats[idx] = pooled.numpy()
         model.train(was)
-        return float(np.exp(min(total / max(count, 1), 700.0))), feats
+        return float(np.exp(min(total / max(count, 1), 700.0))), feats, {"nll": nll, "tokens": tokens}
 
     def _all(self, model) -> tuple:
-        scores, drift = {}, None
+        scores, drift, per_example = {}, None, {}
         for t in self.tasks:
-            scores[t.name], f = self._score(model, t)
+            scores[t.name], f, per_example[t.name] = self._score(model, t)
             drift = f if f is not None else drift
-        return scores, drift
+        return scores, drift, per_example
 
     def _cached(self, model, model_path: str) -> tuple:
         key = {"model": model_path, "len": self.cfg.max_length, "new": self.cfg.max_new_tokens,
-               "tasks": [asdict(t) for t in self.tasks]}
+               "tasks": [asdict(t) for t in self.tasks], "per_example": True}
 
         def write(value, tmp):
-            scores, drift = value
+            scores, drift, per_example = value
+            arrays = {f"pe__{task}__{k}": v for task, d in per_example.items() for k, v in d.items()}
             buf = io.BytesIO()
-            np.savez(buf, scores=json.dumps(scores), **({"drift": drift} if drift is not None else {}))
+            np.savez(buf, scores=json.dumps(scores), **({"drift": drift} if drift is not None else {}), **arrays)
             with open(tmp, "wb") as f:
                 f.write(buf.getvalue())
 
         def read(path):
             with np.load(path) as z:
-                return json.loads(str(z["scores"])), (z["drift"] if "drift" in z.files else None)
+                per_example: Dict[str, Dict[str, np.ndarray]] = {}
+                for name in z.files:
+                    if name.startswith("pe__"):
+                        _, task, k = name.split("__", 2)
+                        per_example.setdefault(task, {})[k] = z[name]
+                return json.loads(str(z["scores"])), (z["drift"] if "drift" in z.files else None), per_example
         return cached_file("heldout-lm", key, ".npz", lambda: self._all(model), write, read)
 
     def evaluate(self, model) -> Dict[str, object]:
         """Base and finetuned scores, forgetting per task (positive = worse than the base) and their mean."""
-        ft, drift = self._all(model)
+        ft, drift, examples = self._all(model)
         tasks, rel = {}, []
         for t in self.tasks:
             base, now = self.base_scores[t.name], ft[t.name]
@@ -181,7 +191,10 @@ class LMScorer:
             "probe": {"n_test": self.cfg.n_test, "n_drift": self.cfg.n_drift, "max_length": self.cfg.max_length,
                       "max_new_tokens": self.cfg.max_new_tokens, "features": "mean-pooled last hidden state (CKA)"}}
         if drift is not None and self.base_drift is not None:
-            out["cka"] = linear_cka(self.base_drift, drift)
+            out.update(cka=linear_cka_debiased(self.base_drift, drift), cka_biased=linear_cka(self.base_drift, drift),
+                       cka_n=len(drift))
+        out["per_example"] = {f"{task}.{side}_{k}": v for side, ex in (("base", self.base_examples), ("finetuned", examples))
+                              for task, d in ex.items() for k, v in d.items()}
         return out
 
 

@@ -4,7 +4,7 @@ Each held-out task is probed, not finetuned: frozen mean-pooled features of the 
 scikit-learn logistic regression on a fixed, seeded probe split (the same split and probe for every run).
 Forgetting = probe accuracy of the base model − probe accuracy of the finetuned model. Representation drift
 is linear CKA (Kornblith et al. 2019) between the base's and the finetuned model's features on held-out
-unlabelled text (``lora_study.cka``).
+unlabelled text, debiased (``lora_study.heldout.cka``).
 
 The base's features are computed once (before training, when the model is still the base) and cached under
 the suite's cache directory, keyed by model, texts and length, so a study computes them once.
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..cache import cached_file
-from .cka import linear_cka
+from .cka import linear_cka, linear_cka_debiased
 from .probe_data import probe_data
 
 
@@ -47,13 +47,14 @@ def features(model, tokenizer, texts: List[str], max_length: int, device, batch_
     return out
 
 
-def probe_accuracy(train_x, train_y, test_x, test_y, C: float) -> float:
+def probe_correct(train_x, train_y, test_x, test_y, C: float) -> np.ndarray:
+    """Which test examples a standardised L2 logistic-regression probe, fit on the train side, gets right."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
     clf.fit(train_x, train_y)
-    return float(clf.score(test_x, test_y))
+    return clf.predict(test_x) == np.asarray(test_y)
 
 
 def _write_npz(arrays: Dict[str, np.ndarray], tmp: str) -> None:
@@ -88,14 +89,17 @@ class ProbeScorer:
     def _all(self, model) -> Dict[str, np.ndarray]:
         return {k: features(model, self.tokenizer, v, self.cfg.max_length, self.device) for k, v in self._texts().items()}
 
-    def _scores(self, feats: Dict[str, np.ndarray]) -> Dict[str, float]:
-        return {p.name: probe_accuracy(feats[f"{p.name}/train"], p.train_labels, feats[f"{p.name}/test"],
-                                       p.test_labels, self.cfg.C) for p in self.tasks}
+    def _correct(self, feats: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        return {p.name: probe_correct(feats[f"{p.name}/train"], p.train_labels, feats[f"{p.name}/test"],
+                                      p.test_labels, self.cfg.C) for p in self.tasks}
 
     def evaluate(self, model) -> Dict[str, object]:
-        """Probe accuracies of base and model, forgetting per task and mean, and CKA drift."""
+        """Probe accuracies of base and model, forgetting per task and mean, and CKA drift; ``per_example`` holds
+        each task's test correctness of the base's and the model's probe (for paired tests)."""
         ft = self._all(model)
-        base_s, ft_s = self._scores(self.base), self._scores(ft)
+        base_c, ft_c = self._correct(self.base), self._correct(ft)
+        base_s = {n: float(np.mean(c)) for n, c in base_c.items()}
+        ft_s = {n: float(np.mean(c)) for n, c in ft_c.items()}
         tasks = {n: {"base": base_s[n], "finetuned": ft_s[n], "forgetting": base_s[n] - ft_s[n]} for n in base_s}
         out: Dict[str, object] = {"tasks": tasks,
                                   "forgetting_mean": float(np.mean([t["forgetting"] for t in tasks.values()]))
@@ -103,5 +107,10 @@ class ProbeScorer:
                                   "probe": {"n_train": self.cfg.n_train, "n_test": self.cfg.n_test, "C": self.cfg.C,
                                             "features": "mean-pooled last hidden state", "max_length": self.cfg.max_length}}
         if self.drift:
-            out["cka"] = linear_cka(self.base["drift"], ft["drift"])
+            # debiased CKA (≈ 0 for unrelated features, 1 for a rotation); the biased estimator beside it is
+            # inflated when the number of texts is not much larger than the feature width
+            out.update(cka=linear_cka_debiased(self.base["drift"], ft["drift"]),
+                       cka_biased=linear_cka(self.base["drift"], ft["drift"]), cka_n=len(self.drift))
+        out["per_example"] = {f"{n}.{side}_correct": c for n in base_c
+                              for side, c in (("base", base_c[n]), ("finetuned", ft_c[n]))}
         return out

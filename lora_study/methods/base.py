@@ -54,7 +54,6 @@ class Method:
     mergeable: ClassVar[bool] = False  # inference latency unmerged, then merged into the base weights
     has_adapter_factors: ClassVar[bool] = False  # saves low-rank factors (peft's lora_A / lora_B)
     truncates: ClassVar[bool] = False  # evaluates its ΔW truncated to low ranks after training
-    keeps_pretrained: ClassVar[bool] = False  # copies the analysed W_pre before training to form ΔW
     probes_during_training: ClassVar[bool] = True  # held-out probes every heldout.every steps
     base_tag: ClassVar[str] = ""  # how the loaded base differs from the checkpoint (QLoRA: "nf4"), for caches
 
@@ -70,6 +69,10 @@ class Method:
         return {}
 
     # -- a run -----------------------------------------------------------------------------------
+    def pretrained_scope(self, model: torch.nn.Module, cfg) -> List[str]:
+        """Modules whose W_pre the run copies before ``prepare`` touches the model (to form ΔW = W_ft − W_pre)."""
+        return []
+
     def prepare(self, model: torch.nn.Module, cfg, head: List[str], gradient_checkpointing: bool = False) -> Prepared:
         raise NotImplementedError
 

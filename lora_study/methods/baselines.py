@@ -45,7 +45,9 @@ class Full(Method):
     schema = FullConfig
     is_reference = True
     truncates = True
-    keeps_pretrained = True
+
+    def pretrained_scope(self, model: torch.nn.Module, cfg) -> List[str]:
+        return analysed_modules(model)
 
     def prepare(self, model: torch.nn.Module, cfg, head: List[str], gradient_checkpointing: bool = False) -> Prepared:
         for p in model.parameters():

@@ -2,29 +2,26 @@
 
     h = W0 x + (α/r) B A x,   B ∈ R^{d_out×r} zero at start, A ∈ R^{r×d_in};   rsLoRA scales by α/√r.
 
-Trainable parameters per adapted matrix: r(d_in + d_out). ΔW is exactly what peft merges: the scaled B·A
-(``get_delta_weight``), or merged − W0 for DoRA. QLoRA dequantises W0 to bf16 in each forward; its ΔW is
-computed the same way (W_pre for the analyses is then the unquantised checkpoint). A causal LM's own LM head
+Trainable parameters per adapted matrix: r(d_in + d_out). ΔW = W_finetuned − W_pre of every adapted matrix, with
+W_pre copied before peft wraps the model: the scaled B·A that peft merges (``get_delta_weight``) when the base
+weight is still W_pre, and W_res + s·B·A − W_pre for the initialisations that move principal components out of
+W0 into the adapter (PiSSA, OLoRA: there s·B·A alone would not be the update); merged − W_pre for DoRA. QLoRA
+dequantises W0 to bf16 in each forward; its ΔW is s·B·A (W_pre for the analyses is the unquantised checkpoint). A causal LM's own LM head
 is part of the pretrained model and stays frozen; a classifier's head trains through ``modules_to_save``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from ..accounting import dir_bytes
-from ..models.structure import block_linears, module_kind
+from ..models.structure import PRESETS, block_linears, resolve_targets
 from ..schema import FRACTION, POSITIVE, POSITIVE_INT, Choice, ConfigError, Free, Rule, opt
 from . import register
 from .base import Method, MethodConfig, Prepared, Variant, analysed_modules, enable_gradient_checkpointing
 
-PRESETS = {
-    "attn_qv": ("query", "value"),
-    "attn": ("query", "key", "value", "attn_out"),
-    "all_linear": ("query", "key", "value", "attn_out", "ffn_in", "ffn_gate", "ffn_out"),
-}
 PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 ALPHA_RULES = ("two_r", "fixed", "rslora")
 
@@ -58,26 +55,6 @@ class QLoraConfig(LoraConfig):
     pass
 
 
-def resolve_targets(model: torch.nn.Module, target_modules) -> List[str]:
-    """Module paths a preset name or a list of module names selects; one clear error if none match."""
-    linears = block_linears(model)
-    if isinstance(target_modules, str):
-        if target_modules not in PRESETS:
-            raise ConfigError(f"method.target_modules={target_modules!r} is not a preset; choose one of "
-                              f"{', '.join(PRESETS)} or give a list of module names.")
-        kinds = PRESETS[target_modules]
-        return [n for n in linears if module_kind(n) in kinds]
-    chosen = []
-    for t in [str(t) for t in target_modules]:
-        hits = [n for n in linears if n == t or n.endswith("." + t)]
-        if not hits:
-            suffixes = sorted({".".join(n.split(".")[-2:]) if n.split(".")[-1] == "dense" else n.split(".")[-1]
-                               for n in linears})
-            raise ConfigError(f"target module {t!r} matches no linear layer of the model; it has {', '.join(suffixes)}.")
-        chosen += hits
-    return sorted(set(chosen), key=list(linears).index)
-
-
 def lora_layers(model) -> Dict[str, torch.nn.Module]:
     """peft LoRA layers by module path in the base model's namespace."""
     from peft.tuners.lora import LoraLayer
@@ -87,19 +64,26 @@ def lora_layers(model) -> Dict[str, torch.nn.Module]:
 
 
 @torch.no_grad()
-def lora_deltas(model) -> Dict[str, torch.Tensor]:
-    """ΔW exactly as peft merges it: the scaled B·A (``get_delta_weight``); for DoRA, merged − W0."""
+def lora_deltas(model, w_pre: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+    """ΔW of every adapted matrix. Without ``w_pre``: exactly what peft merges, the scaled B·A
+    (``get_delta_weight``), or merged − W0 for DoRA. With ``w_pre`` (W_pre copied before wrapping): W_ft − W_pre,
+    which is the same s·B·A (bit for bit) while the base weight is still W_pre, and W_res + s·B·A − W_pre when the
+    initialisation moved part of W0 into the adapter (PiSSA, OLoRA)."""
     out = {}
     for name, layer in lora_layers(model).items():
         adapter = layer.active_adapters[0]
+        base = layer.get_base_layer().weight
+        w0 = base.detach().float().cpu() if w_pre is None else w_pre[name]
         if layer.use_dora.get(adapter, False):
-            w0 = layer.get_base_layer().weight.detach().clone()
+            kept = base.detach().clone()
             layer.merge(adapter_names=[adapter])
-            out[name] = (layer.get_base_layer().weight - w0).float().cpu()
+            out[name] = base.detach().float().cpu() - w0
             layer.unmerge()
-            layer.get_base_layer().weight.copy_(w0)
-        else:
-            out[name] = layer.get_delta_weight(adapter).float().cpu()
+            base.copy_(kept)
+            continue
+        delta = layer.get_delta_weight(adapter).float().cpu()
+        current = base.detach().float().cpu()
+        out[name] = delta if torch.equal(current, w0) else (current + delta) - w0
     return out
 
 
@@ -137,11 +121,14 @@ class Lora(Method):
                               modules_to_save=list(head) if cfg.train_head and head else None)
         return Prepared(get_peft_model(model, lcfg), analysed, targets=targets, head=head)
 
+    def pretrained_scope(self, model: torch.nn.Module, cfg) -> List[str]:
+        return resolve_targets(model, cfg.target_modules)
+
     def summary(self, cfg) -> Dict[str, Any]:
         return {"rank": int(cfg.rank), "d": None}
 
     def deltas(self, prepared: Prepared, model, w_pre: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        return lora_deltas(model)
+        return lora_deltas(model, w_pre)
 
     def storage(self, model, out, run_cfg, saved: Dict[str, bool]) -> Dict[str, Any]:
         model.save_pretrained(out.adapter_dir())
@@ -196,6 +183,12 @@ class QLora(Lora):
 
     def to_device(self, prepared: Prepared, device: torch.device) -> torch.nn.Module:
         return prepared.model  # a 4-bit model is loaded onto its device
+
+    def pretrained_scope(self, model: torch.nn.Module, cfg) -> List[str]:
+        return []  # the 4-bit base is not W_pre; the analyses read W_pre from the checkpoint
+
+    def deltas(self, prepared: Prepared, model, w_pre: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return lora_deltas(model)
 
 
 register(Lora())

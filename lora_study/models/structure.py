@@ -4,9 +4,11 @@ wrapper. Encoder (BERT, RoBERTa) and decoder (Llama, Qwen) names are both unders
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
+
+from ..schema import ConfigError
 
 _KINDS = [  # (regex on the module path, kind)
     (r"attention\.self\.query$|self_attn\.q_proj$|attn\.q_proj$", "query"),
@@ -18,6 +20,12 @@ _KINDS = [  # (regex on the module path, kind)
     (r"(?<!attention\.)output\.dense$|mlp\.down_proj$|mlp\.fc2$", "ffn_out"),
 ]
 MODULE_KINDS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_gate", "ffn_out")
+# named selections of block linears (LoRA targets, intervention scopes)
+PRESETS = {
+    "attn_qv": ("query", "value"),
+    "attn": ("query", "key", "value", "attn_out"),
+    "all_linear": ("query", "key", "value", "attn_out", "ffn_in", "ffn_gate", "ffn_out"),
+}
 
 
 def module_kind(name: str) -> Optional[str]:
@@ -46,3 +54,23 @@ def base_module(model, name: str) -> torch.nn.Module:
         root = root.get_base_model()
     mod = root.get_submodule(name)
     return getattr(mod, "base_layer", mod)
+
+
+def resolve_targets(model: torch.nn.Module, target_modules) -> List[str]:
+    """Module paths a preset name or a list of module names selects; one clear error if none match."""
+    linears = block_linears(model)
+    if isinstance(target_modules, str):
+        if target_modules not in PRESETS:
+            raise ConfigError(f"method.target_modules={target_modules!r} is not a preset; choose one of "
+                              f"{', '.join(PRESETS)} or give a list of module names.")
+        kinds = PRESETS[target_modules]
+        return [n for n in linears if module_kind(n) in kinds]
+    chosen = []
+    for t in [str(t) for t in target_modules]:
+        hits = [n for n in linears if n == t or n.endswith("." + t)]
+        if not hits:
+            suffixes = sorted({".".join(n.split(".")[-2:]) if n.split(".")[-1] == "dense" else n.split(".")[-1]
+                               for n in linears})
+            raise ConfigError(f"target module {t!r} matches no linear layer of the model; it has {', '.join(suffixes)}.")
+        chosen += hits
+    return sorted(set(chosen), key=list(linears).index)

@@ -128,8 +128,8 @@ class CausalLMFamily(TaskFamily):
     def evaluator(self, task: TaskData, cfg: TaskConfig):
         answers = task.metric == EXACT_MATCH
 
-        def evaluate(model, data, batch_size, device, precision):
-            return evaluate_lm(model, data, batch_size, device, precision, answers, cfg.max_new_tokens)
+        def evaluate(model, data, batch_size, device, precision, per_example=False):
+            return evaluate_lm(model, data, batch_size, device, precision, answers, cfg.max_new_tokens, per_example)
         return evaluate
 
 

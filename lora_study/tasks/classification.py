@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -143,12 +144,13 @@ class Encoded:
     def train_batches(self, batch_size: int, seed: int) -> Iterator[Dict[str, torch.Tensor]]:
         return shuffled_batches(self, batch_size, seed)
 
-    def eval_batches(self, batch_size: int) -> Iterator[Dict[str, torch.Tensor]]:
-        """Batches in order of length (less padding); metrics do not depend on the order."""
+    def eval_batches(self, batch_size: int) -> Iterator[Tuple[List[int], Dict[str, torch.Tensor]]]:
+        """(example indices, batch) in order of length (less padding); metrics do not depend on the order."""
         rows = self._encode(list(range(len(self))))
         order = sorted(range(len(self)), key=lambda i: len(rows[i]["input_ids"]))
         for start in range(0, len(order), batch_size):
-            yield self.batch(order[start:start + batch_size])
+            idx = order[start:start + batch_size]
+            yield idx, self.batch(idx)
 
     def fixed_width(self, n: int, width: int) -> Dict[str, torch.Tensor]:
         """n examples padded/truncated to exactly ``width`` tokens (for latency measurements)."""
@@ -162,12 +164,15 @@ class Encoded:
 
 
 @torch.no_grad()
-def evaluate(model, data: Encoded, batch_size: int, device: torch.device, precision: str) -> Dict[str, float]:
-    """Accuracy and mean cross-entropy of a classifier over a whole split."""
+def evaluate(model, data: Encoded, batch_size: int, device: torch.device, precision: str,
+             per_example: bool = False) -> Dict[str, Any]:
+    """Accuracy and mean cross-entropy of a classifier over a whole split; with ``per_example`` also, in split
+    order, each example's predicted label, true label, correctness and cross-entropy (for paired tests)."""
     was_training = model.training
     model.eval()
     correct, loss_sum, n = 0, 0.0, 0
-    for batch in data.eval_batches(batch_size):
+    pred, loss = np.zeros(len(data), dtype=np.int64), np.zeros(len(data), dtype=np.float32)
+    for idx, batch in data.eval_batches(batch_size):
         batch = to_device(batch, device)
         with autocast(device, precision):
             out = model(**batch)
@@ -175,8 +180,15 @@ def evaluate(model, data: Encoded, batch_size: int, device: torch.device, precis
         loss_sum += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
         correct += int((logits.argmax(-1) == batch["labels"]).sum())
         n += len(batch["labels"])
+        if per_example:
+            pred[idx] = logits.argmax(-1).cpu().numpy()
+            loss[idx] = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none").cpu().numpy()
     model.train(was_training)
-    return {"accuracy": correct / n, "loss": loss_sum / n}
+    out = {"accuracy": correct / n, "loss": loss_sum / n}
+    if per_example:
+        labels = np.asarray(data.labels, dtype=np.int64)
+        out["per_example"] = {"prediction": pred, "label": labels, "correct": pred == labels, "loss": loss}
+    return out
 
 
 class ClassificationFamily(TaskFamily):

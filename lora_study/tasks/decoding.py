@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import string
-from typing import Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -64,19 +64,25 @@ def nll_sum(model, batch: Dict[str, torch.Tensor], device, precision, pooled: bo
 
 
 @torch.no_grad()
-def perplexity(model, batches: Iterable, device, precision) -> Dict[str, float]:
-    """Mean token NLL ('loss') and its exponential over batches with −100-masked labels."""
+def perplexity(model, batches: Iterable, device, precision, n: Optional[int] = None) -> Dict[str, Any]:
+    """Mean token NLL ('loss') and its exponential over (indices, batch) pairs with −100-masked labels; with
+    ``n`` (the number of examples) also each example's summed NLL and scored-token count, in example order."""
     was = model.training
     model.eval()
     total, count = 0.0, 0
-    for batch in batches:
-        batch = batch[1] if isinstance(batch, tuple) else batch
-        s, n, _ = nll_sum(model, batch, device, precision)
+    sums, counts = (np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int64)) if n is not None else (None, None)
+    for idx, batch in batches:
+        s, c, _ = nll_sum(model, batch, device, precision)
         total += float(s.sum())
-        count += int(n.sum())
+        count += int(c.sum())
+        if n is not None:
+            sums[idx], counts[idx] = s.double().numpy(), c.numpy()
     model.train(was)
     loss = total / max(count, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count}
+    out: Dict[str, Any] = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count}
+    if n is not None:
+        out["per_example"] = {"nll": sums, "tokens": counts}
+    return out
 
 
 def stop_ids(tokenizer, model=None) -> List[int]:
@@ -138,13 +144,18 @@ def generate_answers(model, data: LMEncoded, batch_size: int, max_new_tokens: in
 
 
 def evaluate_lm(model, data: LMEncoded, batch_size: int, device, precision, answers: bool = True,
-                max_new_tokens: int = 4) -> Dict[str, Optional[float]]:
+                max_new_tokens: int = 4, per_example: bool = False) -> Dict[str, Any]:
     """Completion-token loss and perplexity; with ``answers`` also the exact-match accuracy of greedy answers
-    (``accuracy``), else ``accuracy`` is None."""
-    out: Dict[str, Optional[float]] = dict(perplexity(model, data.eval_batches(batch_size), device, precision))
+    (``accuracy``), else ``accuracy`` is None. With ``per_example``: each example's completion NLL and token count
+    and, with ``answers``, whether its answer matched, in split order (for paired tests)."""
+    out: Dict[str, Any] = dict(perplexity(model, data.eval_batches(batch_size), device, precision,
+                                          n=len(data) if per_example else None))
     out.pop("tokens")
     out["accuracy"] = None
     if answers:
         preds = generate_answers(model, data, batch_size, max_new_tokens, device, precision)
         out["accuracy"] = exact_match(preds, data.answers)
+        if per_example:
+            out["per_example"]["correct"] = np.array([normalise_answer(p) == normalise_answer(r)
+                                                      for p, r in zip(preds, data.answers)])
     return out

@@ -120,11 +120,12 @@ class LMEncoded:
         key = (lambda i: len(self.encoded(i)[0])) if prompt_only else (lambda i: sum(map(len, self.encoded(i))))
         return sorted(range(len(self)), key=key)
 
-    def eval_batches(self, batch_size: int) -> Iterator[Dict[str, torch.Tensor]]:
-        """Batches in order of length (less padding); metrics do not depend on the order."""
+    def eval_batches(self, batch_size: int) -> Iterator[Tuple[List[int], Dict[str, torch.Tensor]]]:
+        """(example indices, batch) in order of length (less padding); metrics do not depend on the order."""
         order = self._by_length()
         for start in range(0, len(order), batch_size):
-            yield self.batch(order[start:start + batch_size])
+            idx = order[start:start + batch_size]
+            yield idx, self.batch(idx)
 
     def prompt_batches(self, batch_size: int) -> Iterator[Tuple[List[int], Dict[str, torch.Tensor]]]:
         """(example indices, left-padded prompts), in order of prompt length."""

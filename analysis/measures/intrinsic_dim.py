@@ -1,88 +1,38 @@
-"""Intrinsic dimension of finetuning (Li et al. 2018; Aghajanyan et al. 2020): d90 from a sweep over d.
-
-A subspace run trains θ = θ0 + P θ_d (DID) or θ_i = θ0_i + λ_ℓ (P θ_{d−m})_i (SAID, the m per-layer scales
-spent from the same budget) with d trainable numbers; the classification head is trained directly and
-counted apart. Two thresholds on a metric m (test accuracy by default):
-
-    d90:       the smallest d with m(d) ≥ 0.9 · m_full                      (Li et al.; Aghajanyan et al.)
-    d90-gain:  the smallest d with m(d) ≥ m_base + 0.9 · (m_full − m_base)   (90 % of full FT's gain over
-               the frozen base with a trained head)
-
-On a two-class task 0.9 · m_full can lie below the frozen base (chance is 0.5), so d90 alone can be
-trivially small; d90-gain asks for the finetuning gain itself. Between the tested d_a < d_b bracketing
-the first crossing (m_a < t ≤ m_b), d is interpolated linearly on log d:
-
-    log d* = log d_a + (t − m_a) / (m_b − m_a) · (log d_b − log d_a).
-
-None if no tested d reaches t; the smallest tested d if it already does (the curve is not extrapolated).
+"""Is the intrinsic dimension of finetuning small? Subspace training swept over d (Li et al. 2018; Aghajanyan et al.
+2020): per variant (DID, SAID) and seed, d90 and d90-gain against full finetuning and the frozen base (table
+``intrinsic_dim``, averaged over seeds in ``intrinsic_dim_summary``), accuracy against d with the rank-swept arms'
+parameter counts on the same axis (figure), and d90 against D and the published figures (finding). The thresholds
+themselves are ``analysis.dimension``'s.
 """
 from __future__ import annotations
 
-import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from safetensors import safe_open
 
-from .figures import _caption
-from .study import Study
+from lora_study.artifacts import DELTA
+from lora_study.models.structure import module_kind
 
-FRACTION = 0.9
-# d90 published by Aghajanyan et al. 2020, Table 1 (secondary: quoted in ANCHORS.md, not reproduced here).
-PUBLISHED_D90: Dict[str, Dict[str, int]] = {
-    "BERT-base": {"MRPC SAID": 1608, "QQP SAID": 8030, "MRPC DID": 1861, "QQP DID": 9295},
-    "RoBERTa-base": {"MRPC SAID": 896, "QQP SAID": 896, "MRPC DID": 1000, "QQP DID": 1389},
-    "RoBERTa-large": {"MRPC SAID": 207, "QQP SAID": 774, "MRPC DID": 322, "QQP DID": 774},
-}
+from .. import plotting
+from ..dimension import FRACTION, PUBLISHED_D90, crossing, published_range
+from ..loader import Study
+from ..roles import arm_title, arms, baselines, references, swept, with_roles
+from .base import Context, Measure, Section
+
 MUCH_SMALLER = 0.01  # "d90 ≪ D" when d90 / D is below 1 %
 COLORS = {"DID": "tab:blue", "SAID": "tab:orange"}
 MARKERS = {"DID": "o", "SAID": "s"}
-
-
-# -- the thresholds ------------------------------------------------------------------------------
-
-def crossing(ds: Sequence[float], metrics: Sequence[float], threshold: float) -> Optional[float]:
-    """The smallest d at which the curve (ds, metrics) first reaches ``threshold``, interpolated on log d."""
-    ds, metrics = np.asarray(ds, dtype=float), np.asarray(metrics, dtype=float)
-    if ds.shape != metrics.shape or ds.ndim != 1:
-        raise ValueError(f"ds and metrics must be two 1-D sequences of one length, got {ds.shape} and {metrics.shape}.")
-    keep = ~np.isnan(metrics)
-    ds, metrics = ds[keep], metrics[keep]
-    if (ds <= 0).any():
-        raise ValueError(f"every d must be positive (they are placed on a log axis), got {ds.tolist()}.")
-    if len(np.unique(ds)) != len(ds):
-        raise ValueError(f"ds={ds.tolist()} repeats a dimension; average the seeds first or pass one curve per seed.")
-    if not len(ds) or math.isnan(threshold):
-        return None
-    order = np.argsort(ds)
-    ds, metrics = ds[order], metrics[order]
-    if metrics[0] >= threshold:
-        return float(ds[0])
-    for i in range(1, len(ds)):
-        if metrics[i] >= threshold:
-            lo, hi = math.log(ds[i - 1]), math.log(ds[i])
-            frac = (threshold - metrics[i - 1]) / (metrics[i] - metrics[i - 1])
-            return float(math.exp(lo + frac * (hi - lo)))
-    return None
-
-
-def d90(ds: Sequence[float], metrics: Sequence[float], target: float, fraction: float = FRACTION) -> Optional[float]:
-    """The smallest d whose metric reaches ``fraction`` × ``target`` (full FT's metric), interpolated on log d."""
-    return crossing(ds, metrics, fraction * target)
-
-
-def d90_gain(ds: Sequence[float], metrics: Sequence[float], target: float, base: float,
-             fraction: float = FRACTION) -> Optional[float]:
-    """The smallest d whose metric reaches base + ``fraction`` × (target − base): 90 % of full FT's gain."""
-    return crossing(ds, metrics, base + fraction * (target - base))
+COUNT_COLORS = ("tab:green", "tab:olive", "tab:cyan")  # parameter counts of each rank-swept arm on the d axis
 
 
 # -- tables ---------------------------------------------------------------------------------------
 
-def _reference(runs: pd.DataFrame, method: str, seed: int, metric: str) -> tuple:
-    """The same seed's run of ``method`` if there is one, else the mean over its seeds (NaN if none)."""
-    g = runs[runs.method == method]
+def _reference(g: pd.DataFrame, seed: int, metric: str) -> tuple:
+    """The same seed's run among ``g`` (the reference's or the baseline's rows) if there is one, else the mean over
+    its seeds (NaN if none)."""
     same = g[g.seed == seed][metric]
     if len(same):
         return float(same.mean()), "same seed"
@@ -97,14 +47,15 @@ def intrinsic_table(study: Study, runs: Optional[pd.DataFrame] = None, metric: s
                     fraction: float = FRACTION) -> pd.DataFrame:
     """One row per subspace variant (DID, SAID) and seed: full FT and base references, both targets,
     d90 and d90-gain (NaN where never reached), and D, the number of weights in the subspace's scope."""
-    runs = study.runs_frame() if runs is None else runs
-    D = {r.member: (r.summary.get("subspace") or {}).get("D") for r in study.by_method("subspace")}
-    sub = runs[runs.method == "subspace"]
+    runs = with_roles(study.runs_frame() if runs is None else runs)
+    # D from the method's own section of the run summary (keyed by its name)
+    D = {r.member: (r.summary.get(r.method) or {}).get("D") for r in study.swept("d")}
+    sub = swept(runs, "d")
     rows = []
     for (variant, seed), g in sub.groupby(["variant", "seed"], sort=True):
         curve = g.groupby("d")[metric].mean().sort_index()
-        full, full_ref = _reference(runs, "full", seed, metric)
-        base, base_ref = _reference(runs, "none", seed, metric)
+        full, full_ref = _reference(references(runs), seed, metric)
+        base, base_ref = _reference(baselines(runs), seed, metric)
         dims = [D[m] for m in g.member if D.get(m)]
         t90, tgain = fraction * full, base + fraction * (full - base)
         x90 = _nan(crossing(curve.index, curve.values, t90))
@@ -150,8 +101,8 @@ def at_d90(runs: pd.DataFrame, metric: str = "test_accuracy", fraction: float = 
     (seed-mean), one d per variant and all its seeds, relabelled 'subspace DID at d90 (d=…)'. Interpolated
     d90 lies between tested d's and has no run of its own, so the tradeoff table shows the first tested d
     at or above it. Empty when there is no full FT run or no d reaches the target."""
-    sub = runs[runs.method == "subspace"]
-    full = runs[runs.method == "full"][metric]
+    sub, full = swept(runs, "d"), references(runs)
+    full = full[metric] if not full.empty else pd.Series(dtype=float)
     if sub.empty or full.empty:
         return sub.iloc[0:0]
     target = fraction * full.mean()
@@ -173,10 +124,6 @@ def lora_param_counts(study: Study, ranks: Sequence[int] = LORA_RANKS,
     """LoRA's trainable parameter count r · Σ(m + n) over the modules of ``kinds`` (default: W_q and W_v, the
     attn_qv preset), head excluded, with the shapes read from the header of the first saved ΔW file (no
     tensor is loaded). Empty if no run saved ΔW. Marks LoRA on the d axis of a study that ran no LoRA."""
-    from safetensors import safe_open
-
-    from lora_study.artifacts import DELTA, module_kind
-
     for run in study.runs:
         path = run.dir.file(DELTA)
         if not run.summary.get("saved", {}).get("delta") or not path.exists():
@@ -191,55 +138,59 @@ def lora_param_counts(study: Study, ranks: Sequence[int] = LORA_RANKS,
 
 def figure(study: Study, runs: pd.DataFrame, table: pd.DataFrame, metric: str = "test_accuracy"):
     """Metric vs d (log axis), DID and SAID with seeds as error bars; full FT, both thresholds and the
-    frozen base as horizontal lines; d90 (dotted) and d90-gain (dash-dot) as vertical lines; LoRA runs'
-    trainable parameter counts (head excluded, as d excludes it) as grey ticks on the same axis."""
+    frozen base as horizontal lines; d90 (dotted) and d90-gain (dash-dot) as vertical lines; each rank-swept arm's
+    trainable parameter counts (head excluded, as d excludes it) as light ticks on the same axis (LoRA's computed
+    from ΔW's shapes when the study ran no rank-swept arm)."""
     fig, ax = plt.subplots(figsize=(8.4, 4.2))
-    sub = runs[runs.method == "subspace"]
+    runs = with_roles(runs)
+    sub = swept(runs, "d")
     seeds = sorted(set(sub.seed))
     for variant, g in sub.groupby("variant", sort=True):
         s = g.groupby("d")[metric].agg(["mean", "std"]).sort_index()
         ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), marker=MARKERS.get(variant, "o"), ms=3.5, lw=1.2,
                     capsize=2, mfc="none" if variant == "SAID" else None,
                     color=COLORS.get(variant), label=f"{variant} (mean ± std over {len(seeds)} seed(s))")
-    full, base = runs[runs.method == "full"][metric], runs[runs.method == "none"][metric]
+    full, base = references(runs)[metric], baselines(runs)[metric]
     if len(full):
         f = full.mean()
-        ax.axhline(f, color="black", lw=1.1, label=f"full FT ({f:.3f})")
+        ax.axhline(f, color=plotting.REFERENCE_COLOR, lw=1.1, label=f"full FT ({f:.3f})")
         ax.axhline(FRACTION * f, color="0.45", ls=":", lw=1, label=f"d90 target: 90 % of full FT ({FRACTION * f:.3f})")
         if len(base):
             t = base.mean() + FRACTION * (f - base.mean())
             ax.axhline(t, color="0.45", ls="-.", lw=1, label=f"d90-gain target: base + 90 % of gain ({t:.3f})")
     if len(base):
-        ax.axhline(base.mean(), color="black", ls="--", lw=1, label=f"frozen base, head only ({base.mean():.3f})")
+        ax.axhline(base.mean(), color=plotting.REFERENCE_COLOR, ls="--", lw=1,
+                   label=f"frozen base, head only ({base.mean():.3f})")
     for _, r in summarize(table).iterrows():
         for col, ls, name in (("d90_mean", ":", "d90"), ("d90_gain_mean", "-.", "d90-gain")):
             if not np.isnan(r[col]):
                 ax.axvline(r[col], color=COLORS.get(r.variant), ls=ls, lw=1.3,
                            label=f"{r.variant} {name} ≈ {r[col]:,.0f}")
-    lora = runs[runs.method == "lora"]
     note = None
-    if lora.empty:
+    marks = []  # (label, {rank: trainable params without the head}) per rank-swept arm
+    for arm in arms(runs, "rank"):
+        g = swept(runs, "rank", arm)
+        marks.append((f"{arm_title(runs, arm)} trainable params (head excluded)",
+                      (g.trainable_params - g.head_params).groupby(g["value"]).first().sort_index().to_dict()))
+    if not marks:
         counts = lora_param_counts(study)
-        label = "LoRA r on W_q, W_v: r · Σ(m + n) (computed; no LoRA runs here)"
+        marks.append(("LoRA r on W_q, W_v: r · Σ(m + n) (computed; no LoRA runs here)", counts))
         if not counts:
             note = "No LoRA runs and no saved ΔW in this study: LoRA's parameter counts are not marked on the d axis."
-    else:
-        counts = (lora.trainable_params - lora.head_params).groupby(lora["rank"]).first().sort_index().to_dict()
-        label = "LoRA trainable params (head excluded)"
-    for i, (rank, n) in enumerate(sorted(counts.items())):
-        ax.axvline(n, color="tab:green", alpha=0.35, lw=0.9, label=label if i == 0 else None)
-        ax.annotate(f"r={int(rank)}", (n, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=6,
-                    color="tab:green", ha="right", va="top")
+    for j, (label, counts) in enumerate(marks):
+        color = COUNT_COLORS[j % len(COUNT_COLORS)]
+        for i, (rank, n) in enumerate(sorted(counts.items())):
+            ax.axvline(n, color=color, alpha=0.35, lw=0.9, label=label if i == 0 else None)
+            ax.annotate(f"r={int(rank)}", (n, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                        fontsize=plotting.ANNOTATION, color=color, ha="right", va="top")
     ax.set_xscale("log")
     ax.set_xlabel("subspace dimension d (trainable numbers, head excluded; log scale)")
     ax.set_ylabel(f"{metric.replace('_', ' ')} (fraction correct)")
     ax.set_title("Intrinsic dimension: accuracy vs subspace dimension d")
-    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.legend(fontsize=plotting.LEGEND, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if note:
-        fig.text(0.5, 0.035, note, ha="center", va="bottom", fontsize=7, color="0.35")
-    _caption(fig, study)
-    fig.tight_layout(rect=(0, 0.08 if note else 0.05, 1, 1))
-    return fig
+        fig.text(0.5, 0.035, note, ha="center", va="bottom", fontsize=plotting.CAPTION, color=plotting.CAPTION_COLOR)
+    return plotting.finish(fig, study, bottom=0.08 if note else 0.05)
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -269,11 +220,6 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
              "d90 / D": "—" if np.isnan(r.d90_over_D) else f"{r.d90_over_D:.1e}"}
             for _, r in summary.iterrows()]
     return pd.DataFrame(rows)
-
-
-def _published_range() -> tuple:
-    values = [v for m in PUBLISHED_D90.values() for v in m.values()]
-    return min(values), max(values)
 
 
 def _state(r, col: str) -> str:
@@ -322,7 +268,7 @@ def finding(summary: pd.DataFrame, describe: Optional[dict] = None) -> str:
                         (" (both at the smallest tested d, so not resolved by this sweep)."
                          if said.d90_gain_at_d_min.iloc[0] and did.d90_gain_at_d_min.iloc[0] else
                          ", as in Aghajanyan et al. (SAID ≤ DID in every pair quoted below).")))
-    lo, hi = _published_range()
+    lo, hi = published_range()
     where = ""
     if len(reached):  # their definition: 90 % of full FT's metric
         o = reached.d90_mean.max()
@@ -341,3 +287,35 @@ def _published(describe: dict, where: str) -> str:
             " (secondary: quoted, not reproduced here), falling with model size and with pretraining." + where +
             f" The comparison is of order of magnitude only: {model or 'this model'} on {task or 'this task'}, "
             "test accuracy rather than the dev-set metric, one learning rate for every d and the study's step budget.")
+
+
+class IntrinsicDim(Measure):
+    name = "intrinsic_dim"
+    tables = ("intrinsic_dim", "intrinsic_dim_summary")
+
+    def compute(self, ctx: Context) -> Dict[str, pd.DataFrame]:
+        if not ctx.study.swept("d"):
+            return {}
+        table = intrinsic_table(ctx.study, ctx.table("runs"))
+        return {"intrinsic_dim": table, "intrinsic_dim_summary": summarize(table)}
+
+    def figures(self, ctx: Context) -> Dict[str, object]:
+        if not ctx.has("intrinsic_dim"):
+            return {}
+        return {"intrinsic_dim": figure(ctx.study, ctx.table("runs"), ctx.table("intrinsic_dim"))}
+
+    def sections(self, ctx: Context) -> List[Section]:
+        if not ctx.has("intrinsic_dim"):
+            return [Section("Intrinsic dimension", [
+                "Not measured in this study: it holds no subspace runs (see experiment=intrinsic_dim)."])]
+        return [Section("Intrinsic dimension (Li et al. 2018; Aghajanyan et al. 2020)", [
+            "Test accuracy of subspace training θ = θ0 + P θ_d (DID) and SAID (per-layer scales from the same d) "
+            "against d, the trainable numbers besides the head; d90 is the smallest d reaching 90 % of full "
+            "finetuning's accuracy, d90-gain 90 % of its gain over the frozen base, both interpolated on log d.",
+            finding(ctx.table("intrinsic_dim_summary"), ctx.study.describe())],
+            figure="intrinsic_dim" if ctx.drew("intrinsic_dim") else None, table="intrinsic_dim")]
+
+    def formatted(self, ctx: Context) -> Dict[str, pd.DataFrame]:
+        if not ctx.has("intrinsic_dim_summary"):
+            return {}
+        return {"intrinsic_dim": format_summary(ctx.table("intrinsic_dim_summary"))}

@@ -1,0 +1,76 @@
+"""Intrinsic dimension from a sweep over d (Li et al. 2018; Aghajanyan et al. 2020): the thresholds, on one
+curve of a metric m against the subspace dimension d. Pure maths on numbers; ``measures.intrinsic_dim`` applies
+it to a study.
+
+A subspace run trains θ = θ0 + P θ_d (DID) or θ_i = θ0_i + λ_ℓ (P θ_{d−m})_i (SAID, the m per-layer scales
+spent from the same budget) with d trainable numbers; the classification head is trained directly and
+counted apart. Two thresholds on a metric m (test accuracy by default):
+
+    d90:       the smallest d with m(d) ≥ 0.9 · m_full                      (Li et al.; Aghajanyan et al.)
+    d90-gain:  the smallest d with m(d) ≥ m_base + 0.9 · (m_full − m_base)   (90 % of full FT's gain over
+               the frozen base with a trained head)
+
+On a two-class task 0.9 · m_full can lie below the frozen base (chance is 0.5), so d90 alone can be
+trivially small; d90-gain asks for the finetuning gain itself. Between the tested d_a < d_b bracketing
+the first crossing (m_a < t ≤ m_b), d is interpolated linearly on log d:
+
+    log d* = log d_a + (t − m_a) / (m_b − m_a) · (log d_b − log d_a).
+
+None if no tested d reaches t; the smallest tested d if it already does (the curve is not extrapolated).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+FRACTION = 0.9
+# d90 published by Aghajanyan et al. 2020, Table 1 (secondary: quoted in ANCHORS.md, not reproduced here).
+PUBLISHED_D90: Dict[str, Dict[str, int]] = {
+    "BERT-base": {"MRPC SAID": 1608, "QQP SAID": 8030, "MRPC DID": 1861, "QQP DID": 9295},
+    "RoBERTa-base": {"MRPC SAID": 896, "QQP SAID": 896, "MRPC DID": 1000, "QQP DID": 1389},
+    "RoBERTa-large": {"MRPC SAID": 207, "QQP SAID": 774, "MRPC DID": 322, "QQP DID": 774},
+}
+
+
+def crossing(ds: Sequence[float], metrics: Sequence[float], threshold: float) -> Optional[float]:
+    """The smallest d at which the curve (ds, metrics) first reaches ``threshold``, interpolated on log d."""
+    ds, metrics = np.asarray(ds, dtype=float), np.asarray(metrics, dtype=float)
+    if ds.shape != metrics.shape or ds.ndim != 1:
+        raise ValueError(f"ds and metrics must be two 1-D sequences of one length, got {ds.shape} and {metrics.shape}.")
+    keep = ~np.isnan(metrics)
+    ds, metrics = ds[keep], metrics[keep]
+    if (ds <= 0).any():
+        raise ValueError(f"every d must be positive (they are placed on a log axis), got {ds.tolist()}.")
+    if len(np.unique(ds)) != len(ds):
+        raise ValueError(f"ds={ds.tolist()} repeats a dimension; average the seeds first or pass one curve per seed.")
+    if not len(ds) or math.isnan(threshold):
+        return None
+    order = np.argsort(ds)
+    ds, metrics = ds[order], metrics[order]
+    if metrics[0] >= threshold:
+        return float(ds[0])
+    for i in range(1, len(ds)):
+        if metrics[i] >= threshold:
+            lo, hi = math.log(ds[i - 1]), math.log(ds[i])
+            frac = (threshold - metrics[i - 1]) / (metrics[i] - metrics[i - 1])
+            return float(math.exp(lo + frac * (hi - lo)))
+    return None
+
+
+def d90(ds: Sequence[float], metrics: Sequence[float], target: float, fraction: float = FRACTION) -> Optional[float]:
+    """The smallest d whose metric reaches ``fraction`` × ``target`` (full FT's metric), interpolated on log d."""
+    return crossing(ds, metrics, fraction * target)
+
+
+def d90_gain(ds: Sequence[float], metrics: Sequence[float], target: float, base: float,
+             fraction: float = FRACTION) -> Optional[float]:
+    """The smallest d whose metric reaches base + ``fraction`` × (target − base): 90 % of full FT's gain."""
+    return crossing(ds, metrics, base + fraction * (target - base))
+
+
+def published_range() -> tuple:
+    """(smallest, largest) d90 in ``PUBLISHED_D90``."""
+    values = [v for m in PUBLISHED_D90.values() for v in m.values()]
+    return min(values), max(values)

@@ -1,0 +1,46 @@
+"""The measures, one module per claim of the low-rank hypothesis, in report order.
+
+Each is a ``Measure`` (``measures.base``) giving its tables, figures and report sections; ``lora-study-analyze``
+and ``lora-study-report`` iterate ``MEASURES`` and know nothing else about them. A new measure is one module
+here and one line in the list:
+
+    from analysis.measures import Context
+    ctx = Context(load_study("results/studies/rank_sweep"))
+    ctx.table("spectra")            # computed on first request, with whatever it depends on
+"""
+from __future__ import annotations
+
+from typing import List
+
+from .amplification import Amplification
+from .base import Context, Measure, Section
+from .forgetting import Forgetting
+from .intrinsic_dim import IntrinsicDim
+from .intruders import Intruders
+from .similarity import Similarity
+from .spectra import Spectra
+from .tradeoff import MergeLatency, Tradeoff
+from .truncation import Truncation
+
+MEASURES: List[Measure] = [
+    Tradeoff(),  # the measured tradeoff table and memory
+    Truncation(),  # does a rank-r method reach full finetuning; does full FT's ΔW survive truncation
+    Spectra(),  # is ΔW low-rank: energy, effective rank
+    Similarity(),  # do two ranks share directions (φ); full FT's energy in each run's subspace
+    Intruders(),  # intruder dimensions
+    Amplification(),  # does ΔW amplify directions W barely uses
+    MergeLatency(),  # zero added latency after merging
+    Forgetting(),  # forgetting on held-out tasks; learning vs forgetting
+    IntrinsicDim(),  # d90 of subspace training
+]
+
+
+def get(name: str) -> Measure:
+    """The measure called ``name`` in ``MEASURES``."""
+    for m in MEASURES:
+        if m.name == name:
+            return m
+    raise KeyError(f"no measure {name!r}; the measures are {', '.join(m.name for m in MEASURES)}.")
+
+
+__all__ = ["MEASURES", "Context", "Measure", "Section", "get"]

@@ -1,0 +1,90 @@
+"""Where do a run's seconds go? Profiles one run of the default study (or any overrides) in-process with
+cProfile and prints the cumulative time of each phase: loading the task and the model, preparing held-out
+evaluation (base features), training, evaluation, ΔW and its spectra, storage, held-out evaluation after
+training, truncation and latency.
+
+    python benchmarks/profile_run.py method=lora method.rank=8 optim.lr=1.5e-3
+    python benchmarks/profile_run.py experiment=rank_sweep method=full optim.lr=1e-4 --out /tmp/prof
+
+The run's config is the default study's (``experiment=rank_sweep``) plus the overrides; its run directory goes
+to a temporary directory unless ``--out`` is given. Run it with nothing else running: the numbers are wall times.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# (phase, module file suffix, function name): cumulative time of these calls inside the run
+PHASES = [
+    ("validate config", "lora_study/config.py", "validate"),
+    ("load task", "lora_study/tasks/__init__.py", "load"),
+    ("load task", "lora_study/tasks/classification.py", "load"),
+    ("load model", "lora_study/models/__init__.py", "build_model"),
+    ("prepare method", "lora_study/methods/lora.py", "prepare"),
+    ("prepare method", "lora_study/methods/baselines.py", "prepare"),
+    ("prepare method", "lora_study/methods/intrinsic.py", "prepare"),
+    ("held-out: data and base features", "lora_study/heldout/__init__.py", "make_scorer"),
+    ("train (incl. validation)", "lora_study/train.py", "train"),
+    ("  of which validation", "lora_study/tasks/classification.py", "evaluate"),
+    ("ΔW", "lora_study/methods/lora.py", "deltas"),
+    ("ΔW", "lora_study/methods/baselines.py", "deltas"),
+    ("spectra", "lora_study/linalg.py", "spectra"),
+    ("storage", "lora_study/methods/lora.py", "storage"),
+    ("storage", "lora_study/methods/baselines.py", "storage"),
+    ("held-out evaluation", "lora_study/heldout/probes.py", "evaluate"),
+    ("truncation", "lora_study/post_training.py", "truncation"),
+    ("latency", "lora_study/post_training.py", "latency"),
+    ("write summary", "lora_study/artifacts.py", "write_summary"),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--out", help="run directory (default: a temporary one)")
+    ap.add_argument("--top", type=int, default=0, help="also print the N most expensive functions")
+    a = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from hydra import compose, initialize_config_dir
+
+    from lora_study.artifacts import RunDir
+    from lora_study.config import register
+    from lora_study.run import execute
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=rank_sweep", *a.overrides])
+    out = Path(a.out) if a.out else Path(tempfile.mkdtemp())
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    summary = execute(cfg, RunDir(out))
+    prof.disable()
+    wall = time.perf_counter() - t0
+    stats = pstats.Stats(prof)
+    totals: dict = {}
+    for (file, _, fn), (_, _, _, cum, _) in stats.stats.items():
+        for phase, suffix, name in PHASES:
+            if fn == name and file.endswith(suffix):
+                totals[phase] = totals.get(phase, 0.0) + cum
+    print(f"run {summary['method']} ({' '.join(a.overrides)}): {wall:.1f} s in-process, test accuracy "
+          f"{summary['metrics']['test_accuracy']}")
+    print("| phase | seconds | share |\n|---|---:|---:|")
+    for phase in dict.fromkeys(p for p, _, _ in PHASES):
+        if phase in totals:
+            print(f"| {phase} | {totals[phase]:.1f} | {100 * totals[phase] / wall:.0f} % |")
+    if a.top:
+        stats.sort_stats("cumulative").print_stats(a.top)
+
+
+if __name__ == "__main__":
+    main()
