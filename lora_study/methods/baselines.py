@@ -46,6 +46,7 @@ class Full(Method):
     is_reference = True
     truncates = True
     keeps_pretrained = True
+    distributed = "fsdp"  # every weight trains: 16 bytes per parameter before activations, sharded over devices
 
     def prepare(self, model: torch.nn.Module, cfg, head: List[str], gradient_checkpointing: bool = False) -> Prepared:
         for p in model.parameters():

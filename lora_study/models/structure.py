@@ -4,7 +4,7 @@ wrapper. Encoder (BERT, RoBERTa) and decoder (Llama, Qwen) names are both unders
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -37,6 +37,14 @@ def block_linears(model: torch.nn.Module) -> Dict[str, torch.nn.Linear]:
     """The linear layers inside the transformer blocks (attention and FFN), by module path."""
     return {n: m for n, m in model.named_modules()
             if isinstance(m, torch.nn.Linear) and module_kind(n) is not None}
+
+
+_BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.\d+$")
+
+
+def transformer_blocks(model: torch.nn.Module) -> List[torch.nn.Module]:
+    """The transformer blocks (``bert.encoder.layer.3``, ``model.layers.3``), in order: the units FSDP shards."""
+    return [m for n, m in model.named_modules() if _BLOCK.search(n) and block_linears(m)]
 
 
 def base_module(model, name: str) -> torch.nn.Module:
