@@ -38,6 +38,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -159,9 +160,15 @@ def wrap(model: torch.nn.Module, strategy: str, device: torch.device) -> torch.n
         return model
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
-        # every trainable parameter (LoRA factors, the head) takes part in every forward pass, so no search for
-        # unused ones (peft's wrapper is an ordinary module to DDP)
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Every trainable parameter (LoRA factors, the head, θ_d) takes part in every forward pass, so no search
+        # for unused ones; peft's wrapper is an ordinary module to DDP. Buffers are constants built alike on every
+        # process (position ids, the subspace projection's int8/int16 indices, which gloo cannot broadcast), so
+        # they are never synchronised: broadcast_buffers=False, which torch >= 2.13 marks deprecated but still
+        # recommends for exactly this until its replacement (init_sync_buffers) exists.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+            return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                           broadcast_buffers=False)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
