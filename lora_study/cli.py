@@ -10,12 +10,14 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, register
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register()
+# conf/hydra/launcher/slurm.yaml scales a job's CPUs and memory with train.processes
+OmegaConf.register_new_resolver("multiply", lambda a, b: int(a) * int(b), replace=True)
 
 
 def _is_multirun() -> bool:
