@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -190,7 +189,6 @@ def gather_model(model: torch.nn.Module, strategy: str, rebuild: Callable[[], An
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not is_main():
         return None
-    del model
     prepared, plain = rebuild()
     plain.load_state_dict(full)
     return prepared, plain
