@@ -57,9 +57,9 @@ class Method:
     keeps_pretrained: ClassVar[bool] = False  # copies the analysed W_pre before training to form ΔW
     probes_during_training: ClassVar[bool] = True  # held-out probes every heldout.every steps
     base_tag: ClassVar[str] = ""  # how the loaded base differs from the checkpoint (QLoRA: "nf4"), for caches
-    # how it trains over several processes (train.processes > 1): "ddp" (a replica per process, gradients
-    # averaged: few trainable parameters), "fsdp" (FSDP2: weights, gradients and optimizer state sharded per
-    # transformer block; parameters are replaced, so group_lrs cannot be used), None (one process only)
+    # how it trains over several processes (train.processes > 1, lora_study.distributed): "ddp" (a replica per
+    # process, gradients averaged: few trainable parameters), "fsdp" (FSDP2: weights, gradients and optimizer
+    # state sharded per transformer block; group_lrs then sees the sharded parameters), None (one process only)
     distributed: ClassVar[Optional[str]] = "ddp"
 
     # -- checks ----------------------------------------------------------------------------------
