@@ -12,8 +12,8 @@ What each process does:
   as one batch) and takes its own contiguous slice of ``train.batch_size`` rows, so the global batch per
   optimizer step is ``train.batch_size × train.grad_accum × processes`` and the examples and their order are
   those of one process with ``train.batch_size × processes``.
-- Weights: the method's ``distributed`` attribute picks the wrapping. ``ddp`` (LoRA, QLoRA, the frozen base, subspace
-  training: few trainable parameters) keeps a full replica per process and averages gradients;
+- Weights: the method's ``distributed`` attribute picks the wrapping. ``ddp`` (LoRA, QLoRA, the frozen base,
+  subspace training: few trainable parameters) keeps a full replica per process and averages gradients;
   ``fsdp`` (full finetuning) applies FSDP2's ``fully_shard`` to every transformer block, then to the whole
   model, so weights, gradients and AdamW state are sharded over the processes.
 - Loss: gradients are averaged over processes. A classification loss is a mean over examples, so equal shards
@@ -23,9 +23,9 @@ What each process does:
 - After training the unsharded weights are gathered on rank 0 (DDP: its replica; FSDP: a full state dict loaded
   into a freshly built copy of the model), and rank 0 alone computes ΔW, spectra, the adapter, the test metric,
   held-out probes, truncation and latency exactly as one process does; the other processes exit. Periodic
-  validation runs on every process (identical results; FSDP needs every process for a forward pass); held-out
-  probes during training are skipped. Optimizer-state and gradient bytes are measured per process and
-  summed; the summary keeps the per-device values too.
+  validation runs on every process (identical results; FSDP needs every process for a forward pass). Held-out
+  probes during training run on rank 0 with DDP (the others wait) and are skipped with FSDP. Optimizer-state
+  and gradient bytes are measured per process and summed; the summary keeps the per-device values too.
 
 A failure in any process stops the others (torchrun), fails the run with that process's reason, removes
 the partial ΔW, spectra, adapter or model, and records ``status: failed`` in ``summary.json``.

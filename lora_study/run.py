@@ -60,8 +60,10 @@ def _prepare(cfg: Config, method, family, task, device: torch.device):
                          **method.load_options(cfg.method, device))
     family.prepare_model(loaded.model)
     head = family.head_modules(loaded.model)
-    counts = (_count(loaded.model.parameters()), _count(p for h in head for p in getattr(loaded.model, h).parameters()))
-    prepared = method.prepare(loaded.model, cfg.method, head, gradient_checkpointing=bool(cfg.train.gradient_checkpointing))
+    counts = (_count(loaded.model.parameters()),
+              _count(p for h in head for p in getattr(loaded.model, h).parameters()))
+    prepared = method.prepare(loaded.model, cfg.method, head,
+                              gradient_checkpointing=bool(cfg.train.gradient_checkpointing))
     return loaded, head, counts, prepared
 
 

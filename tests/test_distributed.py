@@ -161,8 +161,8 @@ def test_slurm_preset_asks_for_a_gpu_per_process():
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         for n in (1, 4):
-            cfg = hydra_compose("study", ["hydra/launcher=slurm", "experiment=lm_rank_sweep_gpu", f"train.processes={n}"],
-                                return_hydra_config=True)
+            cfg = hydra_compose("study", ["hydra/launcher=slurm", "experiment=lm_rank_sweep_gpu",
+                                          f"train.processes={n}"], return_hydra_config=True)
             launcher = cfg.hydra.launcher
             assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.cpus_per_task, launcher.mem_gb) == \
                 (1, n, 8 * n, 64 * n)
