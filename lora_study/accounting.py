@@ -15,14 +15,21 @@ def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def local_bytes(t: torch.Tensor) -> int:
+    """Bytes this process holds of ``t``: its shard when ``t`` is a sharded DTensor (FSDP), else all of it."""
+    return tensor_bytes(t.to_local() if hasattr(t, "to_local") else t)
+
+
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held in the optimizer's state tensors (AdamW: exp_avg, exp_avg_sq and a step counter per tensor)."""
-    return sum(tensor_bytes(v) for state in optimizer.state.values() for v in state.values()
+    """Bytes held in this process's optimizer state tensors (AdamW: exp_avg, exp_avg_sq and a step counter per
+    tensor)."""
+    return sum(local_bytes(v) for state in optimizer.state.values() for v in state.values()
                if isinstance(v, torch.Tensor))
 
 
 def gradient_bytes(model: torch.nn.Module) -> int:
-    return sum(tensor_bytes(p.grad) for p in model.parameters() if p.grad is not None)
+    """Bytes of the gradients this process holds (its shards under FSDP)."""
+    return sum(local_bytes(p.grad) for p in model.parameters() if p.grad is not None)
 
 
 def parameter_bytes(model: torch.nn.Module) -> int:

@@ -188,6 +188,21 @@ class RunDir:
                 import shutil
                 shutil.rmtree(p)
 
+    def discard_partial(self) -> None:
+        """Remove what a failed run may have left half-done: ΔW, spectra, adapter, model and the temporary files
+        of writes it did not finish (the summary and metrics stay, to say what happened)."""
+        for name in (DELTA, SPECTRUM):
+            p = self.path / name
+            if p.exists():
+                p.unlink()
+        for d in (ADAPTER_DIR, MODEL_DIR):
+            p = self.path / d
+            if p.exists():
+                import shutil
+                shutil.rmtree(p)
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink()
+
     def log(self, record: Dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / METRICS, "a") as f:

@@ -2,6 +2,7 @@
 
     lora-study-train method=lora method.rank=8       one run into results/runs/<method>_<time>/
     lora-study-study study.ranks=[4,64]              a paired study into results/studies/<name>/
+    lora-study-train train.processes=2 ...           one run over 2 processes (torchrun; lora_study.distributed)
 """
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, register
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register()
+# conf/hydra/launcher/slurm.yaml scales a job's CPUs and memory with train.processes
+OmegaConf.register_new_resolver("multiply", lambda a, b: int(a) * int(b), replace=True)
 
 
 def _is_multirun() -> bool:
@@ -24,17 +27,20 @@ def _is_multirun() -> bool:
 
 
 def run_task(cfg: DictConfig) -> dict:
-    """The Hydra task: one run into Hydra's output directory for this job."""
+    """The Hydra task: one run into Hydra's output directory for this job. With ``train.processes > 1`` the run
+    starts that many workers under torchrun, which read this job's resolved config and write into the same
+    directory (rank 0 only): one run directory, and Hydra touched by this process alone."""
     from hydra.core.hydra_config import HydraConfig
 
     from .artifacts import RunDir
+    from .distributed import RunFailed, launch
     from .run import execute
     from .train import Diverged
 
     out = RunDir(HydraConfig.get().runtime.output_dir)
     try:
-        summary = execute(cfg, out)
-    except (ConfigError, Diverged) as e:
+        summary = launch(cfg, out) if cfg.train.processes > 1 else execute(cfg, out)
+    except (ConfigError, Diverged, RunFailed) as e:
         if _is_multirun():
             raise  # the study sweeper records the failure and goes on with the other members
         print(f"error: {e}", file=sys.stderr)

@@ -14,7 +14,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from . import methods as method_registry, tasks
+from . import distributed, methods as method_registry, tasks
 from .heldout import HeldoutConfig
 from .methods.lora import ALPHA_RULES, Targets
 from .models import ModelConfig, validate_model
@@ -52,6 +52,9 @@ class TrainConfig:
     device: str = opt("auto", Choice(("auto", "cpu", "cuda", "mps")))  # auto: cuda > mps > cpu
     precision: str = opt("auto", Choice(("auto", "fp32", "bf16")))  # auto: bf16 autocast on CUDA, else fp32
     gradient_checkpointing: bool = opt(False, Free())  # recompute activations (full, lora, qlora)
+    # processes under torchrun, one device each (lora_study.distributed); batch_size is per process, so the
+    # global batch is batch_size x grad_accum x processes
+    processes: int = opt(1, POSITIVE_INT)
 
 
 @dataclass
@@ -140,3 +143,4 @@ def validate(cfg: Any) -> None:
     method.validate(cfg)
     validate_model(cfg.model)
     tasks.get(cfg.task.family).validate(cfg.task)
+    distributed.check(cfg)

@@ -1,19 +1,33 @@
-"""Metric logging: always to the run's metrics.jsonl; also to Weights & Biases with ``logger=wandb``."""
+"""Metric logging: always to the run's metrics.jsonl; also to Weights & Biases with ``logger=wandb``.
+
+In wandb a study is a group (``logger.group``, default the study name) with one run per member (named by its
+member id). Each logged record becomes ``<split>/<metric>`` at its training step (``train/loss``,
+``validation/accuracy``, ``test/accuracy``, ``heldout/...``); the run's config is the composed config; the run's
+summary holds every scalar of ``summary.json``, nested fields flattened with ``/`` (``metrics/test_accuracy``,
+``params/trainable``, ``memory/optimizer_state_bytes``, ``time/mean_step_s``, ``storage/bytes``,
+``latency/...``, ``heldout/forgetting_mean``): the columns of the study's tradeoff table. ``logger.mode`` (else
+``WANDB_MODE``, else offline) picks online, offline (files under ``<run>/wandb/``, upload later with
+``wandb sync``) or disabled (nothing written).
+"""
 from __future__ import annotations
 
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from .artifacts import RunDir
 
 
 class Logger:
-    def __init__(self, out: RunDir, wandb_run: Any = None):
+    """Logs to ``out``'s metrics.jsonl (nowhere when ``out`` is None: the other processes of a multi-process
+    run) and to a wandb run when one is given."""
+
+    def __init__(self, out: Optional[RunDir], wandb_run: Any = None):
         self.out = out
         self.wandb_run = wandb_run
 
     def log(self, record: Dict[str, Any]) -> None:
-        self.out.log(record)
+        if self.out is not None:
+            self.out.log(record)
         if self.wandb_run is not None:
             split = record.get("split", "train")
             self.wandb_run.log({f"{split}/{k}": v for k, v in record.items() if k not in ("step", "split")},
@@ -21,10 +35,20 @@ class Logger:
 
     def finish(self, summary: Dict[str, Any]) -> None:
         if self.wandb_run is not None:
-            flat = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}
-            flat.update({f"metrics/{k}": v for k, v in (summary.get("metrics") or {}).items()})
-            self.wandb_run.summary.update(flat)
+            self.wandb_run.summary.update(flatten(summary))
             self.wandb_run.finish()
+
+
+def flatten(summary: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Every scalar of a nested summary, keyed by its path joined with '/' (lists are left out)."""
+    flat: Dict[str, Any] = {}
+    for k, v in summary.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(flatten(v, key + "/"))
+        elif isinstance(v, (int, float, str, bool)):
+            flat[key] = v
+    return flat
 
 
 def make_logger(cfg, out: RunDir) -> Logger:

@@ -163,8 +163,15 @@ def choose_lrs(sdir: StudyDir, members: List[Member]) -> Dict[str, Dict[str, Any
 
 
 def shared_settings(cfg) -> Dict[str, Any]:
+    """What every member shares and a resumed study must keep: model, task and budget. The budget includes
+    ``processes`` (it multiplies the global batch) and the model its ``dropout`` override only when they are set
+    away from their defaults, so a study begun before those settings existed resumes."""
     shared = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in SHARED_KEYS}
     shared["budget"] = {k: cfg.train[k] for k in BUDGET_KEYS}
+    if shared.get("model", {}).get("dropout", 0) is None:
+        del shared["model"]["dropout"]
+    if int(cfg.train.processes) > 1:
+        shared["budget"]["processes"] = int(cfg.train.processes)
     return shared
 
 

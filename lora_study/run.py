@@ -4,7 +4,9 @@ What varies is looked up, never tested by name: the task family (``lora_study.ta
 data, gives the model its head and evaluates it; the method (``lora_study.methods``) prepares the model, forms
 ΔW, stores what a user ships and hands back the model used for inference; the family's held-out scorer
 (``lora_study.heldout``) measures forgetting. Everything else — the training loop, ΔW's spectra, truncation,
-latency, accounting — is shared.
+latency, accounting — is shared. With ``train.processes > 1`` each process runs ``execute`` under torchrun
+(``lora_study.distributed``): all of them train, rank 0 alone writes the run directory and measures the
+gathered model after training.
 """
 from __future__ import annotations
 
@@ -12,18 +14,18 @@ import platform
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
-from . import __version__, methods, tasks
+from . import __version__, distributed as dist, methods, tasks
 from .accounting import parameter_bytes
 from .artifacts import RunDir
 from .config import Config, validate
 from .device import resolve_device, resolve_precision
 from .heldout import make_scorer
 from .linalg import spectra
-from .loggers import make_logger
+from .loggers import Logger, make_logger
 from .methods.base import pretrained_weights
 from .models import build_model, load_config
 from .models.structure import resolve_targets
@@ -51,31 +53,44 @@ def _count(params) -> int:
     return sum(p.numel() for p in params)
 
 
-def execute(cfg: Config, out: RunDir) -> Dict:
-    """Run one finetune described by ``cfg`` into ``out``; returns the summary that was written."""
-    validate(cfg)
-    started = time.time()
-    method = methods.get(cfg.method.name)
-    family = tasks.get(cfg.task.family)
-    device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, device)
-    method.check_device(cfg.method, device)
-    name, _, model_config = load_config(cfg.model)
-    family.check_model(name, model_config)
-    task = family.load(cfg.task)
+def _prepare(cfg: Config, method, family, task, device: torch.device, keep: bool = True):
+    """The pretrained model with the family's head, prepared by the method: (loaded model, head modules,
+    (total, head) parameter counts of the unprepared model, Prepared, and with ``keep`` the copies of W_pre the
+    run needs — the method's pretrained scope, and every parameter but the head when truncation resets them)."""
     torch.manual_seed(cfg.train.seed)
     loaded = build_model(cfg.model, family.auto_class, **family.model_kwargs(task),
                          **method.load_options(cfg.method, device))
     family.prepare_model(loaded.model)
     head = family.head_modules(loaded.model)
-    total_params = _count(loaded.model.parameters())
-    head_params = _count(p for h in head for p in getattr(loaded.model, h).parameters())
-    w_pre = pretrained_weights(loaded.model, method.pretrained_scope(loaded.model, cfg.method))
+    counts = (_count(loaded.model.parameters()),
+              _count(p for h in head for p in getattr(loaded.model, h).parameters()))
+    w_pre = pretrained_weights(loaded.model, method.pretrained_scope(loaded.model, cfg.method)) if keep else {}
     truncating = method.truncates and bool(cfg.run.truncation_ranks) and bool(cfg.run.truncation_scopes)
     # W_pre of every parameter but the head, for truncation scopes that reset the rest of the model
     pretrained = {n: p.detach().clone() for n, p in loaded.model.named_parameters()
-                  if not any(n.startswith(h + ".") for h in head)} if truncating else {}
-    prepared = method.prepare(loaded.model, cfg.method, head, gradient_checkpointing=bool(cfg.train.gradient_checkpointing))
+                  if not any(n.startswith(h + ".") for h in head)} if truncating and keep else {}
+    prepared = method.prepare(loaded.model, cfg.method, head,
+                              gradient_checkpointing=bool(cfg.train.gradient_checkpointing))
+    return loaded, head, counts, prepared, w_pre, pretrained
+
+
+def execute(cfg: Config, out: RunDir, device: Optional[torch.device] = None) -> Optional[Dict]:
+    """Run one finetune described by ``cfg`` into ``out``; returns the summary that was written. Under torchrun
+    (``device`` is then this process's), every process trains and rank 0 alone writes and returns the summary."""
+    validate(cfg)
+    started = time.time()
+    method = methods.get(cfg.method.name)
+    family = tasks.get(cfg.task.family)
+    device = resolve_device(cfg.train.device) if device is None else device
+    precision = resolve_precision(cfg.train.precision, device)
+    method.check_device(cfg.method, device)
+    name, _, model_config = load_config(cfg.model)
+    family.check_model(name, model_config)
+    task = family.load(cfg.task)
+    main = dist.is_main()
+    loaded, head, (total_params, head_params), prepared, w_pre, pretrained = _prepare(cfg, method, family, task,
+                                                                                     device, keep=main)
+    truncating = bool(pretrained)
     model = method.to_device(prepared, device)
     tok = loaded.tokenizer
     enc = {r: family.encode(getattr(task, r), tok, cfg.train.max_length) for r in ("train", "validation", "test")}
@@ -83,11 +98,12 @@ def execute(cfg: Config, out: RunDir) -> Dict:
     t_prep = time.perf_counter()
     base_key = (loaded.path or loaded.name) + (f"#{method.base_tag}" if method.base_tag else "")
     heldout = make_scorer(cfg.heldout, family.name, model, tok, base_key, device, precision,
-                          cfg.train.eval_batch_size)  # base scores / features at step 0
+                          cfg.train.eval_batch_size) if main else None  # base scores / features at step 0
     t_prep = time.perf_counter() - t_prep
 
-    out.clear_outputs()
-    logger = make_logger(cfg, out)
+    if main:
+        out.clear_outputs()
+    logger = make_logger(cfg, out) if main else Logger(None)
     summary: Dict[str, Any] = {
         "status": "running", "member": cfg.run.member, "method": method.name, **method.summary(cfg.method),
         "seed": int(cfg.train.seed), "lr": float(cfg.optim.lr),
@@ -100,18 +116,37 @@ def execute(cfg: Config, out: RunDir) -> Dict:
                    "head": head_params},
         "lora_targets": prepared.targets,
         "examples": {r: len(enc[r]) for r in enc},
+        "processes": int(cfg.train.processes),
     }
+    strategy = method.distributed if dist.active() else None
+    if strategy:
+        summary["distributed"] = {"strategy": strategy, "backend": torch.distributed.get_backend(),
+                                  "global_batch_size": cfg.train.batch_size * cfg.train.grad_accum * dist.world_size()}
+    trained = dist.wrap(model, strategy, device) if strategy else model
+    dist.seed_ranks(cfg.train.seed)
     try:
-        probe = (lambda: {k: v for k, v in heldout.evaluate(model).items() if k != "per_example"}) \
-            if heldout and method.probes_during_training else None
-        result = train(model, enc["train"], enc["validation"], cfg.train, cfg.optim, device, precision, logger.log,
+        # held-out probes during training need the whole model in one process: not with FSDP
+        probes = heldout and method.probes_during_training and strategy != "fsdp"
+        probe = (lambda: {k: v for k, v in heldout.evaluate(model).items() if k != "per_example"}) if probes else None
+        result = train(trained, enc["train"], enc["validation"], cfg.train, cfg.optim, device, precision, logger.log,
                        evaluate_fn=evaluate, probe=probe, probe_every=cfg.heldout.every if heldout else 0,
                        group_lrs=method.group_lrs(model, cfg.method))
     except Diverged as e:
-        summary.update(status="failed", reason=str(e), failed_step=e.step, wall_time_s=time.time() - started)
-        out.write_summary(summary)
-        logger.finish(summary)
+        if main:
+            summary.update(status="failed", reason=str(e), failed_step=e.step, wall_time_s=time.time() - started)
+            out.write_summary(summary)
+            logger.finish(summary)
         raise
+    per_device = None
+    if strategy:
+        per_device = dist.gather_stats({"optimizer_state_bytes": result.optimizer_state_bytes,
+                                        "gradient_bytes": result.gradient_bytes,
+                                        "peak_bytes": result.peak_memory.get("bytes")})
+        result.tokens = int(dist.total(result.tokens))
+        gathered = dist.gather_model(trained, strategy, rebuild=lambda: _rebuild(cfg, method, family, task, device))
+        if not main:
+            return None
+        prepared, model = (gathered[0] or prepared), gathered[1]
     test = evaluate(model, enc["test"], cfg.train.eval_batch_size, device, precision, per_example=True)
     predictions = {f"test.{k}": v for k, v in test.pop("per_example").items()}
     logger.log({"step": result.steps, "split": "test", **test})
@@ -119,9 +154,7 @@ def execute(cfg: Config, out: RunDir) -> Dict:
     summary.update({
         "metrics": _metrics(test, result),
         "steps": result.steps,
-        "memory": {"optimizer_state_bytes": result.optimizer_state_bytes, "gradient_bytes": result.gradient_bytes,
-                   "parameter_bytes": parameter_bytes(model), "peak_bytes": result.peak_memory.get("bytes"),
-                   "peak_kind": result.peak_memory.get("kind")},
+        "memory": _memory(result, model, per_device),
         "time": {"mean_step_s": sum(steady) / len(steady) if steady else None,
                  "median_step_s": sorted(steady)[len(steady) // 2] if steady else None,
                  "train_s": sum(result.step_times), "heldout_prepare_s": t_prep,
@@ -177,6 +210,26 @@ def execute(cfg: Config, out: RunDir) -> Dict:
     out.write_summary(summary)
     logger.finish(summary)
     return summary
+
+
+def _rebuild(cfg: Config, method, family, task, device: torch.device):
+    """A plain copy of the prepared model on ``device`` (FSDP's gathered weights are loaded into it)."""
+    prepared = _prepare(cfg, method, family, task, device, keep=False)[3]
+    return prepared, method.to_device(prepared, device)
+
+
+def _memory(result, model, per_device: Optional[Dict[str, list]]) -> Dict:
+    """Measured bytes. Over several processes: optimizer state and gradients summed over the devices, the peak
+    the largest device's, each device's values under ``per_device``; parameters of the gathered model."""
+    memory = {"optimizer_state_bytes": result.optimizer_state_bytes, "gradient_bytes": result.gradient_bytes,
+              "parameter_bytes": parameter_bytes(model), "peak_bytes": result.peak_memory.get("bytes"),
+              "peak_kind": result.peak_memory.get("kind")}
+    if per_device:
+        peaks = [b for b in per_device["peak_bytes"] if b is not None]
+        memory.update(optimizer_state_bytes=sum(per_device["optimizer_state_bytes"]),
+                      gradient_bytes=sum(per_device["gradient_bytes"]), peak_bytes=max(peaks) if peaks else None,
+                      per_device=per_device)
+    return memory
 
 
 def _metrics(test: Dict, result) -> Dict:

@@ -1,7 +1,8 @@
 """One training loop for every method: AdamW, warmup then linear/cosine decay, gradient accumulation,
 periodic validation, bf16 autocast on CUDA. The loop knows nothing of the method: it trains whatever
 parameters require gradients. It knows nothing of the task either beyond ``evaluate_fn``, the task family's
-evaluator."""
+evaluator. Over several processes (``lora_study.distributed``) it trains the wrapped model on this process's
+slice of each global batch; with one process those calls change nothing."""
 from __future__ import annotations
 
 import math
@@ -12,6 +13,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed as dist
 from .accounting import gradient_bytes, optimizer_state_bytes, peak_memory, reset_peak_memory
 from .config import OptimConfig, TrainConfig
 from .device import autocast, to_device
@@ -69,30 +71,34 @@ def train(model, train_data, val_data, cfg: TrainConfig, optim_cfg: OptimConfig,
           probe_every: int = 0, group_lrs: Optional[Dict[int, float]] = None) -> TrainResult:
     """Train the parameters that require gradients; ``probe`` (held-out evaluation) runs every
     ``probe_every`` steps when both are given; ``evaluate_fn(model, data, batch_size, device, precision)``
-    validates every ``cfg.eval_every`` steps; ``group_lrs`` maps id(parameter) to its own learning rate."""
+    validates every ``cfg.eval_every`` steps; ``group_lrs`` maps id(parameter) to its own learning rate.
+    Under torchrun ``model`` is DDP- or FSDP-wrapped: each process takes its slice of a global batch of
+    ``cfg.batch_size × processes``, the logged loss is the global batch's, and every process validates."""
     params = [p for p in model.parameters() if p.requires_grad]
     result = TrainResult(steps=0)
     if not params:  # the frozen base without a head (or a causal LM with method=none): evaluation only
-        result.last_validation = result.best_validation = evaluate_fn(model, val_data, cfg.eval_batch_size, device,
-                                                                       precision)
+        result.last_validation = result.best_validation = evaluate_fn(dist.unwrap(model), val_data,
+                                                                       cfg.eval_batch_size, device, precision)
         log({"step": 0, "split": "validation", **result.last_validation})
         return result
     optimizer = make_optimizer(param_groups(params, group_lrs), optim_cfg)
     schedule = make_schedule(optimizer, optim_cfg, cfg.max_steps)
-    batches = train_data.train_batches(cfg.batch_size, cfg.seed)
+    batches = train_data.train_batches(cfg.batch_size * dist.world_size(), cfg.seed)
     model.train()
     reset_peak_memory(device)
-    bar = tqdm(range(1, cfg.max_steps + 1), desc="train", dynamic_ncols=True, mininterval=2.0)
+    bar = tqdm(range(1, cfg.max_steps + 1), desc="train", dynamic_ncols=True, mininterval=2.0,
+               disable=not dist.is_main())
     for step in bar:
         t0 = time.perf_counter()
         loss_total = 0.0
         for _ in range(cfg.grad_accum):
-            batch = to_device(next(batches), device)
+            batch = to_device(dist.shard_batch(next(batches)), device)
             result.tokens += int(batch["attention_mask"].sum())
             with autocast(device, precision):
                 loss = model(**batch).loss / cfg.grad_accum
             loss.backward()
             loss_total += float(loss.detach())
+        loss_total = dist.mean(loss_total)  # every process sees the same loss, so all stop together on a NaN
         if not math.isfinite(loss_total):
             raise Diverged(step, loss_total)
         if step == 1:
@@ -110,7 +116,7 @@ def train(model, train_data, val_data, cfg: TrainConfig, optim_cfg: OptimConfig,
             log({"step": step, "split": "train", "loss": loss_total, "lr": schedule.get_last_lr()[0]})
             bar.set_postfix(loss=f"{loss_total:.3f}")
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            val = evaluate_fn(model, val_data, cfg.eval_batch_size, device, precision)
+            val = evaluate_fn(dist.unwrap(model), val_data, cfg.eval_batch_size, device, precision)
             log({"step": step, "split": "validation", **val})
             bar.set_postfix(loss=f"{loss_total:.3f}", val=f"{validation_score(val):.3f}")
             result.last_validation = val

@@ -84,3 +84,17 @@ def test_bad_study_values():
     with pytest.raises(ConfigError, match="study.lr has no learning rate for method 'qlora'"):
         validate_study(compose(["study.methods=[qlora]"], "study").study)
     validate_study(compose(["study.methods=[qlora]", "study.lr_by_rank={1:0.1}"], "study").study)
+
+
+def test_processes_and_dropout_join_the_shared_settings_only_when_set(tmp_path):
+    from lora_study.planning import check_shared, shared_settings
+    default = shared_settings(compose([], "study"))
+    # a study made before train.processes and model.dropout existed resumes: the defaults add no key
+    assert "processes" not in default["budget"] and "dropout" not in default["model"]
+    two = shared_settings(compose(["train.processes=2", "model.dropout=0"], "study"))
+    assert two["budget"]["processes"] == 2 and two["model"]["dropout"] == 0
+    sdir = StudyDir(tmp_path)
+    sdir.write_index({"shared": default})
+    check_shared(sdir, default)
+    with pytest.raises(ConfigError, match="different model, budget settings"):
+        check_shared(sdir, two)  # twice the global batch is another study

@@ -56,6 +56,10 @@ class Method:
     truncates: ClassVar[bool] = False  # evaluates its ΔW truncated to low ranks after training
     probes_during_training: ClassVar[bool] = True  # held-out probes every heldout.every steps
     base_tag: ClassVar[str] = ""  # how the loaded base differs from the checkpoint (QLoRA: "nf4"), for caches
+    # how it trains over several processes (train.processes > 1, lora_study.distributed): "ddp" (a replica per
+    # process, gradients averaged: few trainable parameters), "fsdp" (FSDP2: weights, gradients and optimizer
+    # state sharded per transformer block; group_lrs then sees the sharded parameters), None (one process only)
+    distributed: ClassVar[Optional[str]] = "ddp"
 
     # -- checks ----------------------------------------------------------------------------------
     def validate(self, cfg) -> None:

@@ -45,6 +45,7 @@ class Full(Method):
     schema = FullConfig
     is_reference = True
     truncates = True
+    distributed = "fsdp"  # every weight trains: 16 bytes per parameter before activations, sharded over devices
 
     def pretrained_scope(self, model: torch.nn.Module, cfg) -> List[str]:
         return analysed_modules(model)

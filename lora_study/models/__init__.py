@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from ..schema import POSITIVE_INT, Choice, ConfigError, Free, NON_NEGATIVE_INT, opt
+from ..schema import FRACTION, POSITIVE_INT, Choice, ConfigError, Free, NON_NEGATIVE_INT, opt
 from .gguf import smollm2_path
 from .tiny import tiny_bert_path, tiny_llama_path
 
@@ -35,6 +35,10 @@ SOURCES: Dict[str, Tuple[Optional[str], Callable]] = {
     "tiny_llama": ("tiny-llama", tiny_llama_path),
     "hf": (None, lambda cfg: cfg.name),
 }
+# transformers config fields that hold dropout probabilities (BERT/RoBERTa, Llama/Qwen, GPT-2, DistilBERT, ...)
+DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "attention_dropout",
+                  "dropout", "activation_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+                  "seq_classif_dropout", "summary_first_dropout")
 # model types whose checkpoints are decoder-only causal LMs
 CAUSAL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gpt2", "gpt_neox", "phi3", "gemma", "gemma2", "gemma3_text")
 
@@ -52,6 +56,9 @@ class ModelConfig:
     intermediate_size: int = opt(32, POSITIVE_INT)
     init_seed: int = opt(0, NON_NEGATIVE_INT)
     num_kv_heads: int = opt(1, POSITIVE_INT)  # tiny_llama
+    # overrides the checkpoint's dropout probabilities (null: keep them); with 0, a run does not depend on how
+    # its batch is split over processes (each process draws its own dropout masks)
+    dropout: Optional[float] = opt(None, FRACTION)
 
 
 def validate_model(cfg: ModelConfig) -> None:
@@ -103,7 +110,7 @@ def build_model(cfg: ModelConfig, auto_class: str, quantize_4bit: bool = False,
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    name, ident, _ = load_config(cfg)
+    name, ident, config = load_config(cfg)
     hf_logging.set_verbosity_error()  # the load report about a fresh classifier head is expected
     common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=torch.float32)
     if quantize_4bit:
@@ -111,6 +118,8 @@ def build_model(cfg: ModelConfig, auto_class: str, quantize_4bit: bool = False,
         common.update(dtype=torch.bfloat16, device_map={"": str(device)}, quantization_config=BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16))
+    if getattr(cfg, "dropout", None) is not None:
+        common.update({k: float(cfg.dropout) for k in DROPOUT_FIELDS if hasattr(config, k)})
     model = getattr(transformers, auto_class).from_pretrained(ident, **head_kwargs, **common)
     tok = AutoTokenizer.from_pretrained(ident, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     if tok.pad_token is None:

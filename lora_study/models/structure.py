@@ -47,6 +47,14 @@ def block_linears(model: torch.nn.Module) -> Dict[str, torch.nn.Linear]:
             if isinstance(m, torch.nn.Linear) and module_kind(n) is not None}
 
 
+_BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.\d+$")
+
+
+def transformer_blocks(model: torch.nn.Module) -> List[torch.nn.Module]:
+    """The transformer blocks (``bert.encoder.layer.3``, ``model.layers.3``), in order: the units FSDP shards."""
+    return [m for n, m in model.named_modules() if _BLOCK.search(n) and block_linears(m)]
+
+
 def base_module(model, name: str) -> torch.nn.Module:
     """The module at ``name`` in the base model, seen through any peft / subspace wrapper."""
     root = model
