@@ -11,12 +11,16 @@ counted apart. Two thresholds on a metric m (test accuracy by default):
                the frozen base with a trained head)
 
 On a two-class task 0.9 · m_full can lie below the frozen base (chance is 0.5), so d90 alone can be
-trivially small; d90-gain asks for the finetuning gain itself. Between the tested d_a < d_b bracketing
-the first crossing (m_a < t ≤ m_b), d is interpolated linearly on log d:
+trivially small; d90-gain asks for the finetuning gain itself.
+
+The reported d90 is a value on the measured grid (``grid_crossing``): the smallest tested d that reaches the
+target, with the bracket — the largest tested d below it, which does not. A curve that reaches the target, dips
+below it and crosses again has its d90 at the first d that reached it. Between the bracketing d_a < d_b of the
+first crossing (m_a < t ≤ m_b), an interpolated estimate on log d (``crossing``) may be shown beside it, labelled:
 
     log d* = log d_a + (t − m_a) / (m_b − m_a) · (log d_b − log d_a).
 
-None if no tested d reaches t; the smallest tested d if it already does (the curve is not extrapolated).
+Both are None if no tested d reaches t; the smallest tested d if it already does (nothing is extrapolated).
 """
 from __future__ import annotations
 
@@ -57,6 +61,27 @@ def crossing(ds: Sequence[float], metrics: Sequence[float], threshold: float) ->
             frac = (threshold - metrics[i - 1]) / (metrics[i] - metrics[i - 1])
             return float(math.exp(lo + frac * (hi - lo)))
     return None
+
+
+def grid_crossing(ds: Sequence[float], metrics: Sequence[float], threshold: float) -> Optional[tuple]:
+    """(the smallest tested d whose metric reaches ``threshold``, the largest tested d below it or None when it is
+    the smallest tested d), or None if no tested d reaches it. NaN metrics are skipped."""
+    ds, metrics = np.asarray(ds, dtype=float), np.asarray(metrics, dtype=float)
+    if ds.shape != metrics.shape or ds.ndim != 1:
+        raise ValueError(f"ds and metrics must be two 1-D sequences of one length, got {ds.shape} and {metrics.shape}.")
+    keep = ~np.isnan(metrics)
+    ds, metrics = ds[keep], metrics[keep]
+    if len(np.unique(ds)) != len(ds):
+        raise ValueError(f"ds={ds.tolist()} repeats a dimension; average the seeds first or pass one curve per seed.")
+    if not len(ds) or math.isnan(threshold):
+        return None
+    order = np.argsort(ds)
+    ds, metrics = ds[order], metrics[order]
+    hits = np.nonzero(metrics >= threshold)[0]
+    if not len(hits):
+        return None
+    i = int(hits[0])
+    return float(ds[i]), (float(ds[i - 1]) if i > 0 else None)
 
 
 def d90(ds: Sequence[float], metrics: Sequence[float], target: float, fraction: float = FRACTION) -> Optional[float]:

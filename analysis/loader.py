@@ -13,7 +13,7 @@ it is swept over (LoRA's rank, subspace training's d). Runs that are incomplete 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -32,6 +32,7 @@ class Run:
     record: Dict[str, Any]  # the study index's entry for this member
     dir: RunDir
     summary: dict
+    _predictions: Optional[Dict[str, Any]] = field(default=None, repr=False)
 
     @property
     def method(self) -> str:
@@ -96,6 +97,14 @@ class Run:
     @property
     def saved(self) -> Dict[str, bool]:
         return self.summary.get("saved", {})
+
+    def predictions(self) -> Dict[str, Any]:
+        """Per-example outputs (``predictions.safetensors``), read once; ArtifactError when the run has none."""
+        if self._predictions is None:
+            if not self.saved.get("predictions"):
+                raise ArtifactError(f"run {self.member} saved no per-example outputs.")
+            self._predictions = self.dir.predictions()
+        return self._predictions
 
 
 def label_key(run_or_row) -> tuple:
@@ -243,7 +252,8 @@ class Study:
 def _heldout_columns(h: Optional[dict]) -> Dict[str, float]:
     if not h:
         return {}
-    cols = {"forgetting_mean": h.get("forgetting_mean"), "cka": h.get("cka"),
+    cols = {"forgetting_mean": h.get("forgetting_mean"), "cka": h.get("cka"), "cka_biased": h.get("cka_biased"),
+            "cka_n": h.get("cka_n"),
             # the probes' size, for their binomial noise; not for perplexity tasks, whose noise is not binomial
             "probe_n_test": None if any(t.get("metric") == "perplexity" for t in (h.get("tasks") or {}).values())
             else (h.get("probe") or {}).get("n_test")}

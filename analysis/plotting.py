@@ -12,11 +12,13 @@ import matplotlib.pyplot as plt  # headless, matplotlib falls back to Agg by its
 KIND_TITLES = {"query": "W_q", "key": "W_k", "value": "W_v", "attn_out": "W_o (attention out)",
                "ffn_in": "FFN in", "ffn_gate": "FFN gate", "ffn_out": "FFN out"}
 
-# font sizes (points)
+# font sizes (points); a figure is at most ~8 in wide, so its PNG (DPI 130) is shown at its natural size in the
+# report and 7 pt there reads as 9.5 pt on screen
+TITLE = 9
 CAPTION = 7  # the study line under each figure, and notes beside it
 TICKS = 7  # tick labels and numbers written in heatmap cells
-LEGEND = 6
-ANNOTATION = 6  # labels written next to points or lines
+LEGEND = 7
+ANNOTATION = 7  # labels written next to points or lines
 
 CAPTION_COLOR = "0.35"
 REFERENCE_COLOR = "black"  # full finetuning (and the frozen base, dashed) wherever they appear

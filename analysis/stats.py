@@ -123,6 +123,46 @@ def _mean_replicates(d: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     return out
 
 
+def replicate_means(arrays: Mapping[str, np.ndarray], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Hierarchical bootstrap replicates of the means of several (seeds x examples) arrays of one shape, every
+    replicate resampling the same seeds and examples for all of them (as `_mean_replicates` does for one), so
+    any function of the means — a difference, a ratio such as the share of a gain kept — has a paired
+    interval: ``np.percentile(f(**replicates), [2.5, 97.5])``. With one array the replicates are exactly
+    `_mean_replicates`'s for the same seed."""
+    n_boot = _n_boot(n_boot)
+    arrays = {k: _array(v, k, (2,)) for k, v in arrays.items()}
+    if not arrays:
+        raise ValueError("arrays must hold at least one (seeds x examples) array.")
+    shapes = {v.shape for v in arrays.values()}
+    if len(shapes) > 1:
+        raise ValueError(f"arrays must share one (seeds x examples) shape, got {sorted(shapes)}.")
+    S, N = shapes.pop()
+    rng = np.random.default_rng(seed)
+    out = {k: np.empty(n_boot) for k in arrays}
+    step = max(1, _CHUNK // max(N, S))
+    for start in range(0, n_boot, step):
+        rows = min(step, n_boot - start)
+        w_e = _counts(rng, rows, N)
+        w_s = _counts(rng, rows, S) if S > 1 else np.ones((rows, 1), dtype=np.int64)
+        for k, v in arrays.items():
+            out[k][start:start + rows] = np.einsum("rn,rn->r", w_s @ v, w_e) / (S * N)
+    return out
+
+
+def mean_interval(a, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the mean of one model's (seeds x examples) scores (a 1-D array is one seed)."""
+    a = np.atleast_2d(_array(a, "a", (1, 2)))
+    return _interval(replicate_means({"a": a}, n_boot, seed)["a"], _level(level))
+
+
+def interval(samples, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates (non-finite replicates, e.g. a ratio over a zero, dropped;
+    (nan, nan) when none is left)."""
+    samples = np.asarray(samples, dtype=np.float64)
+    samples = samples[np.isfinite(samples)]
+    return _interval(samples, _level(level)) if samples.size else (math.nan, math.nan)
+
+
 def _stat_replicates(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int, stat: Callable) -> np.ndarray:
     """d* = stat(a[i*]) - stat(b[i*]) for any statistic, one replicate at a time."""
     rng = np.random.default_rng(seed)

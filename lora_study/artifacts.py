@@ -312,6 +312,19 @@ class RunDir:
             out = {k: f.get_tensor(k).numpy() for k in keys}
         return {k: v.astype(bool) if k.endswith("correct") else v for k, v in out.items()}
 
+    def adapter_factors(self) -> Dict[str, Dict[str, torch.Tensor]]:
+        """{module path: {"A": lora_A (r × d_in), "B": lora_B (d_out × r)}} from the saved peft adapter."""
+        path = self.path / ADAPTER_DIR / "adapter_model.safetensors"
+        if not path.exists():
+            raise ArtifactError(f"{path} does not exist (only LoRA runs save an adapter).")
+        out: Dict[str, Dict[str, torch.Tensor]] = {}
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():
+                m = re.match(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$", key)
+                if m:
+                    out.setdefault(m.group(1), {})[m.group(2)] = f.get_tensor(key).float()
+        return out
+
     def adapter_dir(self) -> Path:
         return self.path / ADAPTER_DIR
 

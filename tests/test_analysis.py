@@ -104,41 +104,6 @@ def test_run_labels_sort_by_method_then_rank_numerically():
     assert ordered_labels(pd.DataFrame(records)) == expected
 
 
-def test_forgetting_difference_se_known_answer():
-    import math
-
-    import pandas as pd
-
-    from analysis.measures.forgetting import forgetting_difference_se
-    f = pd.DataFrame({"method": ["full", "lora"], "heldout_a": [0.5, 0.6], "heldout_b": [0.9, 0.8],
-                      "probe_n_test": [100, 100]})
-    assert math.isclose(forgetting_difference_se(f), math.sqrt(2 * (0.25 + 0.09) / 100) / 2)
-    assert forgetting_difference_se(f.drop(columns="probe_n_test")) is None
-    assert forgetting_difference_se(f.assign(heldout_a=[46.7, 40.0])) is None  # a perplexity is no probability
-
-
-def test_latency_batches_are_read_from_the_columns():
-    import pandas as pd
-
-    from analysis.measures.tradeoff import latency_batches
-    t = pd.DataFrame(columns=["latency_merged_batch4_s", "latency_unmerged_batch1_s", "latency_plain_batch4_s", "x"])
-    assert latency_batches(t) == [1, 4]
-    assert latency_batches(pd.DataFrame(columns=["test_accuracy"])) == []
-
-
-def test_rank_finding_uses_the_runs_test_size_for_its_tolerance():
-    import pandas as pd
-
-    from analysis.measures.truncation import rank_finding
-    runs = pd.DataFrame({"method": ["none", "full", "lora"], "rank": [None, None, 8], "test_accuracy": [0.0, 0.7, 0.75],
-                         "trainable_params": [0, 100, 10], "n_test": [100, 100, 100]})
-    txt = rank_finding(runs, pd.DataFrame())
-    assert "(0.092)" in txt and "frozen base (nothing trained) 0.000" in txt  # 2·sqrt(0.7·0.3/100)
-    assert "(0.029)" in rank_finding(runs.assign(n_test=1000), pd.DataFrame())
-
-
-# ---- no method name or task family tested by string in the analysis ----------------------------
-
 ANALYSIS = Path(__file__).resolve().parent.parent / "analysis"
 
 
@@ -174,6 +139,15 @@ def _name_tests(source: str) -> list:
         elif isinstance(node, ast.Attribute) and node.attr in ("by_method", "lora_ranks"):
             hits.append(node.lineno)
     return sorted(set(hits))
+
+
+def test_latency_batches_are_read_from_the_columns():
+    import pandas as pd
+
+    from analysis.measures.tradeoff import latency_batches
+    t = pd.DataFrame(columns=["latency_merged_batch4_s", "latency_unmerged_batch1_s", "latency_plain_batch4_s", "x"])
+    assert latency_batches(t) == [1, 4]
+    assert latency_batches(pd.DataFrame(columns=["test_accuracy"])) == []
 
 
 def test_the_scan_finds_name_tests():
@@ -265,12 +239,14 @@ def test_a_registered_rank_swept_method_is_an_arm_of_every_measure(study_copy):
     finally:
         methods.unregister("toy_rank")
     a = study_copy / "analysis"
-    trunc = pd.read_csv(a / "truncation.csv")
-    assert set(trunc.arm) == {"lora", "toy_rank"}
-    for arm in ("lora", "toy_rank"):  # the copies have the same accuracies as LoRA's runs
-        assert trunc[trunc.arm == arm].trained_accuracy.notna().any()
-    lora, toy = (trunc[trunc.arm == arm].set_index(["seed", "k"]).trained_accuracy for arm in ("lora", "toy_rank"))
-    assert lora.equals(toy)
+    versus = pd.read_csv(a / "trained_vs_truncated.csv")
+    assert set(versus.arm) == {"lora", "toy_rank"}
+    lora, toy = (versus[versus.arm == arm].set_index(["scope", "rank"])["diff"] for arm in ("lora", "toy_rank"))
+    assert lora.equals(toy)  # the copies have the same per-example outputs as LoRA's runs
+    reach = pd.read_csv(a / "reach.csv")
+    lora, toy = (reach[reach.arm == arm].set_index("rank")["mean"] for arm in ("lora", "toy_rank"))
+    assert len(lora) == 3 and lora.equals(toy)
+    assert set(pd.read_csv(a / "smallest_rank.csv").arm) == {"lora", "toy_rank"}
     sim = pd.read_csv(a / "similarity.csv")
     assert set(sim.arm) == {"lora", "toy_rank"}
     assert sim[sim.arm == "lora"].drop(columns="arm").reset_index(drop=True).equals(
@@ -284,4 +260,5 @@ def test_a_registered_rank_swept_method_is_an_arm_of_every_measure(study_copy):
     md = (out / "report.md").read_text()
     assert "## Subspace similarity between Toy ranks" in md and "figures/similarity_toy_rank.png" in md
     assert "Toy's ΔW, rank-r by construction" in md and "Toy's optimizer state is" in md
+    assert "Toy minus full finetuning: r = 1" in md
     assert "Toy r=1" in md.split("## Forgetting on held-out tasks")[1].split("\n## ")[0]

@@ -42,3 +42,16 @@ def test_published_range_spans_every_quoted_d90():
     lo, hi = published_range()
     assert (lo, hi) == (207, 9295)
     assert all(lo <= v <= hi for m in PUBLISHED_D90.values() for v in m.values())
+
+
+def test_grid_crossing_is_a_tested_d_with_its_bracket():
+    from analysis.dimension import crossing, grid_crossing
+    ds = [10, 100, 1000, 10000, 100000]
+    acc = [0.65, 0.65, 0.647, 0.693, 0.751]
+    t = 0.9 * 0.781
+    assert grid_crossing(ds, acc, t) == (100000.0, 10000.0)  # the smallest tested d that reaches it, and the one below
+    assert 10000 < crossing(ds, acc, t) < 100000  # the interpolation lies strictly inside the bracket
+    assert grid_crossing(ds, acc, 0.6) == (10.0, None) and grid_crossing(ds, acc, 0.9) is None
+    # a noisy crossing: reached at 100, dips below at 1000, reached again at 10000: d90 is the first reach
+    assert grid_crossing(ds, [0.5, 0.72, 0.69, 0.75, 0.76], 0.7) == (100.0, 10.0)
+    assert grid_crossing(list(reversed(ds)), list(reversed(acc)), t) == (100000.0, 10000.0)  # order of input is free

@@ -28,11 +28,11 @@ def test_qlora_takes_part_in_every_rank_analysis(tmp_path, qlora_without_quantis
     index = {m["id"]: m for m in json.loads((tmp_path / "q" / "study.json").read_text())["members"]}
     assert index["qlora_r1_s0"]["lr"] == 0.006 and index["qlora_r2_s0"]["lr"] == 0.004  # per-rank rates, as LoRA
     ctx = analyze(load_study(tmp_path / "q"), tmp_path / "q" / "analysis")
-    for table in ("spectra", "similarity", "truncation", "intruders", "amplification", "full_energy_in_lora",
-                  "forgetting", "tradeoff"):
+    for table in ("spectra", "similarity", "reach", "smallest_rank", "trained_vs_truncated", "intruders",
+                  "amplification", "full_energy_in_lora", "forgetting", "forgetting_vs_full", "tradeoff"):
         t = ctx.table(table)
         column = "arm" if "arm" in t else "method"
         assert {"lora", "qlora"} <= set(t[column].dropna()), table
-    trunc = ctx.table("truncation")
-    assert trunc[trunc.arm == "qlora"].trained_accuracy.notna().any()  # QLoRA at rank k beside truncated full FT
+    versus = ctx.table("trained_vs_truncated")  # QLoRA at rank k beside full FT truncated to rank k
+    assert versus[versus.arm == "qlora"]["diff"].notna().all() and len(versus[versus.arm == "qlora"]) == 6
     assert {"QLoRA r=1", "QLoRA r=2"} <= set(ctx.table("runs").label)

@@ -9,11 +9,12 @@ import pytest
 
 from conftest import ROOT, cli, load_model
 
-SECTIONS = ["Tradeoff table", "Does LoRA reach full finetuning", "Spectra of ΔW", "Cumulative energy",
+SECTIONS = ["Verdicts", "Tradeoff table", "Does LoRA reach full finetuning", "Does full finetuning's update survive",
+            "Spectra of ΔW", "Cumulative energy",
             "Rank at 90 % energy", "Subspace similarity", "Intruder dimensions", "Amplification", "Merge and latency",
             "Forgetting on held-out tasks", "Learning vs forgetting", "Intrinsic dimension"]
-FIGURES = ["truncation", "spectra", "cumulative_energy", "rank90_heatmap", "similarity", "intruders",
-           "forgetting_vs_rank", "pareto"]
+FIGURES = ["reach", "truncation", "spectra", "cumulative_energy", "rank90_heatmap", "similarity", "similarity_layers",
+           "intruders", "forgetting_vs_rank", "pareto"]
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,18 @@ from .base import Context, Measure, Section
 from .forgetting import Forgetting
 from .intrinsic_dim import IntrinsicDim
 from .intruders import Intruders
+from .reach import Reach
 from .similarity import Similarity
 from .spectra import Spectra
 from .tradeoff import MergeLatency, Tradeoff
+from .verdicts import Verdicts
 from .truncation import Truncation
 
 MEASURES: List[Measure] = [
+    Verdicts(),  # every claim: measured value, interval, published value, verdict
     Tradeoff(),  # the measured tradeoff table and memory
-    Truncation(),  # does a rank-r method reach full finetuning; does full FT's ΔW survive truncation
+    Reach(),  # does a rank-r method reach full finetuning, and from which rank (paired tests, equivalence)
+    Truncation(),  # does full FT's ΔW survive truncation to rank k, in three scopes
     Spectra(),  # is ΔW low-rank: energy, effective rank
     Similarity(),  # do two ranks share directions (φ); full FT's energy in each run's subspace
     Intruders(),  # intruder dimensions

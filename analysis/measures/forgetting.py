@@ -1,8 +1,15 @@
 """Does a low-rank update forget less? Forgetting on held-out tasks (Biderman et al. 2024): forgetting = base probe
-accuracy − finetuned probe accuracy per held-out task, and its mean (table ``forgetting``); forgetting against the
-rank and the learning–forgetting Pareto plot (figures); the Spearman correlation between intruder-dimension counts
-and forgetting (Shuttleworth et al. 2024; in analysis.json); and whether each rank-swept arm forgot less than full
-finetuning by more than the probes' sampling noise (finding)."""
+accuracy − finetuned probe accuracy per held-out task, and its mean (table ``forgetting``, one row per run).
+
+Every run probed the same held-out test examples, and the base's probe predictions are the same in every run
+(cached base features, a deterministic probe), so two runs' forgetting is paired example by example: run A's
+forgetting minus run B's is B's correctness minus A's. Table ``forgetting_vs_full`` holds, per method and rank,
+its mean forgetting (pooled over the accuracy-scored tasks, and per task) with a 95 % interval, minus full
+finetuning's (hierarchical bootstrap over seeds and examples), and the verdicts: "forgets less" / "forgets more"
+(the 95 % interval excludes 0), "forgets no more than full finetuning within the margin" (non-inferiority: the
+upper end of the 90 % interval is below the margin), else "unresolved". Figures: forgetting against the rank
+with those intervals, and learning against forgetting. The Spearman correlation between intruder dimensions and
+forgetting, with its interval, is the intruders measure's."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional
@@ -11,9 +18,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .. import plotting
+from .. import paired, plotting, stats
 from ..loader import Study
 from ..roles import ROLE_COLUMNS, arm_title, arms, finetuned, ordered_labels, references, swept, with_roles
+from ..paired import fmt_interval
 from .base import Context, Measure, Section
 
 
@@ -31,56 +39,101 @@ def forgetting_table(runs: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
-def forgetting_difference_se(forget: pd.DataFrame) -> Optional[float]:
-    """Standard error of a difference in mean forgetting between two runs, from the probes' sampling noise:
-    sqrt(2 · Σ_t p_t (1 − p_t) / n) / T over the T held-out tasks, with p_t the reference's (full finetuning's)
-    probe accuracy on task t and n the probe's test examples per task (unpaired binomial, so conservative: both
-    runs are probed on the same examples). None without probe sizes."""
-    if forget.empty or "probe_n_test" not in forget:
-        return None
-    ref = references(forget)
-    tasks = [c for c in forget.columns if c.startswith("heldout_")]
-    n = ref.probe_n_test.dropna()
-    if ref.empty or not tasks or n.empty or float(n.iloc[0]) <= 0:
-        return None
-    p = ref[tasks].mean().to_numpy(dtype=float)
-    if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
-        return None
-    return float(np.sqrt(2 * np.sum(p * (1 - p)) / float(n.iloc[0])) / len(tasks))
+FORGETS_LESS, FORGETS_MORE = "forgets less", "forgets more"
+NO_MORE = "forgets no more than full FT within the margin"
 
 
-def intruder_correlation(forget: pd.DataFrame, intruders: pd.DataFrame, eps: float = 0.5) -> Dict[str, Optional[float]]:
-    """Spearman ρ between a run's intruder count (at ε) and its mean forgetting, over finetuned runs."""
-    if forget.empty or intruders.empty:
-        return {"rho": None, "p": None, "n": 0}
-    from scipy.stats import spearmanr
-    i = intruders[np.isclose(intruders.eps, eps)][["member", "intruders"]]
-    j = finetuned(forget.merge(i, on="member")).dropna(subset=["forgetting_mean"])
-    if len(j) < 3 or j.intruders.nunique() < 2 or j.forgetting_mean.nunique() < 2:
-        return {"rho": None, "p": None, "n": int(len(j))}
-    rho, p = spearmanr(j.intruders, j.forgetting_mean)
-    return {"rho": float(rho), "p": float(p), "n": int(len(j)), "eps": eps}
+def accuracy_tasks(study: Study) -> List[str]:
+    """Held-out tasks scored by accuracy (per-example correctness saved for base and finetuned probes)."""
+    tasks = []
+    for r in study.runs:
+        if not r.saved.get("predictions"):
+            continue
+        for key in r.predictions():
+            if key.startswith("heldout.") and key.endswith(".base_correct"):
+                tasks.append(key[len("heldout."):-len(".base_correct")])
+        if tasks:
+            break
+    return sorted(set(tasks))
+
+
+def forgetting_scores(runs, tasks: List[str], prefix: str = "heldout") -> Dict[int, np.ndarray]:
+    """{seed: per-example forgetting (base correct − finetuned correct) over ``tasks``, concatenated}."""
+    base = [paired.per_seed(runs, f"{prefix}.{t}.base_correct") for t in tasks]
+    if prefix != "heldout":  # an intervention's variant keeps the run's own base predictions
+        base = [paired.per_seed(runs, f"heldout.{t}.base_correct") for t in tasks]
+    ft = [paired.per_seed(runs, f"{prefix}.{t}.finetuned_correct") for t in tasks]
+    seeds = set.intersection(*(set(g) for g in base + ft)) if tasks else set()
+    return {s: np.concatenate([b[s] - f[s] for b, f in zip(base, ft)]) for s in sorted(seeds)}
+
+
+def _verdict(c: dict, m: float) -> str:
+    if c["ci95"][1] < 0:
+        return FORGETS_LESS
+    if c["ci95"][0] > 0:
+        return FORGETS_MORE
+    return NO_MORE if c["ci90"][1] < m else stats.UNRESOLVED
+
+
+def forgetting_paired(study: Study, runs_frame: pd.DataFrame) -> pd.DataFrame:
+    """Per finetuned method (and rank) and task scope (``mean`` over the accuracy tasks, then each task): mean
+    forgetting with its interval and its paired difference from full finetuning's, with a verdict."""
+    tasks = accuracy_tasks(study)
+    refs = study.references()
+    if not tasks or not refs:
+        return pd.DataFrame()
+    m = paired.margin(study)
+    groups = {}
+    for r in study.runs:
+        if not r.is_baseline and not r.is_reference:
+            groups.setdefault((r.arm, r.value), []).append(r)
+    rows = []
+    for scope, ts in [("mean", tasks)] + [(t, [t]) for t in tasks]:
+        full = forgetting_scores(refs, ts)
+        if not full:
+            continue
+        seeds, (fx,) = paired.aligned(full)
+        rows.append({"arm": "reference", "title": refs[0].label, "value": None, "tasks": scope,
+                     "forgetting": float(fx.mean()), "ci_low": stats.mean_interval(fx)[0],
+                     "ci_high": stats.mean_interval(fx)[1], "seeds": len(seeds)})
+        for (arm, value), runs in sorted(groups.items(), key=lambda kv: (kv[1][0].spec.name, str(kv[0][0]),
+                                                                         kv[0][1] or 0)):
+            own = forgetting_scores(runs, ts)
+            c = paired.compare(own, full, m) if own else None
+            if c is None:
+                continue
+            rows.append({"arm": arm, "title": arm_title(runs_frame, arm) if runs[0].axis else runs[0].label,
+                         "axis": runs[0].axis, "value": value, "tasks": scope, "forgetting": c["mean_a"],
+                         "ci_low": c["ci_a"][0], "ci_high": c["ci_a"][1], "minus_full": c["diff"],
+                         "minus_full_low": c["ci95"][0], "minus_full_high": c["ci95"][1], "ci90_low": c["ci90"][0],
+                         "ci90_high": c["ci90"][1], "margin": m, "verdict": _verdict(c, m), "seeds": len(c["seeds"]),
+                         "examples": int(len(next(iter(own.values()))))})
+    return pd.DataFrame(rows)
 
 
 # -- figures --------------------------------------------------------------------------------------
 
-def forgetting_vs_rank(study: Study, forget: pd.DataFrame):
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    swept_arms = arms(forget, "rank")
-    for i, arm in enumerate(swept_arms):
-        g = swept(forget, "rank", arm).groupby("value").forgetting_mean.agg(["mean", "std"]).reset_index()
-        ax.errorbar(g["value"], g["mean"], yerr=g["std"].fillna(0), ms=3, **plotting.arm_style(i),
-                    label=f"{arm_title(forget, arm)} at rank r")
-    full = references(forget).forgetting_mean
-    if len(full):
-        ax.axhline(full.mean(), color=plotting.REFERENCE_COLOR, lw=1, label=f"full FT ({full.mean():+.3f})")
-        if len(full) > 1:
-            ax.axhspan(full.mean() - full.std(), full.mean() + full.std(), color="0.85", zorder=0)
+def forgetting_vs_rank(study: Study, table: pd.DataFrame):
+    """Mean forgetting (pooled over the accuracy tasks) of each rank-swept arm by rank, with 95 % intervals, beside
+    full finetuning's (line and band)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    t = table[table.tasks == "mean"]
+    ref = t[t.arm == "reference"]
+    if len(ref):
+        r = ref.iloc[0]
+        ax.axhspan(r.ci_low, r.ci_high, color="0.85", zorder=0, label="full FT 95 % interval")
+        ax.axhline(r.forgetting, color=plotting.REFERENCE_COLOR, lw=1.2, label=f"{r.title} ({r.forgetting:+.3f})")
+    swept_rows = t[t.axis == "rank"] if "axis" in t else t.iloc[0:0]
+    for i, (arm, g) in enumerate(swept_rows.groupby("arm", sort=False)):
+        ax.errorbar(g.value, g.forgetting, yerr=[g.forgetting - g.ci_low, g.ci_high - g.forgetting], capsize=3, ms=5,
+                    lw=1.2, **plotting.arm_style(i), label=f"{g.title.iloc[0]} (95 % interval)")
     ax.axhline(0, color=plotting.GUIDE_COLOR, ls=":", lw=0.8)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel(f"{arm_title(forget, swept_arms[0]) if len(swept_arms) == 1 else 'adapter'} rank r (log scale)")
-    ax.set_ylabel("forgetting (base − finetuned probe accuracy)")
-    ax.set_title("Forgetting on held-out tasks vs rank")
+    xs = sorted(swept_rows.value.dropna().unique())
+    if xs:
+        ax.set_xticks(xs, [str(int(x)) for x in xs])
+    ax.set_xlabel("rank r")
+    ax.set_ylabel("forgetting: base − finetuned probe accuracy")
     ax.legend(fontsize=plotting.LEGEND)
     return plotting.finish(fig, study)
 
@@ -111,90 +164,78 @@ def pareto(study: Study, forget: pd.DataFrame):
 
 # -- finding --------------------------------------------------------------------------------------
 
-def forgetting_finding(forget: pd.DataFrame, corr: dict) -> str:
+def forgetting_finding(forget: pd.DataFrame, table: pd.DataFrame) -> List[str]:
     if forget.empty:
-        return ("Not measured in this study: its runs carry no held-out probes, so the claim that LoRA forgets less "
-                "is neither supported nor refuted here.")
+        return ["Not measured in this study: its runs carry no held-out probes, so the claim that LoRA forgets less "
+                "is neither supported nor refuted here."]
+    parts = []
     forget = with_roles(forget)
-    ref = references(forget)
-    full = ref.forgetting_mean
-    by_arm = {arm: swept(forget, "rank", arm).groupby("value").forgetting_mean.mean() for arm in arms(forget, "rank")}
-    titles = {arm: arm_title(forget, arm) for arm in by_arm}
     metrics = {c[len("metric_"):]: forget[c].dropna().iloc[0] for c in forget.columns
                if c.startswith("metric_") and forget[c].notna().any()}
-    perplexity = any(m == "perplexity" for m in metrics.values())
-    what = ("accuracy drops and relative perplexity increases averaged over held-out tasks; positive = worse than "
-            "the base" if perplexity else "base probe accuracy − finetuned, averaged over held-out tasks")
-    parts = [f"Mean forgetting ({what}): " +
-             (f"{ref.label.iloc[0]} {full.mean():+.3f}; " if len(full) else "") +
-             ", ".join(f"{titles[arm]} r={int(r)} {v:+.3f}" for arm, per in by_arm.items() for r, v in per.items()) + "."]
-    if perplexity:  # the mean mixes units: give each task on its own
+    if any(m == "perplexity" for m in metrics.values()):  # units differ between tasks: each on its own
         by = finetuned(forget)
         for task, metric in metrics.items():
             col = f"forgetting_{task}"
-            if col not in by:
-                continue
-            v = by.groupby("label")[col].mean()
-            unit = "perplexity, finetuned − base" if metric == "perplexity" else f"{metric}, base − finetuned"
-            parts.append(f"{task} ({unit}): " + ", ".join(f"{k} {v[k]:+.3g}" for k in ordered_labels(by)) + ".")
-    se = forgetting_difference_se(forget)
-    for arm, per in by_arm.items():
-        if not len(full):
-            break
-        parts += _arm_forgetting(per, titles[arm], full.mean(), se, forget)
+            if col in by:
+                v = by.groupby("label")[col].mean()
+                unit = "perplexity, finetuned − base" if metric == "perplexity" else f"{metric}, base − finetuned"
+                parts.append(f"{task} ({unit}, mean over seeds): " +
+                             ", ".join(f"{k} {v[k]:+.3g}" for k in ordered_labels(by)) + ".")
+    if table.empty:
+        return parts or ["The runs saved no per-example probe outputs, so forgetting is not compared pairwise."]
+    t = table[table.tasks == "mean"]
+    ref = t[t.arm == "reference"].iloc[0]
+    n = t.examples.dropna()
+    parts.insert(0, f"Mean forgetting over the accuracy-scored held-out tasks (base probe accuracy − finetuned, "
+                    f"{int(n.iloc[0]) if len(n) else '?'} probe examples per seed, {int(ref.seeds)} seed(s); 95 % "
+                    f"intervals): {ref.title} {ref.forgetting:+.3f} {fmt_interval((ref.ci_low, ref.ci_high))}. Each "
+                    "method minus full finetuning, paired on the same probe examples: " + "; ".join(
+                        f"{r.title}{'' if pd.isna(r.value) else f' r={int(r.value)}'} {r.minus_full:+.3f} "
+                        f"{fmt_interval((r.minus_full_low, r.minus_full_high))} ({r.verdict})"
+                        for _, r in t[t.arm != "reference"].iterrows()) + ".")
+    less = t[t.verdict == FORGETS_LESS]
+    more = t[t.verdict == FORGETS_MORE]
+    unresolved = t[t.verdict == stats.UNRESOLVED]
+    summary = []
+    if len(less):
+        summary.append(f"{len(less)} forget{'s' if len(less) == 1 else ''} measurably less than full finetuning")
+    if len(more):
+        summary.append(f"{len(more)} forget{'s' if len(more) == 1 else ''} measurably more")
+    if len(unresolved):
+        summary.append(f"{len(unresolved)} {'is' if len(unresolved) == 1 else 'are'} unresolved (neither a difference "
+                       "nor non-inferiority within the margin is shown)")
+    if summary:
+        parts.append("Of the compared runs, " + "; ".join(summary) + ".")
     if "cka" in forget and forget.cka.notna().any():
         fin = finetuned(forget)
         c = fin.groupby("label").cka.mean()
-        parts.append("Linear CKA to the base's features on held-out text: " +
+        n_cka = forget.cka_n.dropna() if "cka_n" in forget else pd.Series(dtype=float)
+        parts.append(f"Debiased linear CKA to the base's features on {int(n_cka.iloc[0]) if len(n_cka) else 'the'} "
+                     "held-out texts (1 = the same representation up to rotation and scale, ≈ 0 unrelated): " +
                      ", ".join(f"{k} {c[k]:.3f}" for k in ordered_labels(fin)) + ".")
-    if corr.get("rho") is not None:
-        parts.append(f"Spearman correlation between intruder count (ε = {corr['eps']}) and forgetting over {corr['n']} "
-                     f"runs: ρ = {corr['rho']:.2f} (p = {corr['p']:.2g}; Shuttleworth et al. report 0.971 on RoBERTa).")
-    return " ".join(parts)
-
-
-def _arm_forgetting(per: pd.Series, title: str, full: float, se: Optional[float], forget: pd.DataFrame) -> List[str]:
-    """Sentences on one rank-swept arm: at how many ranks it forgot less than full FT (mean ``full``), and
-    whether any difference exceeds two standard errors ``se`` of the probes' noise."""
-    less = [int(r) for r, v in per.items() if v < full - 1e-9]
-    resolved = None if se is None else [int(r) for r, v in per.items() if abs(v - full) > 2 * se]
-    verdict = (f": this supports Biderman et al.'s '{title} forgets less'." if len(less) == len(per) else
-               " — the claim holds only partly here." if less else
-               f": on this study the claim that {title} forgets less is not supported.")
-    if resolved is not None and not resolved:
-        verdict = "."
-    parts = [f"{title} forgot less than full finetuning at {len(less)} of {len(per)} ranks" + verdict]
-    if se is not None:
-        parts.append(f"With {int(forget.probe_n_test.dropna().iloc[0])} probe examples per task, two standard "
-                     f"errors of a difference in mean forgetting are about {2 * se:.3f}; " +
-                     (f"the difference from full finetuning exceeds that at r = {', '.join(map(str, resolved))}."
-                      if resolved else "no rank's difference from full finetuning exceeds that, so this study "
-                      f"neither supports nor refutes '{title} forgets less' (more probe examples or seeds would be "
-                      "needed)."))
     return parts
 
 
 class Forgetting(Measure):
     name = "forgetting"
-    tables = ("forgetting",)
+    tables = ("forgetting", "forgetting_vs_full")
 
     def compute(self, ctx: Context) -> Dict[str, pd.DataFrame]:
-        return {"forgetting": forgetting_table(ctx.table("runs"))}
-
-    def correlation(self, ctx: Context) -> dict:
-        return intruder_correlation(ctx.table("forgetting"), ctx.table("intruders"))
-
-    def meta(self, ctx: Context) -> Dict[str, object]:
-        return {"intruders_vs_forgetting": self.correlation(ctx)}
+        return {"forgetting": forgetting_table(ctx.table("runs")),
+                "forgetting_vs_full": forgetting_paired(ctx.study, ctx.table("runs"))}
 
     def figures(self, ctx: Context) -> Dict[str, object]:
-        forget = ctx.table("forgetting")
-        if forget.empty:
-            return {}
-        return {"forgetting_vs_rank": forgetting_vs_rank(ctx.study, forget), "pareto": pareto(ctx.study, forget)}
+        forget, table = ctx.table("forgetting"), ctx.table("forgetting_vs_full")
+        out = {}
+        if not table.empty:
+            out["forgetting_vs_rank"] = forgetting_vs_rank(ctx.study, table)
+        if not forget.empty:
+            out["pareto"] = pareto(ctx.study, forget)
+        return out
 
     def sections(self, ctx: Context) -> List[Section]:
-        out = [Section("Forgetting on held-out tasks", [forgetting_finding(ctx.table("forgetting"), self.correlation(ctx))],
+        out = [Section("Forgetting on held-out tasks",
+                       forgetting_finding(ctx.table("forgetting"), ctx.table("forgetting_vs_full")),
                        figure="forgetting_vs_rank" if ctx.drew("forgetting_vs_rank") else None)]
         if ctx.drew("pareto"):
             out.append(Section("Learning vs forgetting", [

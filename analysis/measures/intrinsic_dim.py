@@ -17,7 +17,7 @@ from lora_study.artifacts import DELTA
 from lora_study.models.structure import module_kind
 
 from .. import plotting
-from ..dimension import FRACTION, PUBLISHED_D90, crossing, published_range
+from ..dimension import FRACTION, PUBLISHED_D90, crossing, grid_crossing, published_range
 from ..loader import Study
 from ..roles import arm_title, arms, baselines, references, swept, with_roles
 from .base import Context, Measure, Section
@@ -58,19 +58,23 @@ def intrinsic_table(study: Study, runs: Optional[pd.DataFrame] = None, metric: s
         base, base_ref = _reference(baselines(runs), seed, metric)
         dims = [D[m] for m in g.member if D.get(m)]
         t90, tgain = fraction * full, base + fraction * (full - base)
-        x90 = _nan(crossing(curve.index, curve.values, t90))
-        xgain = _nan(crossing(curve.index, curve.values, tgain))
+        g90 = grid_crossing(curve.index, curve.values, t90) or (None, None)
+        ggain = grid_crossing(curve.index, curve.values, tgain) or (None, None)
+        x90, xgain = _nan(g90[0]), _nan(ggain[0])
         Dv = float(max(dims)) if dims else float("nan")
         rows.append({
             "variant": variant, "seed": int(seed), "metric": metric, "full": full, "full_reference": full_ref,
             "base": base, "base_reference": base_ref, "fraction": fraction, "dims_tested": len(curve),
             "d_min": float(curve.index.min()), "d_max": float(curve.index.max()), "best": float(curve.max()),
-            "d_best": float(curve.idxmax()), "target": t90, "d90": x90, "target_gain": tgain, "d90_gain": xgain,
+            "d_best": float(curve.idxmax()), "target": t90, "d90": x90, "d90_below": _nan(g90[1]),
+            "d90_interpolated": _nan(crossing(curve.index, curve.values, t90)), "target_gain": tgain,
+            "d90_gain": xgain, "d90_gain_below": _nan(ggain[1]),
+            "d90_gain_interpolated": _nan(crossing(curve.index, curve.values, tgain)),
             "D": Dv, "d90_over_D": x90 / Dv, "d90_gain_over_D": xgain / Dv,
         })
     cols = ["variant", "seed", "metric", "full", "full_reference", "base", "base_reference", "fraction",
-            "dims_tested", "d_min", "d_max", "best", "d_best", "target", "d90", "target_gain", "d90_gain", "D",
-            "d90_over_D", "d90_gain_over_D"]
+            "dims_tested", "d_min", "d_max", "best", "d_best", "target", "d90", "d90_below", "d90_interpolated",
+            "target_gain", "d90_gain", "d90_gain_below", "d90_gain_interpolated", "D", "d90_over_D", "d90_gain_over_D"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -88,11 +92,16 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
             row[f"{col}_std"] = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
             row[f"{col}_reached"] = int(len(v))
             row[f"{col}_at_d_min"] = bool(len(v)) and bool((v <= g.d_min.loc[v.index]).all())
+            empty = pd.Series(dtype=float)  # tables from before the bracket was recorded have neither column
+            below = g[f"{col}_below"].dropna() if f"{col}_below" in g else empty
+            row[f"{col}_below"] = float(below.max()) if len(below) else float("nan")
+            interp = g[f"{col}_interpolated"].dropna() if f"{col}_interpolated" in g else empty
+            row[f"{col}_interpolated"] = float(interp.mean()) if len(interp) else float("nan")
         row["d90_over_D"] = row["d90_mean"] / row["D"]
         rows.append(row)
     cols = ["variant", "seeds", "D", "d_min", "d_max", "full", "base", "target", "target_gain", "best_mean", "d90_mean",
-            "d90_std", "d90_reached", "d90_at_d_min", "d90_gain_mean", "d90_gain_std", "d90_gain_reached",
-            "d90_gain_at_d_min", "d90_over_D"]
+            "d90_std", "d90_reached", "d90_at_d_min", "d90_below", "d90_interpolated", "d90_gain_mean", "d90_gain_std",
+            "d90_gain_reached", "d90_gain_at_d_min", "d90_gain_below", "d90_gain_interpolated", "d90_over_D"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -165,7 +174,7 @@ def figure(study: Study, runs: pd.DataFrame, table: pd.DataFrame, metric: str = 
         for col, ls, name in (("d90_mean", ":", "d90"), ("d90_gain_mean", "-.", "d90-gain")):
             if not np.isnan(r[col]):
                 ax.axvline(r[col], color=COLORS.get(r.variant), ls=ls, lw=1.3,
-                           label=f"{r.variant} {name} ≈ {r[col]:,.0f}")
+                           label=f"{r.variant} {name} = {r[col]:,.0f} (grid)")
     note = None
     marks = []  # (label, {rank: trainable params without the head}) per rank-swept arm
     for arm in arms(runs, "rank"):
@@ -199,15 +208,20 @@ def _d(x: float) -> str:
     return f"{x:,.0f}"
 
 
-def _value(r, col: str) -> str:
-    """'1,234 ± 56', '≤ 10' when reached at the smallest tested d, '> 100,000' when never reached."""
+def _value(r, col: str, interpolation: bool = True) -> str:
+    """The grid value and its bracket — '100,000 (31,623 does not reach it; interpolated ≈ 14,815)' —, '≤ 10'
+    when reached at the smallest tested d, '> 100,000' when never reached."""
     if not r[f"{col}_reached"]:
         return f"> {_d(r.d_max)}"
     if r[f"{col}_at_d_min"]:
         return f"≤ {_d(r.d_min)}"
     std = "" if np.isnan(r[f"{col}_std"]) else f" ± {_d(r[f'{col}_std'])}"
     seeds = f" ({r[f'{col}_reached']} of {r.seeds} seeds)" if r[f"{col}_reached"] < r.seeds else ""
-    return f"{_d(r[f'{col}_mean'])}{std}{seeds}"
+    bracket = "" if np.isnan(r[f"{col}_below"]) else f"{_d(r[f'{col}_below'])} does not reach it"
+    interp = "" if not interpolation or np.isnan(r[f"{col}_interpolated"]) else \
+        f"interpolated on log d ≈ {_d(r[f'{col}_interpolated'])}"
+    note = "; ".join(x for x in (bracket, interp) if x)
+    return f"{_d(r[f'{col}_mean'])}{std}{seeds}" + (f" ({note})" if note else "")
 
 
 def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
@@ -236,9 +250,10 @@ def finding(summary: pd.DataFrame, describe: Optional[dict] = None) -> str:
         return "The study has subspace runs but no full finetune: d90 (relative to full finetuning) is not measured."
     describe = describe or {}
     first = summary.iloc[0]
-    parts = [f"d90, the smallest d whose test accuracy reaches 90 % of full finetuning's "
-             f"({FRACTION:.1f} × {first.full:.3f} = {first.target:.3f}), interpolated linearly on log d between the "
-             "tested dimensions: " + "; ".join(_state(r, "d90") for _, r in summary.iterrows()) + "."]
+    parts = [f"d90, the smallest tested d whose test accuracy reaches 90 % of full finetuning's "
+             f"({FRACTION:.1f} × {first.full:.3f} = {first.target:.3f}), a value on the measured grid (with the "
+             "largest tested d that does not reach it, and an interpolation on log d between the two, labelled as "
+             "such): " + "; ".join(_state(r, "d90") for _, r in summary.iterrows()) + "."]
     has_base = not summary.base.isna().all()
     if has_base and first.full <= first.base:
         parts.append(f"Full finetuning ({first.full:.3f}) does not beat the frozen base with a trained head "
@@ -310,8 +325,9 @@ class IntrinsicDim(Measure):
                 "Not measured in this study: it holds no subspace runs (see experiment=intrinsic_dim)."])]
         return [Section("Intrinsic dimension (Li et al. 2018; Aghajanyan et al. 2020)", [
             "Test accuracy of subspace training θ = θ0 + P θ_d (DID) and SAID (per-layer scales from the same d) "
-            "against d, the trainable numbers besides the head; d90 is the smallest d reaching 90 % of full "
-            "finetuning's accuracy, d90-gain 90 % of its gain over the frozen base, both interpolated on log d.",
+            "against d, the trainable numbers besides the head; d90 is the smallest tested d reaching 90 % of full "
+            "finetuning's accuracy, d90-gain 90 % of its gain over the frozen base: values on the measured grid, "
+            "each with the largest tested d that falls short and, labelled, an interpolation on log d.",
             finding(ctx.table("intrinsic_dim_summary"), ctx.study.describe())],
             figure="intrinsic_dim" if ctx.drew("intrinsic_dim") else None, table="intrinsic_dim")]
 

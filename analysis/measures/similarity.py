@@ -1,14 +1,23 @@
-"""Do two ranks of one method learn the same directions? Hu et al.'s subspace similarity φ between the smallest
-and largest rank of every rank-swept arm (and r = 8 vs 64, as they did, when both were run), beside a random
-Gaussian control (table ``similarity``, heatmaps, finding); and the share of full finetuning's ΔW energy that lies
-inside each rank-swept run's column and row spaces (table ``full_energy_in_lora``).
+"""Do two ranks of one method learn the same directions? Hu et al.'s subspace similarity (their Section 7.2):
 
-φ is computed on the right singular vectors of ΔW (its row space), which for i, j < r orders directions
-differently from the A matrices Hu et al. compare (ANCHORS.md); the figure labels it as ΔW's."""
+    φ(A1, A2, i, j) = ‖U1[:, :i]ᵀ U2[:, :j]‖_F² / min(i, j) ∈ [0, 1],
+
+U the right-singular vectors of the learned down-projections A (r × d_in, read from the saved adapters), per
+adapted matrix. Only the whole r-dimensional span of A equals the row space of ΔW = s B A; for i, j < r the
+orderings differ, so φ computed on ΔW's right singular vectors is a different measure, kept beside it and
+labelled as ΔW's (ANCHORS.md).
+
+Per rank-swept arm with adapters: its smallest rank against its largest (and against the next largest, as Hu et
+al.'s 8 vs 64), within each seed; the controls that would show the effect is an artefact: the same rank at two
+seeds (how much two independent trainings share) and two random Gaussian subspaces of the same sizes (what
+chance gives, E φ(i, j) = max(i, j) / d_in). Table ``similarity``: one row per arm, basis (A or ΔW), pair (or
+control), seed pair, module; the finding pools φ(1, 1) over modules and seeds with a bootstrap interval over
+seeds then modules. Table ``full_energy_in_lora``: the share of full finetuning's ΔW energy inside each
+rank-swept run's column and row spaces (top r of its ΔW), beside the share a random r-dimensional space holds."""
 from __future__ import annotations
 
-import sys
-from typing import Dict, Iterable, List, Optional, Tuple
+import itertools
+from typing import Dict, List, Tuple
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -16,71 +25,91 @@ import pandas as pd
 
 from lora_study.artifacts import ArtifactError
 from lora_study.linalg import thin_svd
-from lora_study.models.structure import module_kind
+from lora_study.models.structure import module_kind, module_layer
 
-from .. import plotting
+from .. import plotting, stats
 from ..loader import Run, Study
 from ..plotting import KIND_TITLES
 from ..roles import arm_title
 from ..subspace import energy_in_subspace, random_subspace_control, subspace_similarity_grid, top_singular_vectors
 from .base import Context, Measure, Section, per_run
 
+PAIR, SEEDS, RANDOM = "ranks", "seeds", "random"  # what a row compares
+
 
 def rank_pairs(ranks: List[int]) -> List[Tuple[int, int]]:
-    """Rank pairs for φ: (smallest, largest) and, as Hu et al., (8, 64) when both exist."""
-    ranks = sorted(ranks)
+    """(smallest, largest) and (second largest, largest), as Hu et al.'s 8 vs 64 beside 1 vs 64."""
+    ranks = sorted(set(ranks))
     if len(ranks) < 2:
         return []
     pairs = [(ranks[0], ranks[-1])]
-    if 8 in ranks and 64 in ranks and (8, 64) not in pairs:
-        pairs.append((8, 64))
+    if len(ranks) > 2:
+        pairs.append((ranks[-2], ranks[-1]))
     return pairs
 
 
-def similarity(study: Study, arm: str, small: int, large: int, seed_a: int = 0, seed_b: Optional[int] = None,
-               kinds: Iterable[str] = ("query", "value")) -> Dict[str, np.ndarray]:
-    """φ(ΔW_small, ΔW_large, i, j) of ``arm`` at two ranks averaged over layers, per module kind; ``random`` is the
-    control: the same grid for two random Gaussian subspaces of the same sizes."""
-    seed_b = seed_a if seed_b is None else seed_b
-    a, b = study.find(arm, seed_a, small), study.find(arm, seed_b, large)
-    if a is None or b is None:
-        missing = [f"r={v} seed {s}" for run, v, s in ((a, small, seed_a), (b, large, seed_b)) if run is None]
-        raise ArtifactError(f"{arm} has no complete run at {' and '.join(missing)}.")
-    grids: Dict[str, List[np.ndarray]] = {}
-    n = None
-    for module in a.dir.delta_names():
-        kind = module_kind(module)
-        if kind not in kinds or module not in b.dir.delta_names():
-            continue
-        da, db = a.dir.delta(module), b.dir.delta(module)
-        n = da.shape[1]
-        g = subspace_similarity_grid(top_singular_vectors(da.double(), small), top_singular_vectors(db.double(), large),
-                                     small, large)
-        grids.setdefault(kind, []).append(np.asarray(g))
-    out = {k: np.mean(v, axis=0) for k, v in grids.items()}
-    if n is not None:
-        out["random"] = np.asarray(random_subspace_control(n, small, large, seed=0))
-    return out
+def _bases(run: Run, basis: str) -> Dict[str, "np.ndarray"]:
+    """{module: right-singular vectors (d_in × r)} of the run's A matrices, or of its ΔW (top r)."""
+    if basis == "A":
+        return {m: top_singular_vectors(f["A"].double(), f["A"].shape[0], "right")
+                for m, f in run.dir.adapter_factors().items() if "A" in f}
+    return {m: top_singular_vectors(d.double(), run.rank, "right") for m, d in run.dir.iter_deltas()}
+
+
+def similarity_rows(study: Study) -> List[dict]:
+    rows: List[dict] = []
+    for arm in study.arms("rank"):
+        runs = {(r.seed, r.value): r for r in study.runs if r.arm == arm}
+        seeds = sorted({s for s, _ in runs})
+        have_a = all(r.saved.get("adapter") for r in runs.values())
+        comparisons = [(PAIR, small, large, s, s) for small, large in rank_pairs(study.values(arm)) for s in seeds]
+        for r_ in sorted({v for p in rank_pairs(study.values(arm)) for v in p}):
+            comparisons += [(SEEDS, r_, r_, a, b) for a, b in itertools.combinations(seeds, 2)]
+        cache: Dict[tuple, dict] = {}
+        for basis in (["A"] if have_a else []) + ["ΔW"]:
+            for what, small, large, sa, sb in comparisons:
+                ra, rb = runs.get((sa, small)), runs.get((sb, large))
+                if ra is None or rb is None:
+                    continue
+                try:
+                    ua = cache.setdefault((basis, ra.member), _bases(ra, basis))
+                    ub = cache.setdefault((basis, rb.member), _bases(rb, basis))
+                except ArtifactError as e:
+                    study.skipped.setdefault(ra.member, str(e))
+                    continue
+                for module in sorted(set(ua) & set(ub)):
+                    g = np.asarray(subspace_similarity_grid(ua[module], ub[module], small, large))
+                    rows.append(_row(arm, basis, what, small, large, sa, sb, module, g))
+                if what == PAIR and basis == "ΔW" and ua:  # the chance level for this pair and matrix size
+                    n = next(iter(ua.values())).shape[0]
+                    g = np.asarray(random_subspace_control(n, small, large, seed=sa))
+                    rows.append(_row(arm, RANDOM, RANDOM, small, large, sa, sa, None, g))
+    return rows
+
+
+def _row(arm, basis, what, small, large, sa, sb, module, g) -> dict:
+    return {"arm": arm, "basis": basis, "compares": what, "small": small, "large": large, "seed_a": sa, "seed_b": sb,
+            "module": module, "kind": module_kind(module) if module else None,
+            "layer": module_layer(module) if module else None, "phi_1_1": float(g[0, 0]),
+            "phi_diag_mean": float(np.mean(np.diag(g))), "phi_mean": float(g.mean())}
 
 
 def similarity_table(study: Study) -> pd.DataFrame:
-    """One row per rank-swept arm, rank pair, seed and module kind (and the random control): φ(1, 1), the mean of
-    φ(i, i) and the mean over the grid."""
+    return pd.DataFrame(similarity_rows(study))
+
+
+def pooled(sim: pd.DataFrame, column: str = "phi_1_1") -> pd.DataFrame:
+    """Per arm, basis, comparison and pair: the mean of ``column`` over seeds and modules with a 95 % interval from
+    a bootstrap over seed pairs then modules (the modules are the same in every seed pair)."""
     rows = []
-    for arm in study.arms("rank"):
-        seeds = sorted({r.seed for r in study.runs if r.arm == arm})
-        for small, large in rank_pairs(study.values(arm)):
-            for seed in seeds:
-                if study.find(arm, seed, small) is None or study.find(arm, seed, large) is None:
-                    continue  # a pair missing in this seed
-                try:
-                    grids = similarity(study, arm, small, large, seed, seed)
-                except ArtifactError:
-                    continue
-                for kind, g in grids.items():
-                    rows.append({"arm": arm, "small": small, "large": large, "seed": seed, "kind": kind,
-                                 "phi_1_1": float(g[0, 0]), "phi_diag_mean": float(np.mean(np.diag(g))),
-                                 "phi_mean": float(g.mean())})
+    for key, g in sim.groupby(["arm", "basis", "compares", "small", "large"], sort=False):
+        modules = g.module.notna().any()
+        x = (g.set_index(["seed_a", "seed_b", "module"])[column].unstack("module") if modules
+             else g.set_index(["seed_a", "seed_b"])[[column]]).to_numpy(dtype=float)
+        lo, hi = stats.mean_interval(x) if np.isfinite(x).all() else (np.nan, np.nan)
+        rows.append(dict(zip(["arm", "basis", "compares", "small", "large"], key),
+                         mean=float(np.nanmean(x)), ci_low=lo, ci_high=hi, seed_pairs=x.shape[0],
+                         modules=x.shape[1] if modules else 0))
     return pd.DataFrame(rows)
 
 
@@ -105,35 +134,96 @@ def reference_energy_table(study: Study) -> pd.DataFrame:
 
 # -- figure and finding ---------------------------------------------------------------------------
 
-def heatmaps(study: Study, grids: Dict[str, np.ndarray], arm: str, small: int, large: int):
-    """φ(r=small, r=large, i, j) of ``arm`` per module kind beside the random Gaussian control (Hu et al., Fig. 3)."""
-    names = [k for k in grids if k != "random"] + (["random"] if "random" in grids else [])
-    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.0), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        g = grids[name]
+def _mean_grid(study: Study, arm: str, basis: str, small: int, large: int, pairs: List[tuple]) -> np.ndarray:
+    grids = []
+    runs = {(r.seed, r.value): r for r in study.runs if r.arm == arm}
+    for sa, sb in pairs:
+        ua, ub = _bases(runs[(sa, small)], basis), _bases(runs[(sb, large)], basis)
+        grids += [np.asarray(subspace_similarity_grid(ua[m], ub[m], small, large)) for m in sorted(set(ua) & set(ub))]
+    return np.mean(grids, axis=0)
+
+
+def heatmaps(study: Study, arm: str, basis: str, small: int, large: int, title: str):
+    """φ(i, j) of r = small against r = large (mean over seeds and matrices), the same rank at two seeds, and two
+    random subspaces — Hu et al.'s Figure 3 with the controls beside it."""
+    seeds = sorted({r.seed for r in study.runs if r.arm == arm})
+    panels = [(f"r={small} vs r={large}, same seed", _mean_grid(study, arm, basis, small, large, [(s, s) for s in seeds]),
+               small, large)]
+    if len(seeds) > 1:
+        pairs = list(itertools.combinations(seeds, 2))
+        panels.append((f"r={large}, two seeds", _mean_grid(study, arm, basis, large, large, pairs), large, large))
+    n = next(iter(_bases(next(r for r in study.runs if r.arm == arm and r.value == small), basis).values())).shape[0]
+    panels.append(("random subspaces", np.asarray(random_subspace_control(n, small, large, seed=0)), small, large))
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(8.0, 2.8 * len(panels)), 3.0), squeeze=False)
+    for ax, (name, g, a, b) in zip(axes[0], panels):
         im = ax.imshow(g, vmin=0, vmax=1, cmap=plotting.SEQUENCE_CMAP, aspect="auto", origin="upper",
                        extent=(0.5, g.shape[1] + 0.5, g.shape[0] + 0.5, 0.5))
-        ax.set_xlabel(f"j (top-j directions, r={large})")
-        ax.set_ylabel(f"i (top-i directions, r={small})")
-        ax.set_title("random Gaussian control" if name == "random" else f"ΔW {KIND_TITLES.get(name, name)}, layer mean")
+        ax.set_xlabel(f"j (top j, r={b})")
+        ax.set_ylabel(f"i (top i, r={a})")
+        ax.set_title(name, fontsize=plotting.TITLE)
     fig.colorbar(im, ax=axes[0].tolist(), label="φ(i, j)", shrink=0.85)
-    fig.suptitle(f"Subspace similarity of {arm_title(study.runs_frame(), arm)} r={small} and r={large}")
     plotting.caption(fig, study)
     return fig
 
 
-def similarity_finding(sim: pd.DataFrame) -> str:
-    """φ(1, 1) against the random control, for one arm's rank pairs."""
-    if sim.empty:
-        return "Fewer than two LoRA ranks: no subspace similarity is measured."
-    rnd = sim[sim.kind == "random"].phi_1_1.mean()
-    real = sim[sim.kind != "random"]
-    top = real.phi_1_1.mean()
-    pairs = ", ".join(f"r={a} vs r={b}" for a, b in sorted(set(zip(real.small, real.large))))
-    verdict = "shares its top direction" if top > 0.5 else "does not clearly share its top direction"
-    return (f"For {pairs}, φ(1, 1) averaged over layers and module kinds is {top:.2f} against {rnd:.3f} for the random "
-            f"Gaussian control: the smaller rank {verdict} with the larger one (Hu et al. report φ > 0.5 for r = 8 vs 64 "
-            f"on GPT-3). Mean φ over the whole grid is {real.phi_mean.mean():.2f} (random {sim[sim.kind == 'random'].phi_mean.mean():.2f}).")
+def per_layer(study: Study, sim: pd.DataFrame):
+    """φ(1, 1) from A per layer and module kind, for each arm's smallest-vs-largest pair (mean over seeds), beside
+    the same rank at two seeds and the random level."""
+    basis = "A" if (sim.basis == "A").any() else "ΔW"
+    arms_ = list(dict.fromkeys(sim.arm))
+    fig, axes = plt.subplots(1, len(arms_), figsize=(min(8.0, 4.0 * len(arms_)), 3.2), squeeze=False, sharey=True)
+    for ax, arm in zip(axes[0], arms_):
+        s = sim[(sim.arm == arm) & (sim.basis == basis)]
+        small, large = rank_pairs(study.values(arm))[0]
+        for i, kind in enumerate(sorted(s.kind.dropna().unique())):
+            color = plotting.ARM_COLORS[i % len(plotting.ARM_COLORS)]
+            for what, ls, lab in ((PAIR, "-", f"r={small} vs r={large}"), (SEEDS, "--", f"r={large}, two seeds")):
+                sel = s[(s.kind == kind) & (s.compares == what) & (s["small"] == (small if what == PAIR else large))]
+                g = sel.groupby("layer").phi_1_1.mean()
+                if len(g):
+                    ax.plot(g.index, g.values, ls=ls, marker="o", ms=3, color=color,
+                            label=f"{KIND_TITLES.get(kind, kind)}: {lab}")
+        rnd = sim[(sim.arm == arm) & (sim.compares == RANDOM) & (sim["small"] == small)].phi_1_1.mean()
+        ax.axhline(rnd, color=plotting.GUIDE_COLOR, ls=":", label="random subspaces")
+        ax.set_xlabel("layer")
+        ax.set_title(arm_title(study.runs_frame(), arm), fontsize=plotting.TITLE)
+    axes[0][0].set_ylabel(f"φ(1, 1) from {basis}")
+    axes[0][-1].legend(fontsize=plotting.LEGEND)
+    return plotting.finish(fig, study)
+
+
+def _fmt(r) -> str:
+    return f"{r['mean']:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+
+
+def similarity_finding(pool: pd.DataFrame, title: str) -> str:
+    if pool.empty:
+        return f"Fewer than two {title} ranks: no subspace similarity is measured."
+    basis = "A" if (pool.basis == "A").any() else "ΔW"
+    parts = []
+    for (small, large), g in pool[pool.compares == PAIR].groupby(["small", "large"], sort=False):
+        a = g[g.basis == basis].iloc[0]
+        seeds = pool[(pool.compares == SEEDS) & (pool.basis == basis) & (pool["small"] == large)]
+        rnd = pool[(pool.compares == RANDOM) & (pool["small"] == small) & (pool["large"] == large)]
+        dw = g[g.basis == "ΔW"]
+        text = (f"{title} r = {small} vs r = {large}: φ(1, 1) from {basis} is {_fmt(a)} (mean over "
+                f"{int(a.modules)} matrices and {int(a.seed_pairs)} seed(s), 95 % interval)")
+        if len(seeds):
+            text += f"; the same rank r = {large} trained twice (two seeds) shares {_fmt(seeds.iloc[0])}"
+        if len(rnd):
+            text += f"; two random subspaces {rnd.iloc[0]['mean']:.3f}"
+        if basis == "A" and len(dw):
+            text += f". On ΔW's right singular vectors instead (a different measure for i, j < r) it is {_fmt(dw.iloc[0])}"
+        shares = a.ci_low > 0.5
+        vs_seed = len(seeds) and a.ci_high < seeds.iloc[0].ci_low
+        text += (". The two ranks " + ("share their top direction (φ(1, 1) > 0.5 with its whole interval), as Hu "
+                                       "et al. report for r = 8 vs 64 on GPT-3"
+                                       if shares else "do not clearly share their top direction (Hu et al. report "
+                                       "φ(1, 1) > 0.5 for r = 8 vs 64 on GPT-3)")
+                 + ("; less than two trainings of the same rank share, so the rank changes which direction comes first"
+                    if vs_seed else "") + ".")
+        parts.append(text)
+    return " ".join(parts)
 
 
 def _name(ctx: Context, arm: str, stem: str = "similarity") -> str:
@@ -143,35 +233,53 @@ def _name(ctx: Context, arm: str, stem: str = "similarity") -> str:
 
 class Similarity(Measure):
     name = "similarity"
-    tables = ("similarity", "full_energy_in_lora")
+    tables = ("similarity", "similarity_pooled", "full_energy_in_lora")
 
     def compute(self, ctx: Context) -> Dict[str, pd.DataFrame]:
-        return {"similarity": similarity_table(ctx.study), "full_energy_in_lora": reference_energy_table(ctx.study)}
+        sim = similarity_table(ctx.study)
+        return {"similarity": sim, "similarity_pooled": pooled(sim) if not sim.empty else pd.DataFrame(),
+                "full_energy_in_lora": reference_energy_table(ctx.study)}
 
     def figures(self, ctx: Context) -> Dict[str, object]:
-        study, out = ctx.study, {}
+        study, sim, out = ctx.study, ctx.table("similarity"), {}
+        if sim.empty:
+            return out
         for arm in study.arms("rank"):
             pairs = rank_pairs(study.values(arm))
-            if not pairs:
+            if not pairs or not (sim.arm == arm).any():
                 continue
-            seed = min(r.seed for r in study.runs if r.arm == arm)
-            small, large = pairs[-1]
-            try:
-                out[_name(ctx, arm)] = heatmaps(study, similarity(study, arm, small, large, seed), arm, small, large)
-            except ArtifactError as e:
-                print(f"warning: no similarity figure for {arm} ({e})", file=sys.stderr)
+            basis = "A" if ((sim.arm == arm) & (sim.basis == "A")).any() else "ΔW"
+            small, large = pairs[0]
+            out[_name(ctx, arm)] = heatmaps(study, arm, basis, small, large, arm_title(ctx.table("runs"), arm))
+        out["similarity_layers"] = per_layer(study, sim)
         return out
 
     def sections(self, ctx: Context) -> List[Section]:
-        sim = ctx.table("similarity")
-        return [Section(f"Subspace similarity between {arm_title(ctx.table('runs'), arm)} ranks",
-                        [similarity_finding(sim[sim.arm == arm] if not sim.empty else sim)],
-                        figure=_name(ctx, arm), table=_name(ctx, arm))
-                for arm in ctx.study.arms("rank") if ctx.drew(_name(ctx, arm))]
+        pool = ctx.table("similarity_pooled")
+        out = [Section(f"Subspace similarity between {arm_title(ctx.table('runs'), arm)} ranks",
+                       [similarity_finding(pool[pool.arm == arm] if not pool.empty else pool,
+                                           arm_title(ctx.table("runs"), arm))],
+                       figure=_name(ctx, arm), table=_name(ctx, arm))
+               for arm in ctx.study.arms("rank") if ctx.drew(_name(ctx, arm))]
+        if ctx.drew("similarity_layers"):
+            out.append(Section("Subspace similarity per layer", [
+                "φ(1, 1) per layer and adapted matrix kind: the smallest rank against the largest (solid), the "
+                "largest rank trained at two seeds (dashed), and two random subspaces (dotted)."],
+                figure="similarity_layers"))
+        return out
 
     def formatted(self, ctx: Context) -> Dict[str, pd.DataFrame]:
-        sim = ctx.table("similarity")
-        if sim.empty:
+        pool = ctx.table("similarity_pooled")
+        if pool.empty:
             return {}
-        return {_name(ctx, arm): sim[sim.arm == arm].drop(columns="arm").round(3).reset_index(drop=True)
-                for arm in ctx.study.arms("rank") if (sim.arm == arm).any()}
+        out = {}
+        for arm in ctx.study.arms("rank"):
+            p = pool[pool.arm == arm]
+            if p.empty:
+                continue
+            out[_name(ctx, arm)] = pd.DataFrame([{
+                "basis": r.basis, "compares": {PAIR: "ranks, same seed", SEEDS: "same rank, two seeds",
+                                               RANDOM: "random subspaces"}[r.compares],
+                "r": f"{int(r['small'])} vs {int(r['large'])}", "φ(1, 1) [95 %]": _fmt(r),
+                "matrices × seed pairs": f"{int(r.modules)} × {int(r.seed_pairs)}"} for _, r in p.iterrows()])
+        return out

@@ -4,6 +4,7 @@ layer × module map of the reference's rank at 90 % energy (figures); and whethe
 fewer directions than a random matrix of the same shape (finding)."""
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Dict, List
 
 import matplotlib.pyplot as plt
@@ -35,7 +36,8 @@ def spectral_table(study: Study) -> pd.DataFrame:
             norm, d_out, d_in = w_info[module]
             row = spectrum_row(s)
             out.append({**run_columns(r), "module": module, "layer": module_layer(module), "kind": module_kind(module),
-                        "d_out": d_out, "d_in": d_in, **row, "rel_norm": row["frob"] / norm if norm else float("nan")})
+                        "d_out": d_out, "d_in": d_in, **row, "rel_norm": row["frob"] / norm if norm else float("nan"),
+                        "random_rank90": _random_rank90((d_out, d_in))})
         return out
 
     return pd.DataFrame(per_run(study, [r for r in study.runs if r.saved.get("spectrum")], rows))
@@ -110,6 +112,7 @@ def rank90_heatmap(study: Study, table: pd.DataFrame, member: str):
 
 # -- finding --------------------------------------------------------------------------------------
 
+@lru_cache(maxsize=None)
 def _random_rank90(shape: tuple) -> int:
     """Rank at 90 % energy of a Gaussian random matrix of this shape: what 'no low-rank structure' gives."""
     g = torch.Generator().manual_seed(0)

@@ -22,7 +22,7 @@ from ..loader import label_key
 from ..roles import ROLE_COLUMNS, arm_title, arms, baselines, references, swept, with_roles
 from .base import Context, Measure, Section
 from .intrinsic_dim import at_d90
-from .truncation import truncated
+from .truncation import LIKE_FOR_LIKE
 
 ADAM_FP32_BYTES = 8
 MIXED_PRECISION_BYTES = 16
@@ -70,9 +70,8 @@ def tradeoff(runs: pd.DataFrame, spectra: Optional[pd.DataFrame] = None,
             s = spectra[spectra.member.isin(g.member)]
             row["mean_rank90"] = s.rank90.mean() if len(s) else np.nan
         if truncation is not None and not truncation.empty and first.axis == "rank":
-            t = truncated(truncation)
-            t = t[t.k == first["value"]]
-            row["truncated_full_at_rank"] = t.truncated_full_accuracy.mean() if len(t) else np.nan
+            t = truncation[(truncation.scope == LIKE_FOR_LIKE) & (truncation.k == first["value"])]
+            row["truncated_full_at_rank"] = t["mean"].mean() if len(t) else np.nan
         if "forgetting_mean" in g:
             row["forgetting_mean"] = g.forgetting_mean.mean()
         rows.append(row)
