@@ -1,8 +1,10 @@
 """The suite's cache (``$LORA_STUDY_CACHE``, default ``~/.cache/lora-study``): things that are slow to build and
 the same every time — the tiny test models, the converted SmolLM2 checkpoint, parsed held-out corpora, the base
-model's held-out features. Entries are keyed by a digest of everything they depend on and published
-atomically (a file through ``artifacts.atomic_write``, a directory by one rename), so a killed process or two
-processes building the same entry never leave a half-written one.
+model's held-out features. Entries are keyed by a digest of everything they depend on — their inputs, and
+the code and library versions that build them (``code_fingerprint``), so an entry written by an older version of
+the suite is never read as if it were current — and published atomically (a file through
+``artifacts.atomic_write``, a directory by one rename), so a killed process or two processes building the same
+entry never leave a half-written one.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -20,6 +23,20 @@ T = TypeVar("T")
 
 def cache_dir() -> Path:
     return Path(os.environ.get("LORA_STUDY_CACHE", Path.home() / ".cache" / "lora-study"))
+
+
+@lru_cache(maxsize=None)
+def code_fingerprint(*modules: str) -> str:
+    """A digest of the source files of ``modules`` (dotted names) and of the library versions that compute with
+    them: part of a cache key, so that editing the code that builds an entry invalidates it."""
+    import importlib
+    import sklearn
+    import torch
+    import transformers
+    h = hashlib.sha1(f"{torch.__version__}|{transformers.__version__}|{sklearn.__version__}".encode())
+    for name in modules:
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def digest(key: Any, length: int = 16) -> str:

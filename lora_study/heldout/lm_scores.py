@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .. import corpora
-from ..cache import cached_file
+from ..cache import cached_file, code_fingerprint
 from .cka import linear_cka, linear_cka_debiased
 from ..schema import ConfigError
 from ..tasks import TaskConfig
@@ -151,7 +151,8 @@ class LMScorer:
 
     def _cached(self, model, model_path: str) -> tuple:
         key = {"model": model_path, "len": self.cfg.max_length, "new": self.cfg.max_new_tokens,
-               "tasks": [asdict(t) for t in self.tasks], "per_example": True}
+               "tasks": [asdict(t) for t in self.tasks],
+               "code": code_fingerprint(__name__, "lora_study.tasks.decoding", "lora_study.tasks.lm_encoding")}
 
         def write(value, tmp):
             scores, drift, per_example = value
@@ -203,5 +204,6 @@ def _lm_data(cfg) -> List[LMHeldoutTask]:
     def write(tasks, tmp):
         with open(tmp, "w") as f:
             json.dump([asdict(t) for t in tasks], f)
-    return cached_file("heldout-lm-data", _key(cfg), ".json", lambda: load_lm_heldout(cfg), write,
+    key = {**_key(cfg), "code": code_fingerprint("lora_study.corpora", "lora_study.heldout.probe_data", __name__)}
+    return cached_file("heldout-lm-data", key, ".json", lambda: load_lm_heldout(cfg), write,
                        lambda path: [LMHeldoutTask(**t) for t in json.loads(path.read_text())])

@@ -21,7 +21,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from .. import corpora
-from ..cache import cached_file
+from ..cache import cached_file, code_fingerprint
 from ..schema import ConfigError
 from ..tasks import TaskConfig
 from ..tasks.classification import load_task
@@ -122,7 +122,8 @@ def probe_data(cfg) -> Tuple[List[ProbeTask], List[str]]:
     def read(path):
         d = json.loads(path.read_text())
         return [ProbeTask(**t) for t in d["tasks"]], d["drift"]
-    return cached_file("heldout-data", _key(cfg), ".json", build, write, read)
+    key = {**_key(cfg), "code": code_fingerprint("lora_study.corpora", __name__)}
+    return cached_file("heldout-data", key, ".json", build, write, read)
 
 
 def _key(cfg) -> Dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from ..cache import cached_file
+from ..cache import cached_file, code_fingerprint
 from .cka import linear_cka, linear_cka_debiased
 from .probe_data import probe_data
 
@@ -77,7 +77,7 @@ class ProbeScorer:
         self.tasks, self.drift = probe_data(cfg)
         self.tokenizer = tokenizer
         self.device = device
-        key = {"model": model_path, "len": self.cfg.max_length, "texts": self._texts()}
+        key = {"model": model_path, "len": self.cfg.max_length, "texts": self._texts(), "code": code_fingerprint(__name__)}
         self.base = cached_file("heldout-features", key, ".npz", lambda: self._all(model), _write_npz, _read_npz)
 
     def _texts(self) -> Dict[str, List[str]]:
