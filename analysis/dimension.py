@@ -30,7 +30,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 FRACTION = 0.9
-# d90 published by Aghajanyan et al. 2020, Table 1 (secondary: quoted in ANCHORS.md, not reproduced here).
+# d90 published by Aghajanyan et al. 2020, Table 1 (secondary: quoted from summaries of the paper, not reproduced here).
 PUBLISHED_D90: Dict[str, Dict[str, int]] = {
     "BERT-base": {"MRPC SAID": 1608, "QQP SAID": 8030, "MRPC DID": 1861, "QQP DID": 9295},
     "RoBERTa-base": {"MRPC SAID": 896, "QQP SAID": 896, "MRPC DID": 1000, "QQP DID": 1389},

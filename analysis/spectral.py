@@ -1,4 +1,4 @@
-"""Spectral measures of one matrix (ANCHORS.md, "Spectral measures of one matrix").
+"""Spectral measures of one matrix (energy, Roy & Vetterli 2007 effective rank, stable rank).
 
 With singular values sigma_1 >= sigma_2 >= ... >= 0 of a matrix M:
 

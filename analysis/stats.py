@@ -1,4 +1,5 @@
-"""Paired statistics for two models scored on the same examples (ANCHORS.md, "Comparing two accuracies honestly").
+"""Paired statistics for two models scored on the same examples (McNemar 1947; Efron & Tibshirani 1993;
+Schuirmann 1987 for two one-sided tests).
 
 Model A and model B are scored on the same n test examples (and, for several training seeds, on the same
 examples in every seed), so their scores are paired: the difference is measured per example, and the noise
@@ -31,7 +32,7 @@ import numpy as np
 from scipy import stats as sps
 
 EQUIVALENT, DIFFERENT, UNRESOLVED = "equivalent within the margin", "different", "unresolved"
-MIN_SEEDS = 3  # ANCHORS: three seeds at least before a verdict
+MIN_SEEDS = 3  # seeds carry the training noise: three at least before a verdict
 _CHUNK = 1 << 22  # bootstrap indices drawn per block (elements), to bound memory at large n * n_boot
 
 
@@ -323,7 +324,7 @@ def compare(a, b, margin: float, alpha: float = 0.05, n_boot: int = 2000, seed: 
     0/1 scores of one seed, else the bootstrap two-sided p), p_tost, the flags equivalent (ci90 inside
     +-margin) and different (ci95 excludes 0), and `verdict`. margin is absolute unless relative=True
     (see `equivalence`). With fewer than three seeds `note` says that the training noise is not in the
-    interval (ANCHORS asks for three seeds before a verdict); the verdict is still given.
+    interval (three seeds at least are needed before a verdict); the verdict is still given.
     """
     alpha, n_boot = _alpha(alpha), _n_boot(n_boot)
     a, b, m = _checked(a, b, margin, relative, hierarchical)

@@ -1,4 +1,4 @@
-"""Subspace measures between updates and weights (ANCHORS.md: Hu et al. 2021 Sections 7.2-7.3;
+"""Subspace measures between updates and weights (Hu et al. 2021 Sections 7.2-7.3;
 Shuttleworth et al. 2024).
 
     subspace similarity   phi(U1, U2, i, j) = ||U1[:, :i]^T U2[:, :j]||_F^2 / min(i, j)  in [0, 1]

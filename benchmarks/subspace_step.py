@@ -27,13 +27,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from lora_study.config import MethodConfig, ModelConfig, OptimConfig, TaskConfig  # noqa: E402
-from lora_study.data import Encoded  # noqa: E402
-from lora_study.measure import optimizer_state_bytes, peak_memory, reset_peak_memory, tensor_bytes  # noqa: E402
-from lora_study.methods import apply_method  # noqa: E402
-from lora_study.models import build_model, head_module_names  # noqa: E402
-from lora_study.tasks import load_task  # noqa: E402
-from lora_study.train import autocast, make_optimizer, make_schedule, resolve_device, resolve_precision, to_device  # noqa: E402
+from lora_study import methods  # noqa: E402
+from lora_study.config import OptimConfig  # noqa: E402
+from lora_study.models import ModelConfig  # noqa: E402
+from lora_study.tasks import TaskConfig  # noqa: E402
+from lora_study.tasks.classification import ClassificationFamily, Encoded, Split, load_task  # noqa: E402
+from lora_study.accounting import optimizer_state_bytes, peak_memory, reset_peak_memory, tensor_bytes  # noqa: E402
+from lora_study.models import build_model  # noqa: E402
+from lora_study.device import autocast, resolve_device, resolve_precision, to_device  # noqa: E402
+from lora_study.train import make_optimizer, make_schedule  # noqa: E402
 
 MiB = 2 ** 20
 
@@ -60,11 +62,13 @@ def _trim_heap() -> None:
 class Config:
     """One model being trained: the method applied, its optimizer and schedule, its timings."""
 
-    def __init__(self, name: str, method: MethodConfig, lr: float, num_labels: int, steps: int, device):
+    def __init__(self, name: str, method, lr: float, num_labels: int, steps: int, device):
         torch.manual_seed(0)
-        loaded = build_model(ModelConfig(), num_labels)
+        family = ClassificationFamily()
+        loaded = build_model(ModelConfig(), family.auto_class, num_labels=num_labels)
         self.tokenizer = loaded.tokenizer
-        self.model = apply_method(loaded.model, method, head_module_names(loaded.model, "encoder")).model.to(device)
+        self.model = methods.get(method.name).prepare(loaded.model, method,
+                                                      family.head_modules(loaded.model)).model.to(device)
         self.name, self.device = name, device
         self.params = (self.model.trainable_parameters() if hasattr(self.model, "trainable_parameters")
                        else [p for p in self.model.parameters() if p.requires_grad])
@@ -115,8 +119,8 @@ def main() -> None:
     device = resolve_device("auto")
     precision = resolve_precision("auto", device)
     task = load_task(TaskConfig())
-    specs = [("full FT", MethodConfig(name="full"), 5e-5)] + [
-        (f"subspace DID d={d:,}", MethodConfig(name="subspace", d=d, projection="fastfood"), 1e-2) for d in a.dims]
+    specs = [("full FT", methods.get("full").schema(name="full"), 5e-5)] + [
+        (f"subspace DID d={d:,}", methods.get("subspace").schema(name="subspace", d=d, projection="fastfood"), 1e-2) for d in a.dims]
     configs = []
     for name, m, lr in specs:
         t0 = time.perf_counter()

@@ -19,22 +19,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from lora_study.config import MethodConfig, ModelConfig, OptimConfig, TaskConfig, TrainConfig  # noqa: E402
-from lora_study.data import Encoded  # noqa: E402
-from lora_study.measure import peak_memory, reset_peak_memory  # noqa: E402
-from lora_study.methods import apply_method  # noqa: E402
-from lora_study.models import build_model, head_module_names  # noqa: E402
-from lora_study.tasks import Split, load_task  # noqa: E402
-from lora_study.train import resolve_device, train  # noqa: E402
+from lora_study import methods  # noqa: E402
+from lora_study.config import OptimConfig, TrainConfig  # noqa: E402
+from lora_study.models import ModelConfig  # noqa: E402
+from lora_study.tasks import TaskConfig  # noqa: E402
+from lora_study.tasks.classification import ClassificationFamily, Encoded, Split, load_task  # noqa: E402
+from lora_study.accounting import peak_memory, reset_peak_memory  # noqa: E402
+from lora_study.models import build_model  # noqa: E402
+from lora_study.device import resolve_device  # noqa: E402
+from lora_study.train import train  # noqa: E402
 
 
-def prepared(method: MethodConfig, num_labels: int):
+def prepared(method, num_labels: int):
     torch.manual_seed(0)
-    loaded = build_model(ModelConfig(), num_labels)
-    return apply_method(loaded.model, method, head_module_names(loaded.model, "encoder")).model, loaded.tokenizer
+    family = ClassificationFamily()
+    loaded = build_model(ModelConfig(), family.auto_class, num_labels=num_labels)
+    return methods.get(method.name).prepare(loaded.model, method, family.head_modules(loaded.model)).model, \
+        loaded.tokenizer
 
 
-def ours(method: MethodConfig, lr: float, task, steps: int, device, batch: int, max_length: int):
+def ours(method, lr: float, task, steps: int, device, batch: int, max_length: int):
     model, tok = prepared(method, task.num_labels)
     model.to(device)
     enc_train = Encoded(task.train, tok, max_length)
@@ -42,12 +46,13 @@ def ours(method: MethodConfig, lr: float, task, steps: int, device, batch: int, 
     enc_val = Encoded(Split(task.validation.texts[:8], task.validation.labels[:8]), tok, max_length)
     cfg = TrainConfig(max_steps=steps, batch_size=batch, max_length=max_length, eval_every=10 ** 9, log_every=10 ** 9)
     gc.collect()
-    res = train(model, enc_train, enc_val, cfg, OptimConfig(lr=lr), device, "fp32", lambda r: None)
+    res = train(model, enc_train, enc_val, cfg, OptimConfig(lr=lr), device, "fp32", lambda r: None,
+                evaluate_fn=ClassificationFamily().evaluator(task, TaskConfig()))
     steady = res.step_times[2:]
     return statistics.median(steady), res.peak_memory["bytes"], res.tokens / sum(res.step_times)
 
 
-def trainer(method: MethodConfig, lr: float, task, steps: int, device, batch: int, max_length: int):
+def trainer(method, lr: float, task, steps: int, device, batch: int, max_length: int):
     from datasets import Dataset
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
@@ -88,8 +93,8 @@ def main() -> None:
     device = resolve_device("auto")
     task = load_task(TaskConfig())
     rows = []
-    configs = [("full", MethodConfig(name="full"), 5e-5)] + [
-        (f"lora r={r}", MethodConfig(name="lora", rank=r, alpha=2 * r), 5e-4) for r in (1, 8, 64)]
+    configs = [("full", methods.get("full").schema(name="full"), 5e-5)] + [
+        (f"lora r={r}", methods.get("lora").schema(name="lora", rank=r, alpha=2 * r), 5e-4) for r in (1, 8, 64)]
     if a.only:
         configs = [c for c in configs if c[0] in a.only]
     for name, m, lr in configs:
@@ -97,7 +102,7 @@ def main() -> None:
         rows.append((name + " (lora-study loop)", t, mem, tps))
         print(f"{rows[-1][0]:34s} {t * 1e3:8.1f} ms/step", flush=True)
     if not a.no_trainer:
-        t, mem, _ = trainer(MethodConfig(name="lora", rank=8, alpha=16), 5e-4, task, a.steps, device,
+        t, mem, _ = trainer(methods.get("lora").schema(name="lora", rank=8, alpha=16), 5e-4, task, a.steps, device,
                             a.batch_size, a.max_length)
         rows.append(("lora r=8 (transformers Trainer)", t, mem, None))
     full_t = rows[0][1]

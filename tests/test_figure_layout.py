@@ -24,7 +24,7 @@ def png_width(fig, **savefig) -> int:
 
 
 def clean_figure():
-    """Two panels as analysis/figures.py draws them: suptitle, labels, legend, colorbar, footer caption."""
+    """Two panels as the analysis draws them: suptitle, labels, legend, colorbar, footer caption."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.4))
     a.plot([1, 2, 4], [0.6, 0.7, 0.8], label="LoRA")
     a.plot([1, 2, 4], [0.8, 0.8, 0.8], label="full FT")

@@ -2,7 +2,7 @@
 et al. 2024): among the top k = 10 left singular vectors of W_ft = W_pre + ΔW, those with max |cos| < ε to every
 singular vector of W_pre, for ε from 0.1 to 0.9 (0.5 is their code's default).
 
-Compared like with like (ANCHORS.md): every method is counted over the same matrices — each rank-swept arm's
+Compared like with like: every method is counted over the same matrices — each rank-swept arm's
 target matrices (``targets:<arm>``; for full finetuning the same modules) and, as a second view, all block linears
 (``all``, for the methods that update them all) — normalised by the number of singular vectors examined, beside
 the size of the update ‖ΔW‖_F / ‖W‖_F (a larger update rotates more singular vectors whatever its rank). The

@@ -5,7 +5,7 @@
 U the right-singular vectors of the learned down-projections A (r × d_in, read from the saved adapters), per
 adapted matrix. Only the whole r-dimensional span of A equals the row space of ΔW = s B A; for i, j < r the
 orderings differ, so φ computed on ΔW's right singular vectors is a different measure, kept beside it and
-labelled as ΔW's (ANCHORS.md).
+labelled as ΔW's.
 
 Per rank-swept arm with adapters: its smallest rank against its largest (and against the next largest, as Hu et
 al.'s 8 vs 64), within each seed; the controls that would show the effect is an artefact: the same rank at two

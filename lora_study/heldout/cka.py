@@ -1,4 +1,5 @@
-"""Linear CKA between two feature matrices of the same n examples (ANCHORS.md, "Representation drift (CKA)").
+"""Linear CKA between two feature matrices of the same n examples (Kornblith et al. 2019; debiased as in Song et al. 2012 and
+Nguyen, Raghu & Kornblith 2021).
 
 X (n x p) and Y (n x q) hold the features of the same n examples (rows), e.g. the base model's and the
 finetuned model's. With K = X Xᵀ, L = Y Yᵀ:

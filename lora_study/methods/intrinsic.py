@@ -4,7 +4,7 @@ DID (Li et al. 2018; Aghajanyan et al. 2020):   θ = θ0 + P θ_d,            θ
 SAID (Aghajanyan et al. 2020):                  θ_i = θ0_i + λ_ℓ(i) (P θ_{d−m})_i,  one λ_ℓ per layer ℓ.
 
 θ0 are the frozen weights of a transformers model, P a fixed random projection R^d -> R^D with unit-norm
-columns (see ``lora_study.hadamard``), D the number of weights in scope. The classification head is
+columns (see ``lora_study.methods.projections``), D the number of weights in scope. The classification head is
 trained directly and counted apart, as both papers do. Each forward computes P θ_d once as one flat
 vector, splits it into views shaped like the weights, and runs the wrapped model on θ0 + Δ through
 ``torch.func.functional_call``; memory beyond the model is O(d + D) for the Fastfood and sparse P.
