@@ -118,8 +118,8 @@ class Method:
         return [Variant(self.name)]
 
     def label(self, record: Dict[str, Any]) -> str:
-        """A member's name in tables and figures, from its study-index record."""
-        return self.title
+        """A member's name in tables and figures, from its study-index record (its arm's title when it has one)."""
+        return record.get("title") or self.title
 
 
 def set_trainable(model: torch.nn.Module, head: List[str], on: bool) -> None:
