@@ -175,3 +175,33 @@ def test_every_experiment_plans(exp):
     assert main_members(st, {})
     if st.lr_search:
         assert search_members(st)
+
+
+def test_an_all_linear_arm_flows_through_a_study_and_its_analysis(tmp_path):
+    """Tiny runs: the default W_q, W_v arm and an all-linear arm with its own ranks, side by side in the study index,
+    the run directories and the analysis tables, named by the arm's title."""
+    import json
+
+    import pandas as pd
+
+    from analysis import load_study
+    from analysis.analyze import analyze
+    from conftest import STUDY_ARGS, study_in_process
+    code = study_in_process(*STUDY_ARGS, "study.methods=[none,full,lora]", "study.ranks=[1,2]",
+                            "study.arms={lora_all:{method:lora,title:'LoRA (all linear)',"
+                            "options:{target_modules:all_linear},ranks:[2]}}",
+                            "study.lr_by_rank={lora_all:{2:0.004}}", f"study.root={tmp_path}", "study.name=arms")
+    assert code == 0
+    index = json.loads((tmp_path / "arms" / "study.json").read_text())
+    planned = {m["id"]: m for m in index["members"]}
+    assert list(planned) == ["none_s0", "full_s0", "lora_r1_s0", "lora_r2_s0", "lora_all_r2_s0"]
+    assert planned["lora_all_r2_s0"]["lr"] == 0.004 and planned["lora_r2_s0"]["lr"] == index["study"]["lr"]["lora"]
+    study = load_study(tmp_path / "arms")
+    qv, every = study.run("lora_r2_s0").summary, study.run("lora_all_r2_s0").summary
+    assert len(every["lora_targets"]) > len(qv["lora_targets"])  # every linear layer of the blocks
+    assert every["params"]["trainable"] > qv["params"]["trainable"]
+    assert study.arms("rank") == ["lora", "lora_all"] and study.values("lora_all") == [2]
+    ctx = analyze(study, tmp_path / "arms" / "analysis")
+    runs = ctx.table("runs")
+    assert dict(zip(runs.member, runs.label))["lora_all_r2_s0"] == "LoRA (all linear) r=2"
+    assert "LoRA (all linear) r=2" in set(pd.read_csv(tmp_path / "arms" / "analysis" / "tradeoff.csv").label)
