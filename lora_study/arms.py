@@ -183,7 +183,8 @@ def validate_arms(study) -> None:
                 raise ConfigError(f"{arm.where} cannot name its members: {mid} would not read back as arm {v.arm}; "
                                   f"choose an arm name without a part like _r8 or _s1.")
             if owners.get(mid, arm.name) != arm.name:
-                raise ConfigError(f"the arms {owners[mid]} and {arm.name} both name a member {mid}; rename one of them.")
+                raise ConfigError(f"the arms {owners[mid]} and {arm.name} both name a member {mid}; "
+                                  "rename one of them.")
             owners[mid] = arm.name
 
 
@@ -217,6 +218,6 @@ def _check_options_against(arm: Arm, variant: Variant) -> None:
         if set_by_sweep is not None and set_by_sweep != override(value):
             where = f"study.arms.{arm.name}.options.{key}" if key in arm.declared_options else \
                 f"study.method_options.{arm.method}.{key}"
-            raise ConfigError(f"{where}={override(value)} contradicts method.{key}={set_by_sweep}, which the study sets "
-                              f"for each member of {arm.name}; remove it and set the arm's ranks, dims, alpha_rule or "
-                              f"alpha instead.")
+            raise ConfigError(f"{where}={override(value)} contradicts method.{key}={set_by_sweep}, which the study "
+                              f"sets for each member of {arm.name}; remove it and set the arm's ranks, dims, "
+                              f"alpha_rule or alpha instead.")

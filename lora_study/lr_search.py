@@ -41,8 +41,8 @@ def grid_rates(study, arm: Arm) -> List[float]:
 def search_members(study) -> List[Member]:
     """The first round: one run per (arm, searched value, rate of its grid), on the first seed."""
     seed = int(study.seeds[0])
-    return [member_of(arm, v, seed, lr, "lr_search", SEARCH_EXTRA)
-            for arm in study_arms(study) for v in arm_variants(study, arm, search=True) for lr in grid_rates(study, arm)]
+    return [member_of(arm, v, seed, lr, "lr_search", SEARCH_EXTRA) for arm in study_arms(study)
+            for v in arm_variants(study, arm, search=True) for lr in grid_rates(study, arm)]
 
 
 def score(run: RunDir) -> Optional[float]:
@@ -164,8 +164,8 @@ def evidence(study) -> Optional[Dict[str, Dict[str, Optional[float]]]]:
     ev = plain(study.lr_evidence)
     if not ev:
         return None
-    return {key: {f"{float(lr):g}": None if s is None else float(s) for lr, s in sorted(per.items(), key=lambda x: float(x[0]))}
-            for key, per in ev.items()}
+    return {key: {f"{float(lr):g}": None if s is None else float(s)
+                  for lr, s in sorted(per.items(), key=lambda x: float(x[0]))} for key, per in ev.items()}
 
 
 def on_edge_notes(chosen: Dict[str, Dict[str, Any]]) -> List[str]:

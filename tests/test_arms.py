@@ -38,7 +38,8 @@ def test_the_all_linear_preset():
     assert rec["options"] == {"target_modules": "all_linear"}
     assert methods.get("lora").label(rec) == "LoRA (all linear) r=16"
     assert methods.get("lora").label(members["lora_all_r1_s0"].record()) == "LoRA (all linear) r=1"
-    assert members["full_s0"].record()["title"] is None and methods.get("full").label(members["full_s0"].record()) == "full FT"
+    full = members["full_s0"].record()
+    assert full["title"] is None and methods.get("full").label(full) == "full FT"
     assert cfg.run.intervention_targets == "all_linear"  # full FT's interventions act on the arm's matrices
     # ids parse back into the arm, with its underscore
     assert parse_member_id("lora_all_r16_s0") == {"arm": "lora_all", "axis": "rank", "value": 16, "seed": 0}
@@ -66,7 +67,8 @@ def test_options_follow_the_methods_options_and_a_subspace_arm_names_its_variant
     members = by_id(main_members(st, {}))
     assert list(members) == ["none_s0", "sub_sparse_did_d100_s0", "sub_sparse_said_d100_s0"]
     said = members["sub_sparse_said_d100_s0"]
-    assert {"method.head_lr=0.3", "method.projection=sparse", "method.d=100", "method.said=true"} <= set(said.overrides())
+    assert {"method.head_lr=0.3", "method.projection=sparse", "method.d=100", "method.said=true"} <= \
+        set(said.overrides())
     assert said.lr == st.lr["subspace"]  # the method's rate, the arm having none of its own
     assert parse_member_id(said.id)["arm"] == "sub_sparse_said"
 
@@ -102,7 +104,8 @@ def test_search_keys_and_grids_per_arm():
     assert m.id == "lora_all_r16_lr0.001" and "method.target_modules=all_linear" in m.overrides()
     # without a grid of its own the arm searches its method's grid, at study.lr_search_ranks when not all
     st = study("study.methods=[full]", "study.ranks=[1,16]", ALL, "study.lr_search=true", "study.lr_search_ranks=[4]")
-    assert {m.search_key: m.lr for m in search_members(st) if m.method == "lora"} == {"lora_all_r4": st.lr_grid.lora[-1]}
+    assert [(m.search_key, m.lr) for m in search_members(st) if m.method == "lora"] == \
+        [("lora_all_r4", lr) for lr in st.lr_grid.lora]
 
 
 def test_rslora_per_arm():
@@ -117,13 +120,15 @@ def test_rslora_per_arm():
     assert {"method.use_rslora=true", "method.alpha=8"} <= set(rs2r.overrides())  # alpha = 2r scaled by 1/sqrt(r)
     assert rs2r.record()["options"] == {"use_rslora": True}
     # a study-wide rslora with an arm that asks for the plain scale contradicts the sweep
-    with pytest.raises(ConfigError, match=r"study.arms.plain.options.use_rslora=false contradicts method.use_rslora=true"):
+    with pytest.raises(ConfigError,
+                       match=r"study.arms.plain.options.use_rslora=false contradicts method.use_rslora=true"):
         validate_study(study("study.methods=[lora]", "study.alpha_rule=rslora",
                              "study.arms={plain:{method:lora,options:{use_rslora:false}}}"))
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (["study.arms={lora_all:{method:adapter}}"], "study.arms.lora_all.method='adapter' is not valid; choose one of none"),
+    (["study.arms={lora_all:{method:adapter}}"],
+     "study.arms.lora_all.method='adapter' is not valid; choose one of none"),
     (["study.arms={lora_all:{method:lora,options:{target_module:all_linear}}}"],
      "study.arms.lora_all.options.target_module is not a field of method lora; it has alpha, dropout, init, rank,"),
     (["study.arms={lora_all:{method:lora,options:{target_modules:every}}}"],

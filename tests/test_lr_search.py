@@ -206,6 +206,7 @@ def test_a_tiny_search_end_to_end(tmp_path):
             assert isinstance(val, float) and val == run.summary()["metrics"]["best_validation_accuracy"]
             assert not run.file("delta.safetensors").exists()  # a validation run saves nothing else
     for m in idx["members"]:
-        c = search["chosen"]["lora_r2" if m["method"] == "lora" else "none"]
+        key = "lora_r2" if m["method"] == "lora" else "none"
+        c = search["chosen"][key]
         assert m["lr"] == c["lr"] and m["status"] == "complete"
-        assert c["validation_score"] == max(v for v in search["grid"]["lora_r2" if m["method"] == "lora" else "none"].values())
+        assert c["validation_score"] == max(search["grid"][key].values())

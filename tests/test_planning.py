@@ -69,7 +69,8 @@ def test_bad_study_values():
     validate_study(compose(["study.methods=[qlora]", "study.ranks=[1]", "study.lr_by_rank={1:0.1}"], "study").study)
     # a rank the table leaves out, with no rate to fall back on, is refused before any run (not when planning)
     with pytest.raises(ConfigError, match="study.lr has no learning rate for method 'qlora'"):
-        validate_study(compose(["study.methods=[qlora]", "study.ranks=[1,2]", "study.lr_by_rank={1:0.1}"], "study").study)
+        validate_study(compose(["study.methods=[qlora]", "study.ranks=[1,2]", "study.lr_by_rank={1:0.1}"],
+                               "study").study)
 
 
 def test_processes_and_dropout_join_the_shared_settings_only_when_set(tmp_path):

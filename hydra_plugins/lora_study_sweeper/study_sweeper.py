@@ -75,7 +75,8 @@ class StudySweeper(Sweeper):
             for key, c in best.items():
                 tried = ", ".join(f"{lr} -> {'no score' if v is None else format(v, '.4g')}"
                                   for lr, v in index["lr_search"]["grid"][key].items())
-                print(f"lr_search {key}: {'no rate' if c['lr'] is None else format(c['lr'], 'g')} (validation: {tried})")
+                lr = "no rate" if c["lr"] is None else format(c["lr"], "g")
+                print(f"lr_search {key}: {lr} (validation: {tried})")
             for note in L.on_edge_notes(best):
                 print(f"warning: lr_search {note}", file=sys.stderr)
         try:
@@ -111,7 +112,7 @@ class StudySweeper(Sweeper):
             if reason is None:
                 print(f"skip {m.id}: complete")
             elif m.phase == "lr_search" and L.diverged(sdir, m) is not None:
-                print(f"skip {m.id}: diverged ({L.diverged(sdir, m)})")
+                print(f"skip {m.id}: diverged before, a result of the search")
             else:
                 todo.append(m)
         # write the plan before launching, so a killed study still has an index to resume from

@@ -109,6 +109,8 @@ class Method:
         raise NotImplementedError
 
     # -- a study ---------------------------------------------------------------------------------
+    # ``study`` is the study section as one arm sees it (lora_study.arms.arm_view): the arm's own ranks, dims,
+    # alpha_rule and alpha in place of the study's; the planner renames the variants' arm after the study's arm
     def variants(self, study) -> List[Variant]:
         """The members this method contributes to a study, per seed."""
         return [Variant(self.name)]
