@@ -14,9 +14,11 @@ then ``study.lr[A]``, then ``study.lr[M]``. The test split is never read to choo
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
+import torch
 from omegaconf import OmegaConf
 
 from . import methods
@@ -95,7 +97,7 @@ def lr_for(arm: Union[str, Arm], variant: Variant, study, chosen: Dict[str, floa
     arm = find_arm(study, arm) if isinstance(arm, str) else arm
     if arm.spec.axis == "rank" and variant.value is not None:
         rank = int(variant.value)
-        searched = _searched(chosen, arm.name)
+        searched = _searched(chosen, variant.arm)  # the keys the search wrote: the variant's arm and rank
         if rank in searched:
             return searched[rank]
         if searched:  # nearest searched rank on a log scale
@@ -157,9 +159,6 @@ def member_threads(cfg) -> Optional[int]:
     n_jobs = OmegaConf.select(cfg, "hydra.launcher.n_jobs", default=None)
     if n_jobs is None or int(n_jobs) == 1:
         return None
-    import os
-
-    import torch
     cores = torch.get_num_threads()
     at_once = int(n_jobs) if int(n_jobs) > 0 else max(1, (os.cpu_count() or 1) + 1 + int(n_jobs))  # joblib's -1: all
     return max(1, cores // at_once)
