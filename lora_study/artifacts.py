@@ -16,12 +16,14 @@ This module alone builds paths inside a run or study directory. Layout, schema v
       model/                      full FT with run.save_model=true only
 
     <study>/
-      study.json                  index: shared settings, members, their status and chosen lrs
+      study.json                  index: shared settings, members (arm, title, options, lr), their status, the
+                                  learning-rate search (every tried rate's validation score, the choice) and
+                                  the evidence behind shipped rates (study.lr_evidence)
       runs/<member>/              one run directory per member
       lr_search/<member>/         the learning-rate search's validation runs (study.lr_search=true)
 
 Member ids name a study's runs: ``<arm>[_<axis><value>]_s<seed>`` (``full_s0``, ``lora_r8_s0``,
-``subspace_did_d100_s0``); ``member_id`` builds them and ``parse_member_id`` reads them back.
+``lora_all_r16_s0``, ``subspace_did_d100_s0``); ``member_id`` builds them and ``parse_member_id`` reads them back.
 
 Every file is written atomically (temporary file, then rename), so a killed run never leaves a file
 that looks whole; ``summary.json`` with ``status: complete`` is written last and is what marks a run

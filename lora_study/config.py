@@ -15,12 +15,13 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from . import distributed, methods as method_registry, tasks
+from .arms import ARMS, ByRank
 from .heldout import HeldoutConfig
 from .methods.lora import ALPHA_RULES, Targets
 from .models import ModelConfig, validate_model
 from .post_training import SCOPES
-from .schema import (FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Choice, ConfigError, Each, Free, Num, Values,
-                     check_section, opt)  # noqa: F401 - ConfigError is part of this module's interface
+from .schema import (FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, AllOr, Choice, ConfigError, Each, Free, Maybe,
+                     Num, Values, check_section, opt)  # noqa: F401 - ConfigError is part of this module's interface
 from .tasks import TaskConfig
 
 __all__ = ["Config", "ConfigError", "register", "validate"]
@@ -55,6 +56,9 @@ class TrainConfig:
     # processes under torchrun, one device each (lora_study.distributed); batch_size is per process, so the
     # global batch is batch_size x grad_accum x processes
     processes: int = opt(1, POSITIVE_INT)
+    # torch's intra-op threads for the run (null: torch's default); set before anything computes. A study whose
+    # launcher runs members side by side (joblib's n_jobs > 1) gives each member its share of the cores
+    threads: Optional[int] = opt(None, POSITIVE_INT)
 
 
 @dataclass
@@ -92,21 +96,35 @@ class RunConfig:
 class StudyConfig:
     name: str = opt("default", Free())
     root: str = opt("results/studies", Free())
-    methods: List[str] = opt(rule=Each(Choice(method_registry.names), nonempty=True), factory=lambda: ["none", "full", "lora"])
+    # one arm per method, named after it; study.arms adds arms of their own (lora_study.arms)
+    methods: List[str] = opt(rule=Each(Choice(method_registry.names)), factory=lambda: ["none", "full", "lora"])
+    # {arm: {method, title, options, ranks | dims, alpha_rule, alpha}}, e.g. an all-linear LoRA arm:
+    # {lora_all: {method: lora, title: "LoRA (all linear)", options: {target_modules: all_linear}}}
+    arms: Any = opt(None, ARMS)
     ranks: List[int] = opt(rule=Each(POSITIVE_INT, nonempty=True), factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     seeds: List[int] = opt(rule=Each(NON_NEGATIVE_INT, nonempty=True), factory=lambda: [0])
     alpha_rule: str = opt("two_r", Choice(ALPHA_RULES))  # two_r | fixed | rslora
     alpha: float = opt(16.0, POSITIVE)  # used by alpha_rule=fixed and rslora
-    # found by `lora-study-study experiment=rank_sweep study.lr_search=true study.lr_search_ranks=[1,8,64]` on the
-    # default model and task (best validation accuracy over study.lr_grid); see README
+    # per arm or method (an arm without its own takes its method's). Found by `lora-study-study
+    # experiment=rank_sweep study.lr_search=true study.lr_search_ranks=[1,8,64]` on the default model and task
+    # (best validation accuracy over study.lr_grid); see README
     lr: Any = opt(rule=Values(POSITIVE),
                   factory=lambda: {"none": 3e-1, "full": 1e-4, "lora": 1.5e-3, "subspace": 1e-2})
-    lr_by_rank: Any = opt(None, Values(POSITIVE, key=POSITIVE_INT))  # {rank: lr} for every rank-swept method
+    # rank-swept arms: {rank: lr} for every arm without its own, {arm: {rank: lr}} for one arm
+    lr_by_rank: Any = opt(None, ByRank())
     lr_search: bool = opt(False, Free())
-    lr_grid: Any = opt(rule=Values(Each(POSITIVE)), factory=lambda: {  # per method, searched with lr_search=true
+    lr_grid: Any = opt(rule=Values(Each(POSITIVE)), factory=lambda: {  # per arm or method, searched with lr_search=true
         "none": [1e-2, 3e-2, 1e-1, 3e-1], "full": [3e-5, 1e-4, 3e-4], "lora": [5e-4, 1.5e-3, 5e-3],
         "subspace": [3e-3, 1e-2, 3e-2]})
-    lr_search_ranks: List[int] = opt(rule=Each(POSITIVE_INT, nonempty=True), factory=lambda: [1, 8, 64])
+    # the ranks a rank-swept arm's search trains at (other ranks take the nearest searched rank); all: every rank
+    lr_search_ranks: Any = opt(rule=AllOr(Each(POSITIVE_INT, nonempty=True)), factory=lambda: [1, 8, 64])
+    # while a key's best rate is the smallest or largest tried, the search adds the next rate beyond it, one step of
+    # the grid's spacing there (this factor for a grid of one rate), at most lr_search_max_extensions per key
+    lr_extend_factor: float = opt(3.0, Num(gt=1))
+    lr_search_max_extensions: int = opt(3, NON_NEGATIVE_INT)
+    # the validation grid that chose the shipped rates, {key: {lr: validation score}} as study.json's lr_search.grid
+    # writes it; copied into study.json (lr_evidence) for the report
+    lr_evidence: Any = opt(None, Values(Values(Maybe(Num()), key=POSITIVE)))
     # per method, settings of its schema given to each of its members, e.g. {subspace: {head_lr: 0.3}}
     method_options: Any = opt(None, Values(Free(), key=Choice(method_registry.names)))
     dims: List[int] = opt(rule=Each(POSITIVE_INT), factory=list)  # subspace dimensions d (method subspace)

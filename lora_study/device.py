@@ -3,7 +3,7 @@ elsewhere for ``auto``), and moving batches there."""
 from __future__ import annotations
 
 import contextlib
-from typing import Dict
+from typing import Dict, Iterator, Optional
 
 import torch
 
@@ -36,3 +36,18 @@ def autocast(device: torch.device, precision: str):
 
 def to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@contextlib.contextmanager
+def torch_threads(threads: Optional[int]) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` inside the block and restored after (None: torch's default,
+    untouched). Members run side by side with one thread each, so two share a 2-core CPU without contending."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,48 +1,34 @@
 """Study planning: which runs a paired study holds, at which learning rates, which are already complete.
 
-A study pairs, on one model, task, training budget and seed, every method of ``study.methods`` — each
-contributes its members through the registry (``Method.variants``: LoRA one per rank, subspace training one
-per d and variant, the baselines one each) — and repeats them per seed. Each member is one run with its own
-overrides; the Hydra sweeper (``hydra_plugins/lora_study_sweeper``) launches the members that are not complete.
+A study pairs, on one model, task, training budget and seed, every arm (``lora_study.arms``: a method with settings
+of its own; each method of ``study.methods`` is one, ``study.arms`` adds more) — each contributes its members through
+the method registry (``Method.variants``: LoRA one per rank, subspace training one per d and variant, the baselines
+one each) — and repeats them per seed. Each member is one run with its own overrides; the Hydra sweeper
+(``hydra_plugins/lora_study_sweeper``) launches the members that are not complete.
 
-Learning rates, most specific first: the value a validation search chose (``study.lr_search``: for a
-rank-swept method the searched rank, else the nearest searched rank on a log scale), then ``study.lr_by_rank``
-(rank-swept methods), then ``study.lr[method]``. The test split is never read to choose a rate.
+Learning rates of a member of arm A (method M), most specific first: the value a validation search chose
+(``lora_study.lr_search``; for a rank-swept arm the searched rank, else the nearest searched rank of A on a log
+scale), then ``study.lr_by_rank`` (rank-swept arms: A's own {rank: lr} if it has one, else the flat {rank: lr}),
+then ``study.lr[A]``, then ``study.lr[M]``. The test split is never read to choose a rate.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
+import torch
 from omegaconf import OmegaConf
 
 from . import methods
+from .arms import Arm, arm_variants, arm_view, check_options, find_arm, plain, study_arms, validate_arms
 from .artifacts import AXIS_PREFIX, RunDir, StudyDir, arm_key, member_id, search_id
 from .methods.base import Variant
 from .schema import ConfigError
 
 SHARED_KEYS = ("model", "task")
 BUDGET_KEYS = ("max_steps", "batch_size", "grad_accum", "max_length")
-# the search's runs are validation runs: nothing else is measured or saved
-SEARCH_EXTRA = ["run.latency=false", "run.truncation_ranks=[]", "run.save_delta=false", "run.save_spectrum=false"]
-
-
-def _override(value: Any) -> str:
-    """A value as Hydra's override grammar writes it."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_override(v) for v in value) + "]"
-    return "null" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def method_options(study, method: str) -> List[str]:
-    """``study.method_options[method]`` as overrides of that method's members."""
-    opts = dict((OmegaConf.to_container(study.method_options) if OmegaConf.is_config(study.method_options)
-                 else study.method_options or {}).get(method) or {})
-    return [f"method.{k}={_override(v)}" for k, v in opts.items()]
 
 
 @dataclass
@@ -53,7 +39,10 @@ class Member:
     variant: Variant
     axis: Optional[str] = None
     phase: str = "main"  # main | lr_search
-    extra: List[str] = field(default_factory=list)  # further overrides (method options, search settings)
+    extra: List[str] = field(default_factory=list)  # further overrides (the arm's options, search settings)
+    arm: Optional[str] = None  # the study arm it belongs to (None: its method's own)
+    title: Optional[str] = None  # how reports name its arm (None: the method's title)
+    options: Dict[str, Any] = field(default_factory=dict)  # the arm's options
 
     @property
     def id(self) -> str:
@@ -64,17 +53,28 @@ class Member:
 
     @property
     def search_key(self) -> str:
-        """The learning-rate search's key: the arm and its swept value (``lora_r8``), or the method."""
-        return arm_key(self.variant.arm, self.axis, self.variant.value) if self.axis == "rank" else self.method
+        """The learning-rate search's key: the arm and its swept rank (``lora_all_r16``), or the arm (``full``)."""
+        return arm_key(self.variant.arm, self.axis, self.variant.value) if self.axis == "rank" else \
+            self.arm or self.method
 
     def overrides(self) -> List[str]:
         return [f"method={self.method}", f"train.seed={self.seed}", f"optim.lr={self.lr:g}", f"run.member={self.id}",
                 f"hydra.sweep.subdir={StudyDir.subdir(self.id, self.phase)}"] + self.variant.overrides + self.extra
 
     def record(self) -> Dict[str, Any]:
-        return {"id": self.id, "method": self.method, "arm": self.variant.arm, "axis": self.axis,
-                "value": self.variant.value, "rank": None, "alpha": None, "d": None, **self.variant.record,
-                "seed": self.seed, "lr": self.lr, "phase": self.phase}
+        return {"id": self.id, "method": self.method, "arm": self.variant.arm, "title": self.title,
+                "options": dict(self.options), "axis": self.axis, "value": self.variant.value, "rank": None,
+                "alpha": None, "d": None, **self.variant.record, "seed": self.seed, "lr": self.lr, "phase": self.phase}
+
+
+def member_of(arm: Arm, variant: Variant, seed: int, lr: float, phase: str = "main", extra: List[str] = ()) -> Member:
+    return Member(arm.method, int(seed), float(lr), variant, arm.spec.axis, phase, arm.overrides() + list(extra),
+                  arm.name, arm.title, dict(arm.options))
+
+
+def method_options(study, method: str) -> List[str]:
+    """``study.method_options[method]`` as overrides of that method's members."""
+    return Arm(method, method, options=dict((plain(study.method_options) or {}).get(method) or {})).overrides()
 
 
 def _searched(chosen: Dict[str, float], arm: str) -> Dict[int, float]:
@@ -82,84 +82,86 @@ def _searched(chosen: Dict[str, float], arm: str) -> Dict[int, float]:
     return {int(k[len(prefix):]): v for k, v in chosen.items() if k.startswith(prefix) and k[len(prefix):].isdigit()}
 
 
-def lr_for(method: str, variant: Variant, study, chosen: Dict[str, float]) -> float:
-    """The learning rate of a member: searched value if any, then study.lr_by_rank, then study.lr."""
-    m = methods.get(method)
-    if m.axis == "rank" and variant.value is not None:
+def rates_by_rank(study, arm: str) -> Dict[int, float]:
+    """``study.lr_by_rank`` for one arm: its own {rank: lr} if it has one, else the flat {rank: lr}."""
+    table = plain(study.lr_by_rank) or {}
+    own = table.get(arm)
+    if isinstance(own, dict):
+        return {int(k): float(v) for k, v in own.items()}
+    return {int(k): float(v) for k, v in table.items() if not isinstance(v, dict)}
+
+
+def lr_for(arm: Union[str, Arm], variant: Variant, study, chosen: Dict[str, float]) -> float:
+    """The learning rate of a member of ``arm`` (an arm, or the name of an arm or method): searched value if any,
+    then study.lr_by_rank, then study.lr[arm], then study.lr[method]."""
+    arm = find_arm(study, arm) if isinstance(arm, str) else arm
+    if arm.spec.axis == "rank" and variant.value is not None:
         rank = int(variant.value)
-        searched = _searched(chosen, variant.arm)
+        searched = _searched(chosen, variant.arm)  # the keys the search wrote: the variant's arm and rank
         if rank in searched:
             return searched[rank]
         if searched:  # nearest searched rank on a log scale
             return searched[min(searched, key=lambda r: abs(math.log(r) - math.log(rank)))]
-        by_rank = {int(k): float(v) for k, v in dict(study.lr_by_rank or {}).items()}
+        by_rank = rates_by_rank(study, arm.name)
         if rank in by_rank:
             return by_rank[rank]
-    if method in chosen:
-        return chosen[method]
+    if arm.name in chosen:
+        return chosen[arm.name]
     lrs = dict(study.lr)
-    if method not in lrs:
-        raise ConfigError(f"study.lr has no learning rate for method {method!r}; it has {', '.join(lrs)}.")
-    return float(lrs[method])
+    for key in (arm.name, arm.method):
+        if key in lrs:
+            return float(lrs[key])
+    what = f"method {arm.method!r}" if arm.name == arm.method else f"arm {arm.name!r} or its method {arm.method}"
+    raise ConfigError(f"study.lr has no learning rate for {what}; it has {', '.join(map(str, lrs)) or 'none'}.")
 
 
 def validate_study(study) -> None:
     """Checks that relate the study's fields (each field's own rule is checked with the rest of the config)."""
-    for name, opts in dict(study.method_options or {}).items():
-        fields = {f.name for f in dataclasses.fields(methods.get(name).schema)}
-        unknown = [k for k in dict(opts or {}) if k not in fields]
-        if unknown:
-            raise ConfigError(f"study.method_options.{name}.{unknown[0]} is not a field of method {name}; it has "
-                              f"{', '.join(sorted(fields - {'name'}))}.")
-    for name in study.methods:
-        m = methods.get(name)
-        if m.axis == "d" and not study.dims:
-            raise ConfigError(f"study.dims is empty; method {name} is swept over d and needs dimensions, "
-                              "e.g. [100,1000,10000].")
-        grid = dict(study.lr_grid or {}) if study.lr_search else {}
-        if name not in dict(study.lr) and name not in grid and not (m.axis == "rank" and study.lr_by_rank):
-            raise ConfigError(f"study.lr has no learning rate for method {name!r}; it has {', '.join(dict(study.lr))}.")
+    for name, opts in (plain(study.method_options) or {}).items():
+        check_options(f"study.method_options.{name}", methods.get(name), opts or {})
+    validate_arms(study)
+    arms = study_arms(study)
+    names = [a.name for a in arms]
+    known = set(names) | set(methods.names())
+    for key in ("lr", "lr_grid"):
+        for k in plain(study[key]) or {}:
+            if k not in known:
+                raise ConfigError(f"study.{key}.{k} names neither a method nor an arm of this study; its arms are "
+                                  f"{', '.join(names)}.")
+    ranked = [a.name for a in arms if a.spec.axis == "rank"]
+    for k, v in (plain(study.lr_by_rank) or {}).items():
+        if isinstance(v, dict) and k not in ranked:
+            raise ConfigError(f"study.lr_by_rank.{k} is not a rank-swept arm of this study; "
+                              f"{'those are ' + ', '.join(ranked) if ranked else 'it has none'}.")
+    grid = (plain(study.lr_grid) or {}) if study.lr_search else {}
+    for arm in arms:
+        if arm.spec.axis == "d" and not arm_view(study, arm).dims:
+            raise ConfigError(f"study.dims is empty; {'method' if not arm.declared else 'arm ' + arm.name + ' of'} "
+                              f"{arm.method} is swept over d and needs dimensions, e.g. [100,1000,10000].")
+        if grid.get(arm.name) or grid.get(arm.method):
+            continue  # the search gives it rates
+        for v in arm_variants(study, arm):
+            lr_for(arm, v, study, {})
 
 
 def main_members(study, chosen: Dict[str, float]) -> List[Member]:
-    members = []
-    for seed in study.seeds:
-        for name in study.methods:
-            m = methods.get(name)
-            for v in m.variants(study):
-                members.append(Member(name, int(seed), lr_for(name, v, study, chosen), v, m.axis,
-                                      extra=method_options(study, name)))
-    return members
+    arms = study_arms(study)
+    return [member_of(arm, v, int(seed), lr_for(arm, v, study, chosen))
+            for seed in study.seeds for arm in arms for v in arm_variants(study, arm)]
 
 
-def search_members(study) -> List[Member]:
-    """Short validation runs, one per (method, swept value, lr) in study.lr_grid, on the first seed."""
-    grid = dict(study.lr_grid or {})
-    seed = int(study.seeds[0])
-    members = []
-    for name in study.methods:
-        m = methods.get(name)
-        for v in m.search_variants(study):
-            for lr in [float(x) for x in grid.get(name, [])]:
-                members.append(Member(name, seed, lr, v, m.axis, phase="lr_search",
-                                      extra=method_options(study, name) + SEARCH_EXTRA))
-    return members
-
-
-def choose_lrs(sdir: StudyDir, members: List[Member]) -> Dict[str, Dict[str, Any]]:
-    """Per method (and swept rank) the lr with the best validation score; the test split is never read."""
-    best: Dict[str, Dict[str, Any]] = {}
-    for m in members:
-        run = sdir.run(m.id, m.phase)
-        if run.check_complete() is not None:
-            continue
-        metrics = run.summary()["metrics"]
-        acc = metrics["best_validation_accuracy"]
-        if acc is None:  # a perplexity-only LM task: lower perplexity is better
-            acc = -float(metrics["best_validation_perplexity"])
-        if m.search_key not in best or acc > best[m.search_key]["validation_accuracy"]:
-            best[m.search_key] = {"lr": m.lr, "validation_accuracy": acc}
-    return best
+def member_threads(cfg) -> Optional[int]:
+    """``train.threads`` for every member when the launcher runs several side by side (joblib's ``n_jobs`` other
+    than 1): torch's default thread count shared out, at least one each. None (leave it) when the user set
+    ``train.threads`` or members run one at a time."""
+    if cfg.train.threads is not None:
+        return None
+    n_jobs = OmegaConf.select(cfg, "hydra.launcher.n_jobs", default=None)
+    if n_jobs is None or int(n_jobs) == 1:
+        return None
+    cores = torch.get_num_threads()
+    at_once = int(n_jobs) if int(n_jobs) > 0 else max(1, (os.cpu_count() or 1) + 1 + int(n_jobs))  # joblib's -1: all
+    return max(1, cores // at_once)
 
 
 def shared_settings(cfg) -> Dict[str, Any]:

@@ -22,7 +22,7 @@ from . import __version__, distributed as dist, methods, tasks
 from .accounting import parameter_bytes
 from .artifacts import RunDir
 from .config import Config, validate
-from .device import resolve_device, resolve_precision
+from .device import resolve_device, resolve_precision, torch_threads
 from .heldout import make_scorer
 from .linalg import spectra
 from .loggers import Logger, make_logger
@@ -76,8 +76,14 @@ def _prepare(cfg: Config, method, family, task, device: torch.device, keep: bool
 
 def execute(cfg: Config, out: RunDir, device: Optional[torch.device] = None) -> Optional[Dict]:
     """Run one finetune described by ``cfg`` into ``out``; returns the summary that was written. Under torchrun
-    (``device`` is then this process's), every process trains and rank 0 alone writes and returns the summary."""
+    (``device`` is then this process's), every process trains and rank 0 alone writes and returns the summary.
+    ``train.threads`` sets torch's threads before anything computes (and restores them after)."""
     validate(cfg)
+    with torch_threads(cfg.train.threads):
+        return _execute(cfg, out, device)
+
+
+def _execute(cfg: Config, out: RunDir, device: Optional[torch.device]) -> Optional[Dict]:
     started = time.time()
     method = methods.get(cfg.method.name)
     family = tasks.get(cfg.task.family)
@@ -116,7 +122,7 @@ def execute(cfg: Config, out: RunDir, device: Optional[torch.device] = None) -> 
                    "head": head_params},
         "lora_targets": prepared.targets,
         "examples": {r: len(enc[r]) for r in enc},
-        "processes": int(cfg.train.processes),
+        "processes": int(cfg.train.processes), "threads": torch.get_num_threads(),
     }
     strategy = method.distributed if dist.active() else None
     if strategy:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
@@ -128,6 +129,43 @@ class Values(Rule):
     def what(self) -> str:
         keys = f" keyed by {self.key.what()}" if self.key is not None else ""
         return f"a mapping{keys} whose every value is {self.value.what()}"
+
+
+@dataclass(frozen=True)
+class Pattern(Rule):
+    """A string matching the regular expression ``regex`` in full; ``description`` says in words what it must be."""
+    regex: str
+    description: str
+
+    def ok(self, value: Any) -> bool:
+        return isinstance(value, str) and re.fullmatch(self.regex, value) is not None
+
+    def what(self) -> str:
+        return self.description
+
+
+@dataclass(frozen=True)
+class AllOr(Rule):
+    """The word ``all`` or a value satisfying ``rule`` (what ``all`` means is the field's to say)."""
+    rule: Rule
+
+    def ok(self, value: Any) -> bool:
+        return value == "all" or self.rule.ok(value)
+
+    def what(self) -> str:
+        return f"all or {self.rule.what()}"
+
+
+@dataclass(frozen=True)
+class Maybe(Rule):
+    """null, or a value satisfying ``rule`` (for items of lists and mappings; a field's own null is always allowed)."""
+    rule: Rule
+
+    def ok(self, value: Any) -> bool:
+        return value is None or self.rule.ok(value)
+
+    def what(self) -> str:
+        return f"null or {self.rule.what()}"
 
 
 def opt(default: Any = dataclasses.MISSING, rule: Rule = Free(), *, factory: Optional[Callable[[], Any]] = None):

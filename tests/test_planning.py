@@ -1,4 +1,5 @@
-"""Study planning without training: members, alpha rules, learning-rate choice on validation only."""
+"""Study planning without training: members, alpha rules, learning-rate precedence, threads per member (the
+learning-rate search is tests/test_lr_search.py's, arms tests/test_arms.py's)."""
 import pytest
 
 from conftest import compose
@@ -6,7 +7,7 @@ from lora_study.artifacts import StudyDir, parse_member_id
 from lora_study.config import ConfigError, validate
 from lora_study.methods.base import Variant
 from lora_study.methods.lora import alpha_for
-from lora_study.planning import choose_lrs, lr_for, main_members, search_members, validate_study
+from lora_study.planning import lr_for, main_members, member_threads, validate_study
 
 
 def rank(r):
@@ -54,24 +55,6 @@ def test_every_rank_swept_method_gets_per_rank_rates():
     assert lr_for("lora", Variant("lora", 1), st, chosen) == 0.002  # another arm's search does not leak
 
 
-def test_lr_choice_reads_validation_never_test(tmp_path):
-    st = compose(["study.methods=[lora]", "study.lr_search_ranks=[4]", "study.lr_grid.lora=[1e-4,1e-3]"], "study").study
-    members = search_members(st)
-    assert [m.id for m in members] == ["lora_r4_lr0.0001", "lora_r4_lr0.001"]
-    sdir = StudyDir(tmp_path)
-    # the lower lr has the better validation accuracy but the worse test accuracy
-    for m, val, test in zip(members, (0.8, 0.7), (0.6, 0.9)):
-        run = sdir.run(m.id, "lr_search")
-        assert run.path == tmp_path / "lr_search" / m.id
-        (run.path / ".hydra").mkdir(parents=True)
-        (run.path / ".hydra" / "config.yaml").write_text("{}")
-        (run.path / "metrics.jsonl").write_text("")
-        run.write_summary({"status": "complete", "lr": m.lr, "seed": 0, "saved": {},
-                           "metrics": {"best_validation_accuracy": val, "test_accuracy": test}})
-    best = choose_lrs(sdir, members)
-    assert best == {"lora_r4": {"lr": 1e-4, "validation_accuracy": 0.8}}
-
-
 def test_bad_study_values():
     with pytest.raises(ConfigError, match="study.methods=\\['full', 'adapter'\\] is not valid"):
         validate(compose(["study.methods=[full,adapter]"], "study"))
@@ -83,7 +66,11 @@ def test_bad_study_values():
         validate_study(compose(["study.methods=[none,subspace]"], "study").study)
     with pytest.raises(ConfigError, match="study.lr has no learning rate for method 'qlora'"):
         validate_study(compose(["study.methods=[qlora]"], "study").study)
-    validate_study(compose(["study.methods=[qlora]", "study.lr_by_rank={1:0.1}"], "study").study)
+    validate_study(compose(["study.methods=[qlora]", "study.ranks=[1]", "study.lr_by_rank={1:0.1}"], "study").study)
+    # a rank the table leaves out, with no rate to fall back on, is refused before any run (not when planning)
+    with pytest.raises(ConfigError, match="study.lr has no learning rate for method 'qlora'"):
+        validate_study(compose(["study.methods=[qlora]", "study.ranks=[1,2]", "study.lr_by_rank={1:0.1}"],
+                               "study").study)
 
 
 def test_processes_and_dropout_join_the_shared_settings_only_when_set(tmp_path):
@@ -98,3 +85,28 @@ def test_processes_and_dropout_join_the_shared_settings_only_when_set(tmp_path):
     check_shared(sdir, default)
     with pytest.raises(ConfigError, match="different model, budget settings"):
         check_shared(sdir, two)  # twice the global batch is another study
+
+
+def with_hydra(overrides):
+    """The study config as the sweeper sees it, with the ``hydra`` node (the launcher's settings)."""
+    from hydra import compose as hcompose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import CONF
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return hcompose(config_name="study", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_members_side_by_side_get_a_share_of_the_cores(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # torch's default on a 2-core CPU
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert member_threads(with_hydra([])) is None  # the basic launcher: one member at a time
+    assert member_threads(with_hydra(["hydra/launcher=parallel"])) == 1
+    assert member_threads(with_hydra(["hydra/launcher=joblib"])) == 1  # n_jobs=-1: every core
+    assert member_threads(with_hydra(["hydra/launcher=joblib", "hydra.launcher.n_jobs=1"])) is None
+    assert member_threads(with_hydra(["hydra/launcher=parallel", "train.threads=2"])) is None  # the user's
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert member_threads(with_hydra(["hydra/launcher=parallel"])) == 4
+    assert member_threads(with_hydra(["hydra/launcher=parallel", "hydra.launcher.n_jobs=16"])) == 1

@@ -1,4 +1,5 @@
-"""Paired studies on the tiny model: completion, index, resume after SIGKILL, failures, launchers."""
+"""Paired studies on the tiny model: completion, index, resume after SIGKILL, failures, launchers; the last two
+also with members side by side (hydra/launcher=parallel, one thread each)."""
 import json
 import os
 import signal
@@ -52,12 +53,16 @@ def test_study_runs_every_member_then_resumes_without_redoing(tmp_path):
     assert mtimes(tmp_path) == before
 
 
-def test_kill_and_resume_gives_the_same_results(tmp_path):
+SIDE_BY_SIDE = pytest.mark.parametrize("launcher", [[], ["hydra/launcher=parallel"]], ids=["basic", "parallel"])
+
+
+@SIDE_BY_SIDE
+def test_kill_and_resume_gives_the_same_results(tmp_path, launcher):
     ref = tmp_path / "ref"
-    assert run_study(ref).returncode == 0
+    assert run_study(ref, *launcher).returncode == 0
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(study_cmd(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ}, start_new_session=True)
+    proc = subprocess.Popen(study_cmd(killed, *launcher), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ}, start_new_session=True)
     deadline = time.time() + 600
     # kill once the first run is complete and a later one has started
     while time.time() < deadline and proc.poll() is None:
@@ -68,7 +73,7 @@ def test_kill_and_resume_gives_the_same_results(tmp_path):
     proc.wait()
     first = mtimes(killed)
     assert 0 < len(first) < 4, "the kill should land mid-study"
-    r = run_study(killed)
+    r = run_study(killed, *launcher)
     assert r.returncode == 0, r.stderr[-2000:]
     after = mtimes(killed)
     assert all(after[k] == v for k, v in first.items() if json.loads(
@@ -81,9 +86,10 @@ def test_kill_and_resume_gives_the_same_results(tmp_path):
         assert a == b, member
 
 
-def test_a_failing_member_does_not_stop_the_others(tmp_path):
+@SIDE_BY_SIDE
+def test_a_failing_member_does_not_stop_the_others(tmp_path, launcher):
     # rank 20 exceeds the tiny model's 16-wide matrices: that member fails, the rest complete
-    r = run_study(tmp_path, "study.ranks=[1,20]")
+    r = run_study(tmp_path, "study.ranks=[1,20]", *launcher)
     assert r.returncode != 0
     assert "lora_r20_s0" in r.stderr and "larger than the smallest adapted dimension" in r.stderr
     status = {m["id"]: m["status"] for m in index(tmp_path)["members"]}
@@ -100,3 +106,15 @@ def test_launchers_run_a_two_member_study(tmp_path, launcher):
     r = run_study(tmp_path, *extra)
     assert r.returncode == 0, r.stderr[-3000:]
     assert {m["id"]: m["status"] for m in index(tmp_path)["members"]} == {"none_s0": "complete", "lora_r2_s0": "complete"}
+
+
+def test_members_side_by_side_run_with_their_share_of_the_cores(tmp_path):
+    r = run_study(tmp_path, "hydra/launcher=parallel", "study.methods=[none,lora]", "study.ranks=[2]")
+    assert r.returncode == 0, r.stderr[-3000:]
+    idx = index(tmp_path)
+    threads = idx["threads_per_member"]
+    assert threads is not None and threads >= 1 and "train.threads=1" not in idx["arguments"]
+    for m in idx["members"]:
+        run = tmp_path / "t" / m["dir"]
+        assert json.loads((run / "summary.json").read_text())["threads"] == threads
+        assert f"train.threads={threads}" in (run / ".hydra" / "overrides.yaml").read_text()

@@ -1,7 +1,9 @@
-"""A Hydra sweeper that runs a lora-study study: it expands ``study.*`` into members (every method of
-``study.methods`` at each of its swept values, per seed; an optional learning-rate search first), skips
-members whose run is complete, and hands the rest to whatever launcher is configured (basic, joblib,
-submitit). The plan itself is ``lora_study.planning``'s."""
+"""A Hydra sweeper that runs a lora-study study: it expands ``study.*`` into members (every arm — each method of
+``study.methods`` and each of ``study.arms`` — at each of its swept values, per seed; an optional learning-rate
+search first, in rounds while a best rate is on an edge of its grid), skips members whose run is complete, and hands
+the rest to whatever launcher is configured (basic, joblib, submitit). When the launcher runs members side by side
+(joblib's ``n_jobs``), each member gets its share of the cores as ``train.threads``. The plan itself is
+``lora_study.planning``'s, the search's ``lora_study.lr_search``'s."""
 from __future__ import annotations
 
 import logging
@@ -23,6 +25,7 @@ class StudySweeper(Sweeper):
         self.config: Optional[DictConfig] = None
         self.launcher = None
         self.hydra_context: Optional[HydraContext] = None
+        self.member_arguments: List[str] = []  # the command's overrides, and train.threads when members share cores
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -31,7 +34,7 @@ class StudySweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from lora_study import planning as S
+        from lora_study import lr_search as L, planning as S
         from lora_study.artifacts import StudyDir
         from lora_study.config import ConfigError, validate
 
@@ -43,21 +46,44 @@ class StudySweeper(Sweeper):
             shared = S.shared_settings(cfg)
             S.check_shared(sdir, shared)
         except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            _refuse(e)
+        threads = S.member_threads(cfg)
+        # members side by side: one share of the cores each, given to every member as an override
+        self.member_arguments = list(arguments) + ([f"train.threads={threads}"] if threads is not None else [])
         index = {"name": cfg.study.name, "shared": shared, "study": _plain(cfg.study), "arguments": list(arguments),
                  "created": sdir.index().get("created") if sdir.exists() else time.strftime("%Y-%m-%dT%H:%M:%S"),
-                 "lr_search": None, "members": []}
+                 "threads_per_member": threads, "lr_search": None, "lr_evidence": L.evidence(cfg.study),
+                 "members": []}
         failures: List[str] = []
         chosen = {}
         if cfg.study.lr_search:
-            search = S.search_members(cfg.study)
-            failures += self._launch(sdir, search, arguments, index)
-            best = S.choose_lrs(sdir, search)
-            chosen = {k: v["lr"] for k, v in best.items()}
-            index["lr_search"] = {"chosen": best, "members": [m.record() for m in search]}
-        members = S.main_members(cfg.study, chosen)
-        failures += self._launch(sdir, members, arguments, index)
+            search = L.search_members(cfg.study)
+            rounds, new = 0, search
+            while new:
+                rounds += 1
+                failures += self._launch(sdir, new, index, planned=search)
+                found = L.scores(sdir, search)
+                new = L.extensions(cfg.study, search, found)
+                if new:
+                    print(f"lr_search round {rounds + 1}: " + ", ".join(f"{m.id}" for m in new) +
+                          " (a best rate on an edge)")
+                search = search + new
+            best = L.choose(cfg.study, search, found)
+            chosen = {k: v["lr"] for k, v in best.items() if v["lr"] is not None}
+            index["lr_search"] = {"metric": L.metric(sdir, search), "rounds": rounds, "grid": L.grid_record(found),
+                                  "chosen": best, "members": [m.record() for m in search]}
+            for key, c in best.items():
+                tried = ", ".join(f"{lr} -> {'no score' if v is None else format(v, '.4g')}"
+                                  for lr, v in index["lr_search"]["grid"][key].items())
+                lr = "no rate" if c["lr"] is None else format(c["lr"], "g")
+                print(f"lr_search {key}: {lr} (validation: {tried})")
+            for note in L.on_edge_notes(best):
+                print(f"warning: lr_search {note}", file=sys.stderr)
+        try:
+            members = S.main_members(cfg.study, chosen)
+        except ConfigError as e:
+            _refuse(e)
+        failures += self._launch(sdir, members, index)
         index["members"] = [self._entry(sdir, m) for m in members]
         sdir.write_index(index)
         done = sum(e["status"] == "complete" for e in index["members"])
@@ -75,28 +101,43 @@ class StudySweeper(Sweeper):
             rec["reason"] = reason
         return rec
 
-    def _launch(self, sdir, members: Sequence, arguments: List[str], index: dict) -> List[str]:
-        from lora_study import planning as S
+    def _launch(self, sdir, members: Sequence, index: dict, planned: Optional[Sequence] = None) -> List[str]:
+        """Launch the members of ``members`` that are not complete; ``planned`` (default: ``members``) is what the
+        index lists meanwhile. A search run that diverged is a result (its rate is too high), not a failure, and
+        is not run again."""
+        from lora_study import lr_search as L, planning as S
         todo = []
         for m in members:
             reason = S.member_status(sdir, m)
             if reason is None:
                 print(f"skip {m.id}: complete")
+            elif m.phase == "lr_search" and L.diverged(sdir, m) is not None:
+                print(f"skip {m.id}: diverged before, a result of the search")
             else:
                 todo.append(m)
         # write the plan before launching, so a killed study still has an index to resume from
-        index["members"] = [{**m.record(), "dir": sdir.subdir(m.id, m.phase), "status": "pending"} for m in members]
+        index["members"] = [{**m.record(), "dir": sdir.subdir(m.id, m.phase), "status": "pending"}
+                            for m in (planned if planned is not None else members)]
         sdir.write_index(index)
         if not todo:
             return []
-        overrides = [list(arguments) + m.overrides() for m in todo]
+        overrides = [self.member_arguments + m.overrides() for m in todo]
         returns = self.launcher.launch(overrides, initial_job_idx=0)
         failures = []
         for m, ret in zip(todo, returns):
             if ret.status != JobStatus.COMPLETED:
+                why = L.diverged(sdir, m) if m.phase == "lr_search" else None
+                if why is not None:
+                    print(f"lr_search {m.id} diverged ({why}); its rate counts as tried, with no score")
+                    continue
                 err = ret._return_value
                 failures.append(f"{m.id} ({type(err).__name__}: {err})")
         return failures
+
+
+def _refuse(e: Exception) -> None:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _plain(node) -> dict:

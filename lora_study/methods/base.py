@@ -109,6 +109,8 @@ class Method:
         raise NotImplementedError
 
     # -- a study ---------------------------------------------------------------------------------
+    # ``study`` is the study section as one arm sees it (lora_study.arms.arm_view): the arm's own ranks, dims,
+    # alpha_rule and alpha in place of the study's; the planner renames the variants' arm after the study's arm
     def variants(self, study) -> List[Variant]:
         """The members this method contributes to a study, per seed."""
         return [Variant(self.name)]
@@ -118,8 +120,8 @@ class Method:
         return [Variant(self.name)]
 
     def label(self, record: Dict[str, Any]) -> str:
-        """A member's name in tables and figures, from its study-index record."""
-        return self.title
+        """A member's name in tables and figures, from its study-index record (its arm's title when it has one)."""
+        return record.get("title") or self.title
 
 
 def set_trainable(model: torch.nn.Module, head: List[str], on: bool) -> None:

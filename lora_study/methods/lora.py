@@ -152,7 +152,8 @@ class Lora(Method):
         return [self._variant(int(r), study) for r in study.lr_search_ranks]
 
     def label(self, record: Dict[str, Any]) -> str:
-        return f"{self.title} r={record.get('rank')}"
+        """"LoRA r=8"; an arm with a title of its own: "LoRA (all linear) r=16"."""
+        return f"{record.get('title') or self.title} r={record.get('rank')}"
 
 
 class QLora(Lora):

@@ -1,0 +1,212 @@
+"""The learning-rate search (lora_study/lr_search.py): choice on validation only, extension of the grid while the best
+rate is on an edge, with known answers from completed fake run directories, through the sweeper with a fake run
+whose validation score is a known function of the rate, and one real tiny search end to end into study.json."""
+import json
+import math
+
+import pytest
+
+from conftest import TINY, compose, study_in_process
+from lora_study import lr_search as L
+from lora_study.artifacts import StudyDir
+from lora_study.planning import member_status
+
+
+def study(*overrides):
+    return compose(list(overrides), "study").study
+
+
+def complete(sdir, m, val, test=0.5):
+    """A completed (fake) search run of member ``m`` with validation accuracy ``val`` and test accuracy ``test``."""
+    run = sdir.run(m.id, m.phase)
+    (run.path / ".hydra").mkdir(parents=True)
+    (run.path / ".hydra" / "config.yaml").write_text("{}")
+    (run.path / "metrics.jsonl").write_text("")
+    run.write_summary({"status": "complete", "lr": m.lr, "seed": m.seed, "saved": {},
+                       "metrics": {"best_validation_accuracy": val, "test_accuracy": test}})
+
+
+def diverge(sdir, m):
+    run = sdir.run(m.id, m.phase)
+    run.path.mkdir(parents=True)
+    run.write_summary({"status": "failed", "reason": "the training loss became nan at step 3", "failed_step": 3,
+                       "lr": m.lr, "seed": m.seed})
+
+
+def lora_r4(*grid, **kw):
+    extra = [f"study.{k}={v}" for k, v in kw.items()]
+    return study("study.methods=[lora]", "study.lr_search=true", "study.lr_search_ranks=[4]",
+                 f"study.lr_grid.lora=[{','.join(map(str, grid))}]", *extra)
+
+
+def search_round(sdir, st, members, val, new=None):
+    """Complete the round ``new`` (default: every member) with validation accuracy val(lr); return the next round."""
+    for m in members if new is None else new:
+        complete(sdir, m, val(m.lr))
+    return L.extensions(st, members, L.scores(sdir, members))
+
+
+def test_lr_choice_reads_validation_never_test(tmp_path):
+    st = lora_r4(1e-4, 3e-4, 1e-3)
+    members = L.search_members(st)
+    assert [m.id for m in members] == ["lora_r4_lr0.0001", "lora_r4_lr0.0003", "lora_r4_lr0.001"]
+    sdir = StudyDir(tmp_path)
+    # the middle rate has the best validation accuracy and the worst test accuracy
+    for m, val, test in zip(members, (0.7, 0.8, 0.6), (0.95, 0.1, 0.95)):
+        assert sdir.run(m.id, "lr_search").path == tmp_path / "lr_search" / m.id
+        complete(sdir, m, val, test)
+    found = L.scores(sdir, members)
+    assert found == {"lora_r4": {1e-4: 0.7, 3e-4: 0.8, 1e-3: 0.6}}
+    assert L.extensions(st, members, found) == []  # the best is interior: nothing to extend
+    assert L.choose(st, members, found) == {
+        "lora_r4": {"lr": 3e-4, "validation_score": 0.8, "on_edge": None, "extensions": 0}}
+    assert L.grid_record(found) == {"lora_r4": {"0.0001": 0.7, "0.0003": 0.8, "0.001": 0.6}}
+
+
+def test_a_best_rate_on_an_edge_is_extended_by_the_grids_step_until_bracketed(tmp_path):
+    st = lora_r4(5e-4, 1.5e-3, 5e-3)
+    sdir = StudyDir(tmp_path)
+    peak = 2e-2  # validation falls with the distance to 2e-2 on a log scale
+    val = lambda lr: round(0.9 - 0.1 * abs(math.log10(lr / peak)), 6)  # noqa: E731
+    members = L.search_members(st)
+    new = search_round(sdir, st, members, val)
+    assert [m.lr for m in new] == [1.67e-2]  # 5e-3 × (5e-3 / 1.5e-3), to three significant digits
+    assert new[0].id == "lora_r4_lr0.0167" and new[0].phase == "lr_search"
+    members += new
+    new = search_round(sdir, st, members, val, new)
+    assert [m.lr for m in new] == [5.58e-2]  # still the best on the high edge: one more step (×3.34)
+    members += new
+    assert search_round(sdir, st, members, val, new) == []  # 1.67e-2 is now interior
+    found = L.scores(sdir, members)
+    assert L.choose(st, members, found)["lora_r4"] == {"lr": 1.67e-2, "validation_score": val(1.67e-2),
+                                                       "on_edge": None, "extensions": 2}
+    # the low edge goes down by the same rule
+    st = lora_r4(1e-3, 3e-3)
+    low = L.search_members(st)
+    assert [m.lr for m in search_round(StudyDir(tmp_path / "low"), st, low, lambda lr: -lr)] == [3.33e-4]
+
+
+def test_the_extension_budget_and_an_edge_still_flagged(tmp_path):
+    st = lora_r4(1e-3, 3e-3, lr_search_max_extensions=2)
+    sdir = StudyDir(tmp_path)
+    members = L.search_members(st)
+    new, rounds = list(members), 0
+    while new:
+        new = search_round(sdir, st, members, lambda lr: 1 - lr, new)  # ever lower rates are better
+        members += new
+        rounds += 1
+    assert rounds == 3 and sorted(m.lr for m in members) == [1.11e-4, 3.33e-4, 1e-3, 3e-3]
+    chosen = L.choose(st, members, L.scores(sdir, members))
+    assert chosen["lora_r4"] == {"lr": 1.11e-4, "validation_score": 1 - 1.11e-4, "on_edge": "low", "extensions": 2}
+    note, = L.on_edge_notes(chosen)
+    assert note.startswith("lora_r4: the best rate 0.000111 is still the low edge") and "not a searched optimum" in note
+
+
+def test_a_single_rate_extends_both_ways_and_a_diverged_rate_bounds_the_search(tmp_path):
+    st = lora_r4(1e-3, lr_extend_factor=10)
+    sdir = StudyDir(tmp_path)
+    members = L.search_members(st)
+    new = search_round(sdir, st, members, lambda lr: 0.7)
+    assert [m.lr for m in new] == [1e-4, 1e-2]  # one rate is on both edges: the factor each way
+    complete(sdir, new[0], 0.6)
+    diverge(sdir, new[1])
+    members += new
+    found = L.scores(sdir, members)
+    assert found["lora_r4"] == {1e-3: 0.7, 1e-4: 0.6, 1e-2: None}
+    assert L.extensions(st, members, found) == []  # bracketed below by 1e-4, above by the diverged 1e-2
+    assert L.diverged(sdir, new[1]) == "the training loss became nan at step 3" and L.diverged(sdir, new[0]) is None
+    assert L.choose(st, members, found)["lora_r4"]["lr"] == 1e-3
+    assert member_status(sdir, new[1]) is not None  # not complete: the sweeper skips it as diverged, not as done
+
+
+def test_ties_choose_the_lower_rate_and_extend_every_tied_edge(tmp_path):
+    st = lora_r4(1e-3, 3e-3, 1e-2)
+    members = L.search_members(st)
+    sdir = StudyDir(tmp_path)
+    new = search_round(sdir, st, members, lambda lr: 0.578)  # a plateau: every run predicts the majority class
+    assert [m.lr for m in new] == [3.33e-4, 3.33e-2]
+    assert L.choose(st, members, L.scores(sdir, members))["lora_r4"]["on_edge"] == "low and high"
+
+
+# -- through the sweeper ---------------------------------------------------------------------------------
+
+PEAKS = {"none": 1e-5, "full": 1e-4, "lora_r1": 2e-2}  # the fake runs' best validation rate per key
+DIVERGES_ABOVE = 3e-2
+
+
+@pytest.fixture()
+def fake_runs(monkeypatch):
+    """Replace training by a run whose validation accuracy is a known function of its rate (peaked at PEAKS, test
+    accuracy the opposite) and which diverges above DIVERGES_ABOVE; returns the list of members it ran."""
+    from lora_study import run as run_module
+    from lora_study.train import Diverged
+    ran = []
+
+    def execute(cfg, out):
+        member, lr = cfg.run.member, float(cfg.optim.lr)
+        ran.append(member)
+        key = member.split("_lr")[0].split("_s")[0]
+        summary = {"member": member, "method": cfg.method.name, "lr": lr, "seed": int(cfg.train.seed), "saved": {}}
+        out.path.mkdir(parents=True, exist_ok=True)
+        out.log({"step": 1})
+        if lr > DIVERGES_ABOVE:
+            out.write_summary({**summary, "status": "failed", "reason": "the training loss became nan at step 1",
+                               "failed_step": 1})
+            raise Diverged(1, float("nan"))
+        val = round(0.9 - 0.1 * abs(math.log10(lr / PEAKS[key])), 6)
+        summary.update(status="complete", metrics={"best_validation_accuracy": val, "test_accuracy": 1 - val})
+        out.write_summary(summary)
+        return summary
+
+    monkeypatch.setattr(run_module, "execute", execute)
+    return ran
+
+
+def test_a_search_through_the_sweeper_extends_until_bracketed(tmp_path, fake_runs):
+    args = [*TINY, "study.methods=[none,full,lora]", "study.ranks=[1]", "study.lr_search=true",
+            "study.lr_search_ranks=all", "study.lr_grid.lora=[1e-4,3e-4,1e-3]", f"study.root={tmp_path}",
+            "study.name=fake", "study.lr_evidence={lora_r1:{0.001:0.75,0.0001:0.5}}"]
+    assert study_in_process(*args) == 0  # the diverged rate is a result of the search, not a failure
+    idx = json.loads((tmp_path / "fake" / "study.json").read_text())
+    search = idx["lr_search"]
+    assert search["metric"] == "best_validation_accuracy" and search["rounds"] == 4
+    grid = {k: list(map(float, v)) for k, v in search["grid"].items()}
+    assert grid == {"none": [3.7e-4, 1.11e-3, 3.33e-3, 1e-2, 3e-2, 1e-1, 3e-1],  # three steps down, still the best
+                    "full": [3e-5, 1e-4, 3e-4],  # bracketed by the grid: not extended
+                    "lora_r1": [1e-4, 3e-4, 1e-3, 3.33e-3, 1.11e-2, 3.7e-2]}  # up until 3.7e-2 diverged
+    assert search["grid"]["lora_r1"]["0.037"] is None
+    chosen = {k: (v["lr"], v["on_edge"], v["extensions"]) for k, v in search["chosen"].items()}
+    assert chosen == {"none": (3.7e-4, "low", 3), "full": (1e-4, None, 0), "lora_r1": (1.11e-2, None, 3)}
+    # the members train at the chosen rates; the test accuracy (best at the worst rates) was never read
+    assert {m["id"]: m["lr"] for m in idx["members"]} == {"none_s0": 3.7e-4, "full_s0": 1e-4, "lora_r1_s0": 1.11e-2}
+    assert all(m["status"] == "complete" for m in idx["members"])
+    assert idx["lr_evidence"] == {"lora_r1": {"0.0001": 0.5, "0.001": 0.75}}
+    assert len(fake_runs) == len(search["members"]) + 3
+    # resuming runs nothing again, the diverged rate included, and chooses the same
+    fake_runs.clear()
+    assert study_in_process(*args) == 0 and fake_runs == []
+    assert json.loads((tmp_path / "fake" / "study.json").read_text())["lr_search"]["chosen"] == search["chosen"]
+
+
+def test_a_tiny_search_end_to_end(tmp_path):
+    """Real runs of the tiny model, 4 steps: one rate per key, extended once each way, into study.json."""
+    args = [*TINY, "train.max_steps=4", "train.eval_every=2", "heldout=none", "study.methods=[none,lora]",
+            "study.ranks=[2]", "study.lr_search=true", "study.lr_search_ranks=all", "study.lr_grid.none=[0.01]",
+            "study.lr_grid.lora=[0.005]", "study.lr_search_max_extensions=2", f"study.root={tmp_path}",
+            "study.name=tiny"]
+    assert study_in_process(*args) == 0
+    idx = json.loads((tmp_path / "tiny" / "study.json").read_text())
+    search = idx["lr_search"]
+    assert {k: list(map(float, v)) for k, v in search["grid"].items()} == \
+        {"none": [0.00333, 0.01, 0.03], "lora_r2": [0.00167, 0.005, 0.015]}  # the factor 3 each way
+    sdir = StudyDir(tmp_path / "tiny")
+    for key, per in search["grid"].items():
+        for lr, val in per.items():
+            run = sdir.run(f"{key}_lr{lr}", "lr_search")
+            assert isinstance(val, float) and val == run.summary()["metrics"]["best_validation_accuracy"]
+            assert not run.file("delta.safetensors").exists()  # a validation run saves nothing else
+    for m in idx["members"]:
+        key = "lora_r2" if m["method"] == "lora" else "none"
+        c = search["chosen"][key]
+        assert m["lr"] == c["lr"] and m["status"] == "complete"
+        assert c["validation_score"] == max(search["grid"][key].values())
