@@ -29,7 +29,8 @@ from .artifacts import RunDir, StudyDir
 from .planning import Member, member_of
 
 # the search's runs are validation runs: nothing else is measured or saved
-SEARCH_EXTRA = ["run.latency=false", "run.truncation_ranks=[]", "run.save_delta=false", "run.save_spectrum=false"]
+SEARCH_EXTRA = ["run.latency=false", "run.truncation_ranks=[]", "run.save_delta=false", "run.save_spectrum=false",
+                "run.intruder_scaling=false", "heldout.enabled=false"]
 Scores = Dict[str, Dict[float, Optional[float]]]  # key -> {lr: validation score, None when the run has none}
 
 
