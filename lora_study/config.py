@@ -20,11 +20,22 @@ from .heldout import HeldoutConfig
 from .methods.lora import ALPHA_RULES, Targets
 from .models import ModelConfig, validate_model
 from .post_training import SCOPES
-from .schema import (FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, AllOr, Choice, ConfigError, Each, Free, Maybe,
+from .schema import (FRACTION, Rule, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, AllOr, Choice, ConfigError, Each, Free, Maybe,
                      Num, Values, check_section, opt)  # noqa: F401 - ConfigError is part of this module's interface
 from .tasks import TaskConfig
 
 __all__ = ["Config", "ConfigError", "register", "validate"]
+
+
+@dataclass(frozen=True)
+class FirstSeed(Rule):
+    """An override of a ``run.`` or ``heldout.`` field: what is measured after training, never what trains."""
+
+    def ok(self, value: Any) -> bool:
+        return isinstance(value, str) and "=" in value and value.split("=", 1)[0].startswith(("run.", "heldout."))
+
+    def what(self) -> str:
+        return "an override of a run.* or heldout.* field such as run.latency=true"
 
 
 @dataclass
@@ -112,6 +123,9 @@ class StudyConfig:
                   factory=lambda: {"none": 3e-1, "full": 1e-4, "lora": 1.5e-3, "subspace": 1e-2})
     # rank-swept arms: {rank: lr} for every arm without its own, {arm: {rank: lr}} for one arm
     lr_by_rank: Any = opt(None, ByRank())
+    # overrides for the first seed's members only: measurements one seed suffices for (latency, the merge check,
+    # intruder scaling), e.g. ["run.latency=true"]; they must not change what training computes
+    first_seed_overrides: List[str] = opt(rule=Each(FirstSeed()), factory=list)
     lr_search: bool = opt(False, Free())
     lr_grid: Any = opt(rule=Values(Each(POSITIVE)), factory=lambda: {  # per arm or method, searched with lr_search=true
         "none": [1e-2, 3e-2, 1e-1, 3e-1], "full": [3e-5, 1e-4, 3e-4], "lora": [5e-4, 1.5e-3, 5e-3],

@@ -145,9 +145,12 @@ def validate_study(study) -> None:
 
 
 def main_members(study, chosen: Dict[str, float]) -> List[Member]:
+    """Every arm's members per seed; the first seed's also get ``study.first_seed_overrides`` (measurements one
+    seed suffices for, such as latency, which do not change what training computes)."""
     arms = study_arms(study)
-    return [member_of(arm, v, int(seed), lr_for(arm, v, study, chosen))
-            for seed in study.seeds for arm in arms for v in arm_variants(study, arm)]
+    once = [str(o) for o in (study.first_seed_overrides or [])]
+    return [member_of(arm, v, int(seed), lr_for(arm, v, study, chosen), extra=once if i == 0 else [])
+            for i, seed in enumerate(study.seeds) for arm in arms for v in arm_variants(study, arm)]
 
 
 def member_threads(cfg) -> Optional[int]:

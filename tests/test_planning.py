@@ -110,3 +110,12 @@ def test_members_side_by_side_get_a_share_of_the_cores(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     assert member_threads(with_hydra(["hydra/launcher=parallel"])) == 4
     assert member_threads(with_hydra(["hydra/launcher=parallel", "hydra.launcher.n_jobs=16"])) == 1
+
+
+def test_first_seed_overrides_reach_only_the_first_seeds_members():
+    st = compose(["study.seeds=[3,1]", "study.ranks=[2]", 'study.first_seed_overrides=["run.latency=true"]'],
+                 "study").study
+    members = main_members(st, {})
+    assert {m.id for m in members if "run.latency=true" in m.overrides()} == {"none_s3", "full_s3", "lora_r2_s3"}
+    with pytest.raises(ConfigError, match="study.first_seed_overrides"):
+        validate(compose(['study.first_seed_overrides=["train.max_steps=3"]'], "study"))  # would change training
