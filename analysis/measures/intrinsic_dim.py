@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from safetensors import safe_open
@@ -145,12 +144,14 @@ def lora_param_counts(study: Study, ranks: Sequence[int] = LORA_RANKS,
 
 # -- figure ---------------------------------------------------------------------------------------
 
+@plotting.styled
 def figure(study: Study, runs: pd.DataFrame, table: pd.DataFrame, metric: str = "test_accuracy"):
     """Metric vs d (log axis), DID and SAID with seeds as error bars; full FT, both thresholds and the
     frozen base as horizontal lines; d90 (dotted) and d90-gain (dash-dot) as vertical lines; each rank-swept arm's
     trainable parameter counts (head excluded, as d excludes it) as light ticks on the same axis (LoRA's computed
     from ΔW's shapes when the study ran no rank-swept arm)."""
-    fig, ax = plt.subplots(figsize=(8.4, 4.2))
+    fig, axes = plotting.subplots(width=8.0, height=5.0)
+    ax = axes[0, 0]
     runs = with_roles(runs)
     sub = swept(runs, "d")
     seeds = sorted(set(sub.seed))
@@ -195,11 +196,10 @@ def figure(study: Study, runs: pd.DataFrame, table: pd.DataFrame, metric: str = 
     ax.set_xscale("log")
     ax.set_xlabel("subspace dimension d (trainable numbers, head excluded; log scale)")
     ax.set_ylabel(f"{metric.replace('_', ' ')} (fraction correct)")
-    ax.set_title("Intrinsic dimension: accuracy vs subspace dimension d")
-    ax.legend(fontsize=plotting.LEGEND, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    if note:
-        fig.text(0.5, 0.035, note, ha="center", va="bottom", fontsize=plotting.CAPTION, color=plotting.CAPTION_COLOR)
-    return plotting.finish(fig, study, bottom=0.08 if note else 0.05)
+    ax.set_title("Intrinsic dimension: accuracy vs subspace dimension d" + (f"\n{note}" if note else ""),
+                 fontsize=plotting.LABEL)
+    plotting.figure_legend(fig, axes, ncol=2)
+    return plotting.finish(fig, study)
 
 
 # -- report ---------------------------------------------------------------------------------------
