@@ -63,6 +63,10 @@ def styled(fn):
             if fig is not None:
                 for ax in fig.axes:
                     ax.tick_params(which="both", labelsize=TICKS)
+            interactive = matplotlib.is_interactive()
+        # a backend resolved inside (IPython's inline, on a notebook's first figure) turns interactive mode on, which
+        # the context would undo on exit, and the notebook would show no figure after this one: keep it
+        matplotlib.interactive(interactive)
         return fig
     return wrapper
 

@@ -177,28 +177,27 @@ def pareto(study: Study, points: pd.DataFrame):
     fig, axes = plotting.subplots(width=6.4, height=4.2)
     ax = axes[0, 0]
     arms_ = [a for a in dict.fromkeys(points[points.axis == "rank"].arm)]
+    colors = plotting.rank_colors(points[points.axis == "rank"].value)
+    runs = study.runs_frame()
+    for i, arm in enumerate(arms_):
+        g = points[points.arm == arm].sort_values("value")
+        ax.plot(g.score, g.forgetting, lw=1, alpha=0.6, color=plotting.arm_style(i)["color"],
+                label=f"{arm_title(runs, arm)}, joined by rank")
     for _, p in points.iterrows():
         if p.arm == "baseline":
-            style = {"color": plotting.BASE_COLOR, "marker": "D"}
+            style, name = {"color": plotting.BASE_COLOR, "marker": "D"}, f"{p.label} (forgets nothing)"
         elif p.arm == "reference":
-            style = {"color": plotting.REFERENCE_COLOR, "marker": "s"}
+            style, name = {"color": plotting.REFERENCE_COLOR, "marker": "s"}, p.label
         elif p.axis == "rank":
-            style = plotting.arm_style(arms_.index(p.arm))
+            style = {"color": colors[p.value], "marker": plotting.arm_style(arms_.index(p.arm))["marker"]}
+            name = f"r={int(p.value)}" if len(arms_) == 1 else p.label
         else:
-            style = {"color": "tab:orange", "marker": "^"}
+            style, name = {"color": "tab:orange", "marker": "^"}, p.label
         x, y = p.score, p.forgetting
         xerr = [[max(x - p.score_low, 0)], [max(p.score_high - x, 0)]] if not pd.isna(p.score_low) else None
         yerr = [[max(y - p.forgetting_low, 0)], [max(p.forgetting_high - y, 0)]] if not pd.isna(p.forgetting_low) \
             else None
-        ax.errorbar([x], [y], xerr=xerr, yerr=yerr, ms=5, capsize=2, lw=0.9, ls="none", **style)
-        name = p.label if p.axis != "rank" else f"r={int(p.value)}"
-        ax.annotate(name, (x, y), fontsize=plotting.ANNOTATION, xytext=(4, 3), textcoords="offset points")
-    for i, arm in enumerate(arms_):
-        g = points[points.arm == arm].sort_values("value")
-        ax.plot(g.score, g.forgetting, lw=1, alpha=0.6, color=plotting.arm_style(i)["color"],
-                label=f"{arm_title(study.runs_frame(), arm)}, joined by rank")
-    ax.errorbar([], [], color=plotting.REFERENCE_COLOR, marker="s", ls="none", label="full FT")
-    ax.errorbar([], [], color=plotting.BASE_COLOR, marker="D", ls="none", label="frozen base (forgets nothing)")
+        ax.errorbar([x], [y], xerr=xerr, yerr=yerr, ms=6, capsize=2, lw=0.9, ls="none", label=name, **style)
     ax.axhline(0, color=plotting.GUIDE_COLOR, ls=":", lw=0.8)
     ax.set_xlabel("learning: test score (95 % interval)")
     ax.set_ylabel("forgetting: mean held-out\nprobe drop (95 % interval)")
