@@ -141,10 +141,23 @@ def figure_legend(fig, axes, ncol: Optional[int] = None, **kwargs):
                       fontsize=LEGEND, frameon=False, **kwargs)
 
 
+def freeze_layout(fig, digits: int = 6) -> None:
+    """Run the figure's layout engine once, round every axes' position to ``digits`` decimals of the figure and turn
+    the engine off. The constrained-layout solver's last bits vary from one process to the next (its sums run in
+    hash order), which the PDF, writing coordinates to 10 decimals, would show as a changed file."""
+    if fig.get_layout_engine() is None:
+        return
+    fig.draw_without_rendering()
+    for ax in fig.axes:
+        ax.set_position([round(v, digits) for v in ax.get_position().bounds])
+    fig.set_layout_engine("none")
+
+
 def save(fig, out_dir: Path, name: str) -> List[Path]:
-    """Write ``name``.png and ``name``.pdf under ``out_dir`` and close the figure; two saves of one figure are byte
-    for byte the same (fixed metadata, no dates)."""
+    """Write ``name``.png and ``name``.pdf under ``out_dir`` and close the figure; two saves of one figure, in one
+    process or two, are byte for byte the same (fixed metadata, no dates, the layout rounded)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    freeze_layout(fig)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
     for p, meta in zip(paths, (PNG_METADATA, PDF_METADATA)):
         with matplotlib.rc_context({"svg.hashsalt": "lora-study"}):

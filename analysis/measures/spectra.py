@@ -5,7 +5,7 @@ fewer directions than a random matrix of the same shape (finding)."""
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -81,13 +81,16 @@ def _curve(s: np.ndarray, cumulative: bool) -> np.ndarray:
 
 
 @plotting.styled
-def figure(study: Study, cumulative: bool = False):
+def figure(study: Study, cumulative: bool = False, table: Optional[pd.DataFrame] = None):
     """Small multiples, one panel per module kind: each run's normalised singular values σ_i/σ_1 (log) or
     cumulative energy against the index i (log), one thin line per layer; a rank-r method's spectrum only to
     i ≤ r (beyond it ΔW = s·B·A has nothing but float noise); a Gaussian random matrix of the same shape as the
-    reference curve of an update with no low-rank structure."""
-    runs = _series_runs(study)
-    spectra = {r.member: r.dir.spectra() for r in runs}
+    reference curve of an update with no low-rank structure. ``table`` (the spectra table, computed if not given)
+    says which runs and modules the analysis read, and their shapes."""
+    table = spectral_table(study) if table is None else table
+    shape_of = {(r.member, r.module): (int(r.d_out), int(r.d_in)) for r in table.itertuples()}
+    runs = [r for r in _series_runs(study) if r.member in set(table.member)]
+    spectra = {r.member: {m: s for m, s in r.dir.spectra().items() if (r.member, m) in shape_of} for r in runs}
     kinds = [k for k in KIND_TITLES if any(module_kind(m) == k for sp in spectra.values() for m in sp)]
     styles = _styles(runs)
     nrows, ncols = plotting.grid_shape(len(kinds))
@@ -101,7 +104,7 @@ def figure(study: Study, cumulative: bool = False):
                 if module_kind(module) != kind:
                     continue
                 s = s.double().numpy()
-                shapes.add((int(study.base_weight(module).shape[0]), int(study.base_weight(module).shape[1])))
+                shapes.add(shape_of[(r.member, module)])
                 if r.axis == "rank" and r.rank:
                     s = s[:r.rank]
                 y = _curve(s, cumulative)
@@ -265,7 +268,7 @@ class Spectra(Measure):
             return {}
         refs = references(table)
         target = refs.member.iloc[0] if not refs.empty else table.member.iloc[0]
-        out = {"spectra": figure(ctx.study), "cumulative_energy": figure(ctx.study, cumulative=True),
+        out = {"spectra": figure(ctx.study, table=table), "cumulative_energy": figure(ctx.study, True, table),
                "rank90_heatmap": rank90_heatmap(ctx.study, table, target)}
         if (table.reference.astype(bool) | table.axis.notna()).any():
             out["update_size"] = update_size(ctx.study, table)
