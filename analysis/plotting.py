@@ -137,7 +137,10 @@ def figure_legend(fig, axes, ncol: Optional[int] = None, **kwargs):
                 labels.append(lab)
     if not handles:
         return None
-    return fig.legend(handles, labels, loc="outside upper center", ncol=ncol or min(len(labels), 3),
+    # as many columns as fit the figure's width (a legend wider than the figure would be cut off)
+    column_in = (0.56 * LEGEND * max(len(lab) for lab in labels) + 3.5 * LEGEND) / 72
+    fits = max(1, int(fig.get_figwidth() // column_in))
+    return fig.legend(handles, labels, loc="outside upper center", ncol=min(ncol or 3, len(labels), fits),
                       fontsize=LEGEND, frameon=False, **kwargs)
 
 

@@ -200,7 +200,7 @@ class Reach(Measure):
 
     def figures(self, ctx: Context) -> Dict[str, object]:
         reach = ctx.table("reach")
-        return {"reach": figure(ctx.study, reach)} if not reach.empty else {}
+        return {"reach": figure(ctx.study, reach)} if not reach.empty and reach["rank"].notna().any() else {}
 
     def sections(self, ctx: Context) -> List[Section]:
         reach = ctx.table("reach")
