@@ -110,9 +110,10 @@ class Amplification(Measure):
         a = ctx.table("amplification")
         if a.empty:
             return []
+        seeds = seeds_phrase(ctx.study.run(m).seed for m in a.member.unique())
         return [Section("Does ΔW amplify directions W barely uses? (Hu et al., Table 7)", [
             finding(a, ctx.table("runs"))], table="amplification",
-            table_caption=f"Amplification on the last layer's W_q and W_v, means over {seeds_phrase(a.member.map(lambda m: ctx.study.run(m).seed))}; "
+            table_caption=f"Amplification on the last layer's W_q and W_v, means over {seeds}; "
                           "Hu et al.'s Table 7 beside it at the ranks they report.")]
 
     def formatted(self, ctx: Context) -> Dict[str, pd.DataFrame]:

@@ -330,10 +330,10 @@ class IntrinsicDim(Measure):
             "each with the largest tested d that falls short and, labelled, an interpolation on log d.",
             finding(ctx.table("intrinsic_dim_summary"), ctx.study.describe())],
             figure="intrinsic_dim" if ctx.drew("intrinsic_dim") else None, table="intrinsic_dim",
-            caption="Where each variant's curve first reaches the dotted d90 target (90 % of full FT) and the dash-dot "
-                    "d90-gain target, against LoRA's parameter counts on the same axis; scope: the subspace runs (θ_d moving the D "
-                    f"weights in scope, the head trained directly), the whole test split, {seeds_phrase(ctx.table('intrinsic_dim').seed)} "
-                    "(error bars: std over seeds).",
+            caption="Where each variant's curve first reaches the dotted d90 target (90 % of full FT) and the "
+                    "dash-dot d90-gain target, against LoRA's parameter counts on the same axis; scope: the subspace "
+                    "runs (θ_d moving the D weights in scope, the head trained directly), the whole test split, "
+                    f"{seeds_phrase(ctx.table('intrinsic_dim').seed)} (error bars: std over seeds).",
             table_caption="d90 and d90-gain per variant: values on the measured grid, with the largest tested d that "
                           "falls short and, labelled, an interpolation on log d.")]
 
