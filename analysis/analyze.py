@@ -1,5 +1,6 @@
 """lora-study-analyze <study-dir>: tables (CSV and parquet) and figures (PNG and PDF) under <study>/analysis/,
-every measure's in ``analysis.measures.MEASURES``."""
+every measure's in ``analysis.measures.MEASURES``. Everything it writes is the same byte for byte on every run
+over the same study but ``timings.json`` (how long the analysis took)."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +15,8 @@ from .loader import Study, load_study
 from .measures import Context, Measure
 from .plotting import save
 from .tables import write_table
+
+TIMINGS = "timings.json"  # the one file whose content changes from run to run
 
 
 def analyze(study: Study, out: Path, measures: Optional[Iterable[Measure]] = None) -> Context:
@@ -31,9 +34,9 @@ def analyze(study: Study, out: Path, measures: Optional[Iterable[Measure]] = Non
     meta = {**study.describe(), "tables": list(tables), "figures": list(ctx.figures)}
     for m in ctx.measures:
         meta.update(m.meta(ctx))
-    meta["analysis_seconds"] = round(time.perf_counter() - t0, 2)
     write_json(out / "analysis.json", meta)
-    ctx.meta = meta
+    ctx.meta = {**meta, "analysis_seconds": round(time.perf_counter() - t0, 2)}
+    write_json(out / TIMINGS, {"analysis_seconds": ctx.meta["analysis_seconds"]})
     return ctx
 
 

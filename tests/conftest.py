@@ -57,7 +57,12 @@ def cli(*args, cwd=None, timeout=600):
 
 
 STUDY_ARGS = TINY + ["study.ranks=[1,2,4]", "train.max_steps=12", "optim.lr=1e-3", "study.lr={none:1e-2,full:1e-3,lora:5e-3}",
-                     "heldout.n_train=40", "heldout.n_test=40", "heldout.n_drift=40", "heldout.max_length=32"]
+                     "heldout.n_train=40", "heldout.n_test=40", "heldout.n_drift=40", "heldout.max_length=32",
+                     "heldout.every=6"]  # probes at step 6 and 12, where validation runs too: two checkpoints
+
+# a learning-rate search's evidence, as study.json carries it ({key: {lr: validation score}}), for the report's heatmap
+LR_EVIDENCE = {"none": {"0.01": 0.52, "0.1": 0.55}, "full": {"0.0001": 0.58, "0.001": 0.61, "0.01": 0.5},
+               "lora_r1": {"0.001": 0.51, "0.005": 0.56, "0.05": 0.53}, "lora_r4": {"0.001": 0.54, "0.005": 0.57}}
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +72,20 @@ def tiny_study(tmp_path_factory):
     r = cli("lora-study-study", *STUDY_ARGS, f"study.root={root}", "study.name=tiny")
     assert r.returncode == 0, r.stderr[-3000:]
     return root / "tiny"
+
+
+@pytest.fixture(scope="session")
+def reported(tiny_study, tmp_path_factory):
+    """A copy of the tiny study with learning-rate evidence in its study.json, and its report (lora-study-report)."""
+    import json
+    import shutil
+    dst = tmp_path_factory.mktemp("rep") / "tiny"
+    shutil.copytree(tiny_study, dst, ignore=shutil.ignore_patterns("analysis", "report"))
+    idx = json.loads((dst / "study.json").read_text())
+    (dst / "study.json").write_text(json.dumps({**idx, "lr_evidence": LR_EVIDENCE}))
+    r = cli("lora-study-report", str(dst))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return dst
 
 
 @pytest.fixture()

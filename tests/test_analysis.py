@@ -201,7 +201,7 @@ def test_a_registered_measure_flows_into_the_analysis_and_the_report(study_copy,
     full = spectra[spectra.member == "full_s0"]
     assert len(t) == full.kind.nunique() and t.rel_norm.mean() == pytest.approx(full.groupby("kind").rel_norm.mean().mean())
     md = (out / "report.md").read_text()
-    assert md.index("## Reference update size") < md.index("## Tradeoff table")
+    assert md.index("## Reference update size") < md.index("## The tradeoff")
     assert f"Mean relative norm {t.rel_norm.mean():.4f}." in md and (out / "tables" / "ref_norm.md").exists()
     assert "ref_norm" in json.loads((study_copy / "analysis" / "analysis.json").read_text())["tables"]
 
@@ -258,7 +258,23 @@ def test_a_registered_rank_swept_method_is_an_arm_of_every_measure(study_copy):
     trade = pd.read_csv(out / "tables" / "tradeoff.csv")
     assert list(trade[trade.arm == "toy_rank"].label) == ["Toy r=1", "Toy r=2", "Toy r=4"]
     md = (out / "report.md").read_text()
-    assert "## Subspace similarity between Toy ranks" in md and "figures/similarity_toy_rank.png" in md
+    assert "## Do Toy ranks share directions? Subspace similarity" in md and "figures/similarity_toy_rank.png" in md
     assert "Toy's ΔW, rank-r by construction" in md and "Toy's optimizer state is" in md
     assert "Toy minus full finetuning: r = 1" in md
-    assert "Toy r=1" in md.split("## Forgetting on held-out tasks")[1].split("\n## ")[0]
+    assert "Toy r=1" in md.split("Forgetting on held-out tasks\n")[1].split("\n## ")[0]
+    assert {"Toy r=1", "Toy r=4"} <= set(pd.read_csv(out / "tables" / "tradeoff_cost_formatted.csv").method.str[:7])
+    amp = pd.read_csv(out / "tables" / "amplification_formatted.csv")
+    assert {"LoRA: factor", "Toy: factor"} <= set(amp.columns)
+
+
+def test_learning_rate_evidence_from_either_key_and_none_without():
+    from types import SimpleNamespace
+
+    from analysis.measures.learning_rate import evidence, lr_table
+    grid = {"lora_r8": {"0.0005": 0.58, "0.0015": 0.77}, "full": {"1e-4": 0.80}, "lora_r64": {"0.0005": 0.76}}
+    for index in ({"lr_evidence": grid}, {"lr_search": {"chosen": {}, "grid": grid}}):
+        t = lr_table(SimpleNamespace(index=index))
+        assert list(dict.fromkeys(t.label)) == ["full FT", "LoRA r=8", "LoRA r=64"]  # registry order, then rank
+        assert t[t.best].set_index("label").lr.to_dict() == {"full FT": 1e-4, "LoRA r=8": 0.0015, "LoRA r=64": 0.0005}
+    assert evidence(SimpleNamespace(index={"lr_search": {"chosen": {"full": 1e-4}}})) is None
+    assert lr_table(SimpleNamespace(index={})).empty

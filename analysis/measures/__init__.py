@@ -14,27 +14,33 @@ from typing import List
 
 from .amplification import Amplification
 from .base import Context, Measure, Section
+from .choose_rank import ChooseRank
 from .forgetting import Forgetting
 from .intrinsic_dim import IntrinsicDim
 from .intruders import Intruders
+from .learning_rate import LearningRates
 from .reach import Reach
 from .similarity import Similarity
 from .spectra import Spectra
 from .tradeoff import MergeLatency, Tradeoff
+from .training_length import TrainingLength
 from .verdicts import Verdicts
 from .truncation import Truncation
 
 MEASURES: List[Measure] = [
     Verdicts(),  # every claim: measured value, interval, published value, verdict
-    Tradeoff(),  # the measured tradeoff table and memory
+    Tradeoff(),  # the measured cost and quality tables, the memory formulas
+    MergeLatency(),  # zero added latency after merging
+    ChooseRank(),  # what each rank gets against what it costs, on one parameter axis
     Reach(),  # does a rank-r method reach full finetuning, and from which rank (paired tests, equivalence)
+    LearningRates(),  # the learning-rate search behind the comparison, when the study has one
     Truncation(),  # does full FT's ΔW survive truncation to rank k, in three scopes
-    Spectra(),  # is ΔW low-rank: energy, effective rank
+    Spectra(),  # is ΔW low-rank: energy, effective rank, update size
     Similarity(),  # do two ranks share directions (φ); full FT's energy in each run's subspace
     Intruders(),  # intruder dimensions
     Amplification(),  # does ΔW amplify directions W barely uses
-    MergeLatency(),  # zero added latency after merging
     Forgetting(),  # forgetting on held-out tasks; learning vs forgetting
+    TrainingLength(),  # learning vs forgetting over training checkpoints
     IntrinsicDim(),  # d90 of subspace training
 ]
 

@@ -21,11 +21,16 @@ from ..loader import Run, Study
 @dataclass
 class Section:
     """One section of the report: a title, paragraphs of findings, and optionally a figure and a formatted table
-    (by name)."""
+    (by name). The report numbers figures and tables in order and prints ``caption`` under the figure (one
+    sentence: what to look at, and the scope: which matrices, which seeds) and ``table_caption`` above the table.
+    ``level`` 2 is a claim (a top-level section of the report), 3 a part of the claim before it."""
     title: str
     paragraphs: List[str]
     figure: Optional[str] = None
     table: Optional[str] = None
+    caption: str = ""
+    table_caption: str = ""
+    level: int = 2
 
 
 class Measure:
@@ -109,6 +114,12 @@ class Context:
 
     def drew(self, figure: str) -> bool:
         return figure in self.figures
+
+
+def seeds_phrase(seeds) -> str:
+    """'seed 0' or 'seeds 0, 1, 2': the seeds a figure or table covers, for its caption."""
+    seeds = sorted({int(s) for s in seeds})
+    return f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + ", ".join(map(str, seeds))
 
 
 def per_run(study: Study, runs: Iterable[Run], fn) -> List[dict]:

@@ -12,17 +12,16 @@ with those intervals, and learning against forgetting. The Spearman correlation 
 forgetting, with its interval, is the intruders measure's."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from .. import paired, plotting, stats
 from ..loader import Study
-from ..roles import ROLE_COLUMNS, arm_title, arms, finetuned, ordered_labels, references, swept, with_roles
+from ..roles import ROLE_COLUMNS, arm_title, finetuned, ordered_labels, with_roles
 from ..paired import fmt_interval
-from .base import Context, Measure, Section
+from .base import Context, Measure, Section, seeds_phrase
 
 
 def forgetting_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -113,53 +112,124 @@ def forgetting_paired(study: Study, runs_frame: pd.DataFrame) -> pd.DataFrame:
 
 # -- figures --------------------------------------------------------------------------------------
 
+@plotting.styled
 def forgetting_vs_rank(study: Study, table: pd.DataFrame):
     """Mean forgetting (pooled over the accuracy tasks) of each rank-swept arm by rank, with 95 % intervals, beside
     full finetuning's (line and band)."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, axes = plotting.subplots(width=6.6, height=3.9)
+    ax = axes[0, 0]
     t = table[table.tasks == "mean"]
     ref = t[t.arm == "reference"]
     if len(ref):
         r = ref.iloc[0]
-        ax.axhspan(r.ci_low, r.ci_high, color="0.85", zorder=0, label="full FT 95 % interval")
+        ax.axhspan(r.ci_low, r.ci_high, color="0.85", zorder=0, label=f"{r.title}: 95 % interval")
         ax.axhline(r.forgetting, color=plotting.REFERENCE_COLOR, lw=1.2, label=f"{r.title} ({r.forgetting:+.3f})")
     swept_rows = t[t.axis == "rank"] if "axis" in t else t.iloc[0:0]
     for i, (arm, g) in enumerate(swept_rows.groupby("arm", sort=False)):
-        ax.errorbar(g.value, g.forgetting, yerr=[g.forgetting - g.ci_low, g.ci_high - g.forgetting], capsize=3, ms=5,
-                    lw=1.2, **plotting.arm_style(i), label=f"{g.title.iloc[0]} (95 % interval)")
-    ax.axhline(0, color=plotting.GUIDE_COLOR, ls=":", lw=0.8)
+        plotting.errorbar(ax, g.value, g.forgetting, g.ci_low, g.ci_high, ms=5, lw=1.2, **plotting.arm_style(i),
+                          label=f"{g.title.iloc[0]} (95 % interval)")
+    ax.axhline(0, color=plotting.GUIDE_COLOR, ls=":", lw=0.8, label="no forgetting (frozen base)")
     ax.set_xscale("log", base=2)
     xs = sorted(swept_rows.value.dropna().unique())
     if xs:
         ax.set_xticks(xs, [str(int(x)) for x in xs])
+        ax.minorticks_off()
     ax.set_xlabel("rank r")
-    ax.set_ylabel("forgetting: base − finetuned probe accuracy")
-    ax.legend(fontsize=plotting.LEGEND)
+    ax.set_ylabel("forgetting: base − finetuned\nprobe accuracy")
+    plotting.figure_legend(fig, axes, ncol=2)
     return plotting.finish(fig, study)
 
 
-def pareto(study: Study, forget: pd.DataFrame):
-    """x: target-task gain over the base, y: mean forgetting; one point per run. Rank-swept runs take the rank
-    colour scale (one marker per arm), full finetuning is a black square, other runs orange triangles."""
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+def pareto_points(forget: pd.DataFrame, table: pd.DataFrame, reach: pd.DataFrame) -> pd.DataFrame:
+    """One row per method (and rank): its test score and mean forgetting with their 95 % intervals (from ``reach``
+    and ``forgetting_vs_full``; the mean over seeds without an interval where those lack the method), the frozen
+    base at forgetting 0 (its features are the base's by construction)."""
     forget = with_roles(forget)
-    swept_arms = arms(forget, "rank")
-    colors = plotting.rank_colors(swept(forget, "rank").value.dropna())
-    for _, r in finetuned(forget).iterrows():
-        if r.axis == "rank":
-            color, marker = colors[r.value], plotting.ARM_MARKERS[swept_arms.index(r.arm) % len(plotting.ARM_MARKERS)]
-            name = f"r={int(r.value)}" if len(swept_arms) == 1 else r.label
+    t = table[table.tasks == "mean"] if not table.empty else table
+    rows = []
+    for label in ordered_labels(forget):
+        g = forget[forget.label == label]
+        first = g.iloc[0]
+        arm = "baseline" if first.baseline else "reference" if first.reference else first.arm
+        value = None if pd.isna(first["value"]) else first["value"]
+        row = {"label": label, "arm": arm, "axis": first.axis, "value": value, "seeds": g.seed.nunique(),
+               "score": g.test_accuracy.mean(), "score_low": np.nan, "score_high": np.nan,
+               "forgetting": 0.0 if first.baseline else g.forgetting_mean.mean(), "forgetting_low": np.nan,
+               "forgetting_high": np.nan}
+        if not reach.empty:
+            key = (reach.arm == arm) & ((reach["rank"] == value) if value is not None else reach["rank"].isna())
+            if key.any():
+                r = reach[key].iloc[0]
+                row.update(score=r["mean"], score_low=r.ci_low, score_high=r.ci_high)
+        if not t.empty and not first.baseline:
+            key = (t.arm == arm) & ((t.value == value) if value is not None else t.value.isna())
+            if key.any():
+                f = t[key].iloc[0]
+                row.update(forgetting=f.forgetting, forgetting_low=f.ci_low, forgetting_high=f.ci_high)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@plotting.styled
+def pareto(study: Study, points: pd.DataFrame):
+    """x: test score, y: mean forgetting, one point per method and rank with 95 % intervals on both; each rank-swept
+    arm's points joined in rank order, full finetuning a black square, the frozen base a grey diamond at 0."""
+    fig, axes = plotting.subplots(width=6.4, height=4.2)
+    ax = axes[0, 0]
+    arms_ = [a for a in dict.fromkeys(points[points.axis == "rank"].arm)]
+    colors = plotting.rank_colors(points[points.axis == "rank"].value)
+    runs = study.runs_frame()
+    for i, arm in enumerate(arms_):
+        g = points[points.arm == arm].sort_values("value")
+        ax.plot(g.score, g.forgetting, lw=1, alpha=0.6, color=plotting.arm_style(i)["color"],
+                label=f"{arm_title(runs, arm)}, joined by rank")
+    for _, p in points.iterrows():
+        if p.arm == "baseline":
+            style, name = {"color": plotting.BASE_COLOR, "marker": "D"}, f"{p.label} (forgets nothing)"
+        elif p.arm == "reference":
+            style, name = {"color": plotting.REFERENCE_COLOR, "marker": "s"}, p.label
+        elif p.axis == "rank":
+            style = {"color": colors[p.value], "marker": plotting.arm_style(arms_.index(p.arm))["marker"]}
+            name = f"r={int(p.value)}" if len(arms_) == 1 else p.label
         else:
-            color, marker = (plotting.REFERENCE_COLOR, "s") if r.reference else ("tab:orange", "^")
-            name = r.label
-        ax.scatter(r.gain_over_base, r.forgetting_mean, color=color, marker=marker, s=28)
-        ax.annotate(name, (r.gain_over_base, r.forgetting_mean), fontsize=plotting.ANNOTATION, xytext=(3, 2),
-                    textcoords="offset points")
+            style, name = {"color": "tab:orange", "marker": "^"}, p.label
+        x, y = p.score, p.forgetting
+        xerr = [[max(x - p.score_low, 0)], [max(p.score_high - x, 0)]] if not pd.isna(p.score_low) else None
+        yerr = [[max(y - p.forgetting_low, 0)], [max(p.forgetting_high - y, 0)]] if not pd.isna(p.forgetting_low) \
+            else None
+        ax.errorbar([x], [y], xerr=xerr, yerr=yerr, ms=6, capsize=2, lw=0.9, ls="none", label=name, **style)
     ax.axhline(0, color=plotting.GUIDE_COLOR, ls=":", lw=0.8)
-    ax.set_xlabel("learning: test-accuracy gain over the frozen base")
-    ax.set_ylabel("forgetting: mean held-out probe drop")
-    ax.set_title("Learning vs forgetting (one point per run)")
+    ax.set_xlabel("learning: test score (95 % interval)")
+    ax.set_ylabel("forgetting: mean held-out\nprobe drop (95 % interval)")
+    steps = (study.index.get("shared") or {}).get("budget", {}).get("max_steps")
+    ax.set_title(f"One training length ({steps} steps): a scatter, not a curve over training",
+                 fontsize=plotting.LABEL)
+    plotting.figure_legend(fig, axes, ncol=3)
     return plotting.finish(fig, study)
+
+
+def per_task_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Forgetting per held-out task and method, with its 95 % interval and its difference from full FT's."""
+    t = table[table.tasks != "mean"]
+    rows = []
+    for _, r in t.iterrows():
+        rows.append({"task": r.tasks, "method": r.title + ("" if pd.isna(r.value) else f" r={int(r.value)}"),
+                     "forgetting [95 %]": f"{r.forgetting:+.3f} {fmt_interval((r.ci_low, r.ci_high))}",
+                     "minus full FT [95 %]": "—" if pd.isna(r.get("minus_full")) else
+                     f"{r.minus_full:+.3f} {fmt_interval((r.minus_full_low, r.minus_full_high))}",
+                     "verdict": r.verdict if isinstance(r.get("verdict"), str) else "—"})
+    return pd.DataFrame(rows)
+
+
+def mean_table(table: pd.DataFrame) -> pd.DataFrame:
+    t = table[table.tasks == "mean"]
+    return pd.DataFrame([{
+        "method": r.title + ("" if pd.isna(r.value) else f" r={int(r.value)}"),
+        "mean forgetting [95 %]": f"{r.forgetting:+.3f} {fmt_interval((r.ci_low, r.ci_high))}",
+        "minus full FT [95 %]": "—" if pd.isna(r.get("minus_full")) else
+        f"{r.minus_full:+.3f} {fmt_interval((r.minus_full_low, r.minus_full_high))}",
+        "verdict": r.verdict if isinstance(r.get("verdict"), str) else "—",
+        "seeds": int(r.seeds)} for _, r in t.iterrows()])
 
 
 # -- finding --------------------------------------------------------------------------------------
@@ -230,16 +300,45 @@ class Forgetting(Measure):
         if not table.empty:
             out["forgetting_vs_rank"] = forgetting_vs_rank(ctx.study, table)
         if not forget.empty:
-            out["pareto"] = pareto(ctx.study, forget)
+            out["pareto"] = pareto(ctx.study, pareto_points(forget, table, ctx.table("reach")))
         return out
 
     def sections(self, ctx: Context) -> List[Section]:
-        out = [Section("Forgetting on held-out tasks",
-                       forgetting_finding(ctx.table("forgetting"), ctx.table("forgetting_vs_full")),
-                       figure="forgetting_vs_rank" if ctx.drew("forgetting_vs_rank") else None)]
+        forget, table = ctx.table("forgetting"), ctx.table("forgetting_vs_full")
+        seeds = seeds_phrase(forget.seed) if not forget.empty else ""
+        tasks = ", ".join(accuracy_tasks(ctx.study)) or "the held-out tasks"
+        out = [Section("Does LoRA forget less? Forgetting on held-out tasks",
+                       forgetting_finding(forget, table),
+                       figure="forgetting_vs_rank" if ctx.drew("forgetting_vs_rank") else None,
+                       table="forgetting_vs_full" if not table.empty else None,
+                       caption="Whether each rank's interval lies below full FT's band (forgets less) or inside it; "
+                               f"scope: linear probes on {tasks}, pooled, {seeds}, 95 % intervals from a bootstrap "
+                               "over seeds and probe examples.",
+                       table_caption="Mean forgetting over the accuracy-scored held-out tasks and its paired "
+                                     "difference from full FT's, with the verdict.")]
         if ctx.drew("pareto"):
             out.append(Section("Learning vs forgetting", [
-                "Each point is one run: x is its test-accuracy gain over the frozen base (same seed), y its mean "
-                "held-out forgetting. Biderman et al. found LoRA and full finetuning on roughly one Pareto curve."],
-                figure="pareto"))
+                "Each point is one method (mean over seeds): x its test score, y its mean held-out forgetting, both "
+                "with 95 % intervals; the frozen base forgets nothing by construction. Biderman et al. found LoRA "
+                "and full finetuning on roughly one Pareto curve, traced over training lengths: with one training "
+                "length this is a scatter, and the curve needs experiment=training_length (below, when run)."],
+                figure="pareto", level=3,
+                caption="Where each rank sits between the frozen base (no learning, no forgetting) and full FT, and "
+                        f"whether LoRA trades learning for forgetting; scope: test split and probes on {tasks}, "
+                        f"{seeds}, one training length."))
+        if not table.empty and (table.tasks != "mean").any():
+            out.append(Section("Forgetting per held-out task", [
+                "The pooled verdict above can hide a task that moves against the others."],
+                table="forgetting_per_task", level=3,
+                table_caption="Forgetting per held-out task (base − finetuned probe accuracy) with 95 % intervals "
+                              "and its paired difference from full FT."))
+        return out
+
+    def formatted(self, ctx: Context) -> Dict[str, pd.DataFrame]:
+        table = ctx.table("forgetting_vs_full")
+        if table.empty:
+            return {}
+        out = {"forgetting_vs_full": mean_table(table)}
+        if (table.tasks != "mean").any():
+            out["forgetting_per_task"] = per_task_table(table)
         return out

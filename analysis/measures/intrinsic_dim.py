@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from safetensors import safe_open
@@ -20,7 +19,7 @@ from .. import plotting
 from ..dimension import FRACTION, PUBLISHED_D90, crossing, grid_crossing, published_range
 from ..loader import Study
 from ..roles import arm_title, arms, baselines, references, swept, with_roles
-from .base import Context, Measure, Section
+from .base import Context, Measure, Section, seeds_phrase
 
 MUCH_SMALLER = 0.01  # "d90 ≪ D" when d90 / D is below 1 %
 COLORS = {"DID": "tab:blue", "SAID": "tab:orange"}
@@ -145,12 +144,14 @@ def lora_param_counts(study: Study, ranks: Sequence[int] = LORA_RANKS,
 
 # -- figure ---------------------------------------------------------------------------------------
 
+@plotting.styled
 def figure(study: Study, runs: pd.DataFrame, table: pd.DataFrame, metric: str = "test_accuracy"):
     """Metric vs d (log axis), DID and SAID with seeds as error bars; full FT, both thresholds and the
     frozen base as horizontal lines; d90 (dotted) and d90-gain (dash-dot) as vertical lines; each rank-swept arm's
     trainable parameter counts (head excluded, as d excludes it) as light ticks on the same axis (LoRA's computed
     from ΔW's shapes when the study ran no rank-swept arm)."""
-    fig, ax = plt.subplots(figsize=(8.4, 4.2))
+    fig, axes = plotting.subplots(width=8.0, height=5.4)
+    ax = axes[0, 0]
     runs = with_roles(runs)
     sub = swept(runs, "d")
     seeds = sorted(set(sub.seed))
@@ -183,7 +184,7 @@ def figure(study: Study, runs: pd.DataFrame, table: pd.DataFrame, metric: str = 
                       (g.trainable_params - g.head_params).groupby(g["value"]).first().sort_index().to_dict()))
     if not marks:
         counts = lora_param_counts(study)
-        marks.append(("LoRA r on W_q, W_v: r · Σ(m + n) (computed; no LoRA runs here)", counts))
+        marks.append(("LoRA r on W_q, W_v, r·Σ(m + n) (no LoRA runs)", counts))
         if not counts:
             note = "No LoRA runs and no saved ΔW in this study: LoRA's parameter counts are not marked on the d axis."
     for j, (label, counts) in enumerate(marks):
@@ -195,11 +196,10 @@ def figure(study: Study, runs: pd.DataFrame, table: pd.DataFrame, metric: str = 
     ax.set_xscale("log")
     ax.set_xlabel("subspace dimension d (trainable numbers, head excluded; log scale)")
     ax.set_ylabel(f"{metric.replace('_', ' ')} (fraction correct)")
-    ax.set_title("Intrinsic dimension: accuracy vs subspace dimension d")
-    ax.legend(fontsize=plotting.LEGEND, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    if note:
-        fig.text(0.5, 0.035, note, ha="center", va="bottom", fontsize=plotting.CAPTION, color=plotting.CAPTION_COLOR)
-    return plotting.finish(fig, study, bottom=0.08 if note else 0.05)
+    ax.set_title("Intrinsic dimension: accuracy vs subspace dimension d" + (f"\n{note}" if note else ""),
+                 fontsize=plotting.LABEL)
+    plotting.figure_legend(fig, axes, ncol=2)
+    return plotting.finish(fig, study)
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -329,7 +329,13 @@ class IntrinsicDim(Measure):
             "finetuning's accuracy, d90-gain 90 % of its gain over the frozen base: values on the measured grid, "
             "each with the largest tested d that falls short and, labelled, an interpolation on log d.",
             finding(ctx.table("intrinsic_dim_summary"), ctx.study.describe())],
-            figure="intrinsic_dim" if ctx.drew("intrinsic_dim") else None, table="intrinsic_dim")]
+            figure="intrinsic_dim" if ctx.drew("intrinsic_dim") else None, table="intrinsic_dim",
+            caption="Where each variant's curve first reaches the dotted d90 target (90 % of full FT) and the "
+                    "dash-dot d90-gain target, against LoRA's parameter counts on the same axis; scope: the subspace "
+                    "runs (θ_d moving the D weights in scope, the head trained directly), the whole test split, "
+                    f"{seeds_phrase(ctx.table('intrinsic_dim').seed)} (error bars: std over seeds).",
+            table_caption="d90 and d90-gain per variant: values on the measured grid, with the largest tested d that "
+                          "falls short and, labelled, an interpolation on log d.")]
 
     def formatted(self, ctx: Context) -> Dict[str, pd.DataFrame]:
         if not ctx.has("intrinsic_dim_summary"):

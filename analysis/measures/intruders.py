@@ -18,7 +18,6 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Dict, List, Optional
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -29,7 +28,7 @@ from .. import paired, plotting, stats
 from ..loader import Run, Study
 from ..paired import fmt_interval
 from ..roles import arm_title, run_columns
-from .base import Context, Measure, Section, delta_runs, per_run
+from .base import Context, Measure, Section, delta_runs, per_run, seeds_phrase
 from .forgetting import accuracy_tasks, forgetting_scores
 from .reach import scores
 
@@ -102,23 +101,33 @@ def intruder_table(study: Study, k: int = K, eps_grid=EPS_GRID) -> pd.DataFrame:
     return pd.DataFrame(per_run(study, delta_runs(study), rows))
 
 
-def correlation(study: Study, intr: pd.DataFrame, scope: Optional[str] = None, eps: float = EPS) -> dict:
-    """Spearman ρ (with a bootstrap interval over runs) between a run's intruder rate in ``scope`` at ``eps`` and
-    its mean forgetting over the accuracy-scored held-out tasks, over finetuned runs that have both."""
-    none = {"rho": None, "interval": None, "p": None, "n": 0, "eps": eps, "scope": scope}
+def correlation_points(study: Study, intr: pd.DataFrame, scope: Optional[str] = None,
+                       eps: float = EPS) -> pd.DataFrame:
+    """Per finetuned run with both: its intruder rate in ``scope`` (default: the first arm's targets) at ``eps`` and
+    its mean forgetting over the accuracy-scored held-out tasks."""
     if intr.empty:
-        return none
+        return pd.DataFrame(columns=["member", "label", "rank", "reference", "rate", "forgetting", "scope"])
     scope = scope or next((s for s in intr.scope.unique() if s.startswith("targets:")), intr.scope.iloc[0])
     at = intr[(intr.kind == "run") & (intr.scope == scope) & np.isclose(intr.eps, eps)].set_index("member")
     tasks = accuracy_tasks(study)
-    x, y = [], []
+    rows = []
     for r in study.runs:
         if r.is_baseline or r.member not in at.index:
             continue
         f = forgetting_scores([r], tasks)
         if f:
-            x.append(float(at.loc[r.member, "rate"]))
-            y.append(float(np.mean(f[r.seed])))
+            rows.append({"member": r.member, "label": r.label, "rank": r.rank, "reference": r.is_reference,
+                         "rate": float(at.loc[r.member, "rate"]), "forgetting": float(np.mean(f[r.seed])),
+                         "scope": scope})
+    return pd.DataFrame(rows, columns=["member", "label", "rank", "reference", "rate", "forgetting", "scope"])
+
+
+def correlation(study: Study, intr: pd.DataFrame, scope: Optional[str] = None, eps: float = EPS) -> dict:
+    """Spearman ρ (with a bootstrap interval over runs) between a run's intruder rate in ``scope`` at ``eps`` and
+    its mean forgetting over the accuracy-scored held-out tasks, over finetuned runs that have both."""
+    pts = correlation_points(study, intr, scope, eps)
+    scope = pts.scope.iloc[0] if len(pts) else scope
+    x, y = pts.rate.tolist(), pts.forgetting.tolist()
     c = stats.spearman_with_ci(x, y) if len(x) >= 3 else {"rho": None, "interval": None, "p_value": None}
     return {"rho": c["rho"], "interval": c["interval"], "p": c.get("p_value"), "n": len(x), "eps": eps,
             "scope": scope}
@@ -159,30 +168,85 @@ def scaling_table(study: Study, runs_frame: pd.DataFrame) -> pd.DataFrame:
 
 # -- figure ---------------------------------------------------------------------------------------
 
-def figure(study: Study, table: pd.DataFrame):
-    """Intruder rate (intruders per singular vector examined) against ε on each arm's target matrices: every run,
-    full finetuning in black, the random controls of equal rank and norm dashed."""
+@plotting.styled
+def figure(study: Study, table: pd.DataFrame, points: Optional[pd.DataFrame] = None, corr: Optional[dict] = None):
+    """Intruder rate (intruders per singular vector examined) against ε on each arm's target matrices: each method's
+    mean over seeds (band: their range), full finetuning in black, the random controls of equal rank and norm
+    dashed; then, when the runs have held-out probes, each run's rate at ε = 0.5 against its forgetting."""
     scopes_ = [s for s in table.scope.unique() if s.startswith("targets:")] or list(table.scope.unique())[:1]
-    fig, axes = plt.subplots(1, len(scopes_), figsize=(min(8.0, 4.2 * len(scopes_)), 3.6), squeeze=False, sharey=True)
+    scatter = points is not None and len(points) >= 2
+    n = len(scopes_) + (1 if scatter else 0)
+    fig, axes = plotting.subplots(1, n, width=1.6 + 3.3 * n, height=3.7, squeeze=False)
     for ax, scope in zip(axes[0], scopes_):
         t = table[table.scope == scope]
         runs = t[t.kind == "run"]
         ranks = sorted(runs["rank"].dropna().unique())
         colors = plotting.rank_colors(ranks)
-        for label in dict.fromkeys(t.label):
-            g = t[t.label == label].groupby("eps").rate.agg(["mean", "min", "max"]).reset_index()
-            first = t[t.label == label].iloc[0]
+        for _, rows in t.groupby(["arm", "rank", "kind"], sort=False, dropna=False):
+            g = rows.groupby("eps").rate.agg(["mean", "min", "max"]).reset_index()
+            first = rows.iloc[0]
             control = first.kind != "run"
             color = plotting.REFERENCE_COLOR if first.reference else colors.get(first["rank"], "tab:orange")
+            name = first.label if not control else None
             ax.plot(g.eps, g["mean"], color=color, ls="--" if control else "-", lw=1 if control else 1.4,
-                    marker=None if control else "o", ms=3, label=None if control else label)
+                    marker=None if control else "o", ms=3, label=name)
+            if not control and rows.seed.nunique() > 1:
+                ax.fill_between(g.eps, g["min"], g["max"], color=color, alpha=0.15, lw=0)
         ax.plot([], [], color="0.4", ls="--", label="random perturbation, same rank and norm")
         ax.set_xlabel("ε (cosine threshold)")
+        ax.set_ylabel("intruders per singular vector examined")
         ax.set_title(f"on {scope.split(':', 1)[-1]}'s target matrices" if ":" in scope else "all block linears",
-                     fontsize=plotting.TITLE)
-    axes[0][0].set_ylabel("intruders per singular vector examined")
-    axes[0][-1].legend(fontsize=plotting.LEGEND, loc="upper left")
+                     fontsize=plotting.LABEL)
+    if scatter:
+        ax = axes[0][-1]
+        ranks = sorted(points["rank"].dropna().unique())
+        colors = plotting.rank_colors(ranks)
+        for _, p in points.iterrows():
+            color = plotting.REFERENCE_COLOR if p.reference else colors.get(p["rank"], "tab:orange")
+            ax.scatter(p.rate, p.forgetting, color=color, marker="s" if p.reference else "o", s=22)
+        ax.axhline(0, color=plotting.GUIDE_COLOR, ls=":", lw=0.8)
+        ax.set_xlabel(f"intruder rate at ε = {EPS}")
+        ax.set_ylabel("mean forgetting (held-out probes)")
+        title = "one point per run"
+        if corr and corr.get("rho") is not None and corr.get("interval"):
+            lo, hi = corr["interval"]
+            title = f"Spearman ρ = {corr['rho']:.2f} [{lo:+.2f}, {hi:+.2f}]"
+        ax.set_title(title, fontsize=plotting.LABEL)
+    plotting.figure_legend(fig, axes[0][:len(scopes_)], ncol=3)
     return plotting.finish(fig, study)
+
+
+def formatted_table(intr: pd.DataFrame, eps: float = EPS) -> pd.DataFrame:
+    """Per scope and method at ``eps``: intruders per run, the rate, the relative update size, and the random
+    control's rate, means over seeds."""
+    at = intr[np.isclose(intr.eps, eps)]
+    rows = []
+    for scope in at.scope.unique():
+        s = at[at.scope == scope]
+        runs, controls = s[s.kind == "run"], s[s.kind == CONTROL]
+        for label in dict.fromkeys(runs.label):
+            g = runs[runs.label == label]
+            c = controls[controls.label == f"{CONTROL} of {label}"]
+            rows.append({"matrices": scope.split(":", 1)[1] + "'s targets" if ":" in scope else "all block linears",
+                         "method": label, "seeds": g.seed.nunique(),
+                         f"intruders (ε = {eps:g}, top {K})": f"{g.intruders.mean():.1f} of {int(g.vectors.iloc[0])}",
+                         "rate": f"{100 * g.rate.mean():.1f} %",
+                         "random control rate": f"{100 * c.rate.mean():.1f} %" if len(c) else "—",
+                         "‖ΔW‖/‖W‖": f"{g.rel_update.mean():.3g}"})
+    return pd.DataFrame(rows)
+
+
+def formatted_scaling(scaling: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "method": r.title + ("" if pd.isna(r.value) else f" r={int(r.value)}"), "seeds": int(r.seeds),
+        "λ": f"{r['lambda']:g}", "intruders scaled": f"{int(r.intruders)} of {int(r.vectors)}",
+        "test score change [95 %]": "—" if pd.isna(r.accuracy_change) else
+        f"{r.accuracy_change:+.3f} {fmt_interval((r.accuracy_change_low, r.accuracy_change_high))}",
+        "forgetting before → after": "—" if pd.isna(r.forgetting_change) else
+        f"{r.forgetting_before:+.3f} → {r.forgetting_after:+.3f}",
+        "forgetting change [95 %]": "—" if pd.isna(r.forgetting_change) else
+        f"{r.forgetting_change:+.3f} {fmt_interval((r.forgetting_change_low, r.forgetting_change_high))}"}
+        for _, r in scaling.iterrows()])
 
 
 # -- finding --------------------------------------------------------------------------------------
@@ -239,10 +303,34 @@ class Intruders(Measure):
 
     def figures(self, ctx: Context) -> Dict[str, object]:
         table = ctx.table("intruders")
-        return {"intruders": figure(ctx.study, table)} if not table.empty else {}
+        if table.empty:
+            return {}
+        return {"intruders": figure(ctx.study, table, correlation_points(ctx.study, table), self.correlation(ctx))}
 
     def sections(self, ctx: Context) -> List[Section]:
         if not ctx.drew("intruders"):
             return []
-        return [Section("Intruder dimensions", finding(ctx.table("intruders"), self.correlation(ctx),
-                                                       ctx.table("intruder_scaling")), figure="intruders")]
+        table, scaling = ctx.table("intruders"), ctx.table("intruder_scaling")
+        out = [Section("Do low-rank updates bring in intruder dimensions?",
+                       finding(table, self.correlation(ctx), scaling), figure="intruders", table="intruders",
+                       caption="Whether LoRA's curves lie above full FT's (black) and above their random controls of "
+                               "the same rank and norm (dashed), and whether runs with more intruders forget more "
+                               f"(right); scope: each arm's target matrices, top {K} left singular vectors each, "
+                               f"{seeds_phrase(table.seed)} (band: range over seeds).",
+                       table_caption=f"Intruder dimensions at ε = {EPS} (Shuttleworth et al.'s default), means over "
+                                     "seeds, beside the update size ‖ΔW‖_F / ‖W‖_F.")]
+        if not scaling.empty:
+            out.append(Section("Scaling intruders down", [
+                "Shuttleworth et al.'s causal test, run inside each run: the intruders' singular values scaled by λ, "
+                "then the target metric and forgetting measured again, paired with the unscaled model."],
+                table="intruder_scaling", level=3,
+                table_caption="Change in test score and in forgetting when the intruders are scaled by λ (95 % "
+                              "intervals, paired on the same examples)."))
+        return out
+
+    def formatted(self, ctx: Context) -> Dict[str, pd.DataFrame]:
+        table, scaling = ctx.table("intruders"), ctx.table("intruder_scaling")
+        out = {"intruders": formatted_table(table)} if not table.empty else {}
+        if not scaling.empty:
+            out["intruder_scaling"] = formatted_scaling(scaling)
+        return out

@@ -11,9 +11,8 @@ margin on perplexity)."""
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
@@ -21,7 +20,7 @@ from .. import paired, plotting, stats
 from ..loader import Run, Study
 from ..paired import fmt_interval
 from ..roles import arm_title
-from .base import Context, Measure, Section
+from .base import Context, Measure, Section, seeds_phrase
 
 
 def scores(runs: List[Run], prefix: str = "test") -> Tuple[Dict[int, np.ndarray], str]:
@@ -95,16 +94,18 @@ def smallest_rank_table(reach: pd.DataFrame) -> pd.DataFrame:
 
 # -- figure ---------------------------------------------------------------------------------------
 
+@plotting.styled
 def figure(study: Study, reach: pd.DataFrame):
     """Each arm's score by rank with 95 % intervals; full finetuning's score with its interval and the margin."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, axes = plotting.subplots(width=6.6, height=4.0)
+    ax = axes[0, 0]
     ref = reach[reach.arm == "reference"]
     base = reach[reach.arm == "baseline"]
     xs = sorted(reach["rank"].dropna().unique())
     if len(ref):
         r = ref.iloc[0]
         ax.axhline(r["mean"], color=plotting.REFERENCE_COLOR, lw=1.2, label=f"{r.title} ({r['mean']:.3f})")
-        ax.axhspan(r.ci_low, r.ci_high, color="0.8", zorder=0, label="full FT 95 % interval")
+        ax.axhspan(r.ci_low, r.ci_high, color="0.8", zorder=0, label=f"{r.title}: 95 % interval")
         m = reach.margin.dropna() if "margin" in reach else pd.Series(dtype=float)
         if len(m):
             ax.axhspan(r["mean"] - m.iloc[0], r["mean"] + m.iloc[0], color="tab:green", alpha=0.12, zorder=0,
@@ -113,15 +114,16 @@ def figure(study: Study, reach: pd.DataFrame):
         b = base.iloc[0]
         ax.axhline(b["mean"], color=plotting.REFERENCE_COLOR, ls="--", lw=1, label=f"{b.title} ({b['mean']:.3f})")
     for i, (arm, g) in enumerate(reach[reach["rank"].notna()].groupby("arm", sort=False)):
-        ax.errorbar(g["rank"], g["mean"], yerr=[g["mean"] - g.ci_low, g.ci_high - g["mean"]], capsize=3, ms=5,
-                    lw=1.2, **plotting.arm_style(i), label=f"{g.title.iloc[0]} (95 % interval)")
+        plotting.errorbar(ax, g["rank"], g["mean"], g.ci_low, g.ci_high, ms=5, lw=1.2, **plotting.arm_style(i),
+                          label=f"{g.title.iloc[0]} (95 % interval)")
     ax.set_xscale("log", base=2)
     if xs:
         ax.set_xticks(xs, [str(int(x)) for x in xs])
+        ax.minorticks_off()
     what = reach.score.iloc[0] if len(reach) else "score"
     ax.set_xlabel("rank r")
     ax.set_ylabel(f"test {what}")
-    ax.legend(fontsize=plotting.LEGEND, loc="lower right")
+    plotting.figure_legend(fig, axes, ncol=3)
     return plotting.finish(fig, study)
 
 
@@ -198,12 +200,19 @@ class Reach(Measure):
 
     def figures(self, ctx: Context) -> Dict[str, object]:
         reach = ctx.table("reach")
-        return {"reach": figure(ctx.study, reach)} if not reach.empty else {}
+        return {"reach": figure(ctx.study, reach)} if not reach.empty and reach["rank"].notna().any() else {}
 
     def sections(self, ctx: Context) -> List[Section]:
+        reach = ctx.table("reach")
+        seeds = seeds_phrase(r.seed for r in ctx.study.runs)
         return [Section("Does LoRA reach full finetuning, and from which rank?",
-                        finding(ctx.table("reach"), ctx.table("smallest_rank")),
-                        figure="reach" if ctx.drew("reach") else None, table="reach")]
+                        finding(reach, ctx.table("smallest_rank")),
+                        figure="reach" if ctx.drew("reach") else None, table="reach",
+                        caption="Whether each rank's interval reaches the green margin around full FT's score (black "
+                                f"line, grey band: its 95 % interval); scope: the whole test split, {seeds}, "
+                                "intervals from a bootstrap over seeds and test examples.",
+                        table_caption="Each method's test score and its paired difference from full FT (95 % "
+                                      "intervals), the equivalence test (TOST) and the share of full FT's gain kept.")]
 
     def formatted(self, ctx: Context) -> Dict[str, pd.DataFrame]:
         reach = ctx.table("reach")

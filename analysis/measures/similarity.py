@@ -17,9 +17,9 @@ rank-swept run's column and row spaces (top r of its ΔW), beside the share a ra
 from __future__ import annotations
 
 import itertools
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
-import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
 
@@ -32,7 +32,7 @@ from ..loader import Run, Study
 from ..plotting import KIND_TITLES
 from ..roles import arm_title
 from ..subspace import energy_in_subspace, random_subspace_control, subspace_similarity_grid, top_singular_vectors
-from .base import Context, Measure, Section, per_run
+from .base import Context, Measure, Section, per_run, seeds_phrase
 
 PAIR, SEEDS, RANDOM = "ranks", "seeds", "random"  # what a row compares
 
@@ -143,52 +143,86 @@ def _mean_grid(study: Study, arm: str, basis: str, small: int, large: int, pairs
     return np.mean(grids, axis=0)
 
 
+@plotting.styled
 def heatmaps(study: Study, arm: str, basis: str, small: int, large: int, title: str):
     """φ(i, j) of r = small against r = large (mean over seeds and matrices), the same rank at two seeds, and two
     random subspaces — Hu et al.'s Figure 3 with the controls beside it."""
     seeds = sorted({r.seed for r in study.runs if r.arm == arm})
-    panels = [(f"r={small} vs r={large}, same seed", _mean_grid(study, arm, basis, small, large, [(s, s) for s in seeds]),
-               small, large)]
+    panels = [(f"{title} r={small} vs r={large},\nsame seed",
+               _mean_grid(study, arm, basis, small, large, [(s, s) for s in seeds]), small, large)]
     if len(seeds) > 1:
         pairs = list(itertools.combinations(seeds, 2))
         panels.append((f"r={large}, two seeds", _mean_grid(study, arm, basis, large, large, pairs), large, large))
     n = next(iter(_bases(next(r for r in study.runs if r.arm == arm and r.value == small), basis).values())).shape[0]
-    panels.append(("random subspaces", np.asarray(random_subspace_control(n, small, large, seed=0)), small, large))
-    fig, axes = plt.subplots(1, len(panels), figsize=(min(8.0, 2.8 * len(panels)), 3.0), squeeze=False)
+    panels.append(("two random subspaces", np.asarray(random_subspace_control(n, small, large, seed=0)), small, large))
+    fig, axes = plotting.subplots(1, len(panels), width=1.2 + 2.4 * len(panels), height=3.2)
     for ax, (name, g, a, b) in zip(axes[0], panels):
         im = ax.imshow(g, vmin=0, vmax=1, cmap=plotting.SEQUENCE_CMAP, aspect="auto", origin="upper",
                        extent=(0.5, g.shape[1] + 0.5, g.shape[0] + 0.5, 0.5))
-        ax.set_xlabel(f"j (top j, r={b})")
-        ax.set_ylabel(f"i (top i, r={a})")
-        ax.set_title(name, fontsize=plotting.TITLE)
-    fig.colorbar(im, ax=axes[0].tolist(), label="φ(i, j)", shrink=0.85)
+        ax.set_xlabel(f"j (top j of r={b})")
+        ax.set_ylabel(f"i (top i of r={a})")
+        ax.set_title(name, fontsize=plotting.LABEL)
+        ax.xaxis.set_major_locator(MaxNLocator(5, integer=True, min_n_ticks=1))
+        ax.yaxis.set_major_locator(MaxNLocator(5, integer=True, min_n_ticks=1))
+    fig.colorbar(im, ax=axes[0].tolist(), label=f"φ(i, j) from {basis}", shrink=0.9)
     plotting.caption(fig, study)
     return fig
 
 
-def per_layer(study: Study, sim: pd.DataFrame):
-    """φ(1, 1) from A per layer and module kind, for each arm's smallest-vs-largest pair (mean over seeds), beside
-    the same rank at two seeds and the random level."""
+@plotting.styled
+def per_layer(study: Study, sim: pd.DataFrame, pool: Optional[pd.DataFrame] = None):
+    """Per arm: φ(1, 1) pooled over matrices and seeds with its 95 % interval (the smallest rank against the
+    largest, the largest at two seeds, random subspaces), then per layer and module kind (mean over seeds)."""
     basis = "A" if (sim.basis == "A").any() else "ΔW"
     arms_ = list(dict.fromkeys(sim.arm))
-    fig, axes = plt.subplots(1, len(arms_), figsize=(min(8.0, 4.0 * len(arms_)), 3.2), squeeze=False, sharey=True)
-    for ax, arm in zip(axes[0], arms_):
+    pooled_panel = pool is not None and not pool.empty
+    ncols = len(arms_) + (1 if pooled_panel else 0)
+    fig, axes = plotting.subplots(1, ncols, width=1.4 + 3.2 * ncols, height=3.5, sharey=True)
+    panels = list(axes[0])
+    if pooled_panel:
+        ax = panels.pop(0)
+        ticks = []
+        for i, arm in enumerate(arms_):
+            small, large = rank_pairs(study.values(arm))[0]
+            rows = [(f"r={small} vs {large}", pool[(pool.arm == arm) & (pool.compares == PAIR) & (pool.basis == basis)
+                                                   & (pool["small"] == small) & (pool["large"] == large)]),
+                    (f"r={large}, 2 seeds", pool[(pool.arm == arm) & (pool.compares == SEEDS) & (pool.basis == basis)
+                                                 & (pool["small"] == large)]),
+                    ("random", pool[(pool.arm == arm) & (pool.compares == RANDOM) & (pool["small"] == small)
+                                    & (pool["large"] == large)])]
+            for j, (name, row) in enumerate(rows):
+                if row.empty:
+                    continue
+                r = row.iloc[0]
+                x = len(ticks)
+                plotting.errorbar(ax, [x], [r["mean"]], [r.ci_low], [r.ci_high], ms=6, ls="none",
+                                  color=plotting.GUIDE_COLOR if name == "random" else plotting.ARM_COLORS[i % 5],
+                                  marker=("o", "s", "x")[j])
+                ticks.append(name if len(arms_) == 1 else f"{arm_title(study.runs_frame(), arm)} {name}")
+        ax.set_xticks(range(len(ticks)), ticks, rotation=25, ha="right")
+        ax.set_xlim(-0.6, len(ticks) - 0.4)
+        ax.set_title("pooled (95 % interval)", fontsize=plotting.LABEL)
+    for ax, arm in zip(panels, arms_):
         s = sim[(sim.arm == arm) & (sim.basis == basis)]
         small, large = rank_pairs(study.values(arm))[0]
         for i, kind in enumerate(sorted(s.kind.dropna().unique())):
             color = plotting.ARM_COLORS[i % len(plotting.ARM_COLORS)]
             for what, ls, lab in ((PAIR, "-", f"r={small} vs r={large}"), (SEEDS, "--", f"r={large}, two seeds")):
                 sel = s[(s.kind == kind) & (s.compares == what) & (s["small"] == (small if what == PAIR else large))]
-                g = sel.groupby("layer").phi_1_1.mean()
+                g = sel.groupby("layer").phi_1_1.agg(["mean", "min", "max"])
                 if len(g):
-                    ax.plot(g.index, g.values, ls=ls, marker="o", ms=3, color=color,
+                    ax.plot(g.index, g["mean"], ls=ls, marker="o", ms=3, color=color,
                             label=f"{KIND_TITLES.get(kind, kind)}: {lab}")
+                    if what == PAIR:
+                        ax.fill_between(g.index, g["min"], g["max"], color=color, alpha=0.12, lw=0)
         rnd = sim[(sim.arm == arm) & (sim.compares == RANDOM) & (sim["small"] == small)].phi_1_1.mean()
         ax.axhline(rnd, color=plotting.GUIDE_COLOR, ls=":", label="random subspaces")
         ax.set_xlabel("layer")
-        ax.set_title(arm_title(study.runs_frame(), arm), fontsize=plotting.TITLE)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"{arm_title(study.runs_frame(), arm)} per layer", fontsize=plotting.LABEL)
     axes[0][0].set_ylabel(f"φ(1, 1) from {basis}")
-    axes[0][-1].legend(fontsize=plotting.LEGEND)
+    axes[0][0].set_ylim(-0.03, 1.03)
+    plotting.figure_legend(fig, panels or axes, ncol=3)
     return plotting.finish(fig, study)
 
 
@@ -251,28 +285,65 @@ class Similarity(Measure):
             basis = "A" if ((sim.arm == arm) & (sim.basis == "A")).any() else "ΔW"
             small, large = pairs[0]
             out[_name(ctx, arm)] = heatmaps(study, arm, basis, small, large, arm_title(ctx.table("runs"), arm))
-        out["similarity_layers"] = per_layer(study, sim)
+        out["similarity_layers"] = per_layer(study, sim, ctx.table("similarity_pooled"))
         return out
 
     def sections(self, ctx: Context) -> List[Section]:
-        pool = ctx.table("similarity_pooled")
-        out = [Section(f"Subspace similarity between {arm_title(ctx.table('runs'), arm)} ranks",
-                       [similarity_finding(pool[pool.arm == arm] if not pool.empty else pool,
-                                           arm_title(ctx.table("runs"), arm))],
-                       figure=_name(ctx, arm), table=_name(ctx, arm))
-               for arm in ctx.study.arms("rank") if ctx.drew(_name(ctx, arm))]
+        pool, runs = ctx.table("similarity_pooled"), ctx.table("runs")
+        sim = ctx.table("similarity")
+        out = []
+        for arm in ctx.study.arms("rank"):
+            if not ctx.drew(_name(ctx, arm)):
+                continue
+            title = arm_title(runs, arm)
+            s = sim[sim.arm == arm]
+            basis = "A" if (s.basis == "A").any() else "ΔW"
+            small, large = rank_pairs(ctx.study.values(arm))[0]
+            seeds = seeds_phrase(s.seed_a.dropna())
+            out.append(Section(f"Do {title} ranks share directions? Subspace similarity",
+                               [similarity_finding(pool[pool.arm == arm] if not pool.empty else pool, title)],
+                               figure=_name(ctx, arm), table=_name(ctx, arm),
+                               caption=f"Whether the top-left corner of φ(i, j) (r = {small} against r = {large}) is "
+                                       "brighter than the same rank trained twice and than two random subspaces; scope: "
+                                       f"every adapted matrix ({basis} of its {title} adapters), mean over matrices and "
+                                       f"{seeds}.",
+                               table_caption="φ(1, 1) pooled over matrices and seeds, with 95 % intervals (bootstrap "
+                                             "over seed pairs, then matrices)."))
         if ctx.drew("similarity_layers"):
             out.append(Section("Subspace similarity per layer", [
-                "φ(1, 1) per layer and adapted matrix kind: the smallest rank against the largest (solid), the "
-                "largest rank trained at two seeds (dashed), and two random subspaces (dotted)."],
-                figure="similarity_layers"))
+                "φ(1, 1) pooled with its interval (left), then per layer and adapted matrix kind: the smallest rank "
+                "against the largest (solid, band: range over seeds), the largest rank trained at two seeds (dashed), "
+                "and two random subspaces (dotted)."], figure="similarity_layers", level=3,
+                caption="Whether φ(1, 1) between two ranks stands above the random level in every layer or only in "
+                        f"some; scope: every adapted matrix, {seeds_phrase(sim.seed_a.dropna())}."))
+        energy = ctx.table("full_energy_in_lora")
+        if not energy.empty:
+            out.append(Section("Full finetuning's update inside LoRA's subspace", [
+                "The share of full finetuning's ‖ΔW‖_F² that lies in the column space (top r left singular vectors) "
+                "and the row space of each rank-swept run's ΔW at the same seed, beside the share a random "
+                "r-dimensional space holds (r / dimension). Well above random: the two methods move the same "
+                "directions."], table="full_energy_in_lora", level=3,
+                table_caption="Energy of full FT's ΔW inside each run's rank-r subspace (mean over its adapted matrices "
+                              f"and {seeds_phrase(energy.seed)}), against a random subspace of the same size."))
         return out
 
     def formatted(self, ctx: Context) -> Dict[str, pd.DataFrame]:
         pool = ctx.table("similarity_pooled")
-        if pool.empty:
-            return {}
         out = {}
+        energy = ctx.table("full_energy_in_lora")
+        if not energy.empty:
+            runs = ctx.table("runs")
+            rows = []
+            for (arm, rank), g in energy.groupby(["arm", "rank"], sort=False):
+                rows.append({"method": f"{arm_title(runs, arm)} r={int(rank)}", "matrices × seeds":
+                             f"{int(g.modules.iloc[0])} × {g.seed.nunique()}",
+                             "column space": f"{g.col.mean():.3f}", "row space": f"{g.row.mean():.3f}",
+                             "both": f"{g.both.mean():.3f}", "random column / row space":
+                             f"{g.random_col.mean():.3f} / {g.random_row.mean():.3f}",
+                             "column space ÷ random": f"{g.col.mean() / g.random_col.mean():.1f}×"})
+            out["full_energy_in_lora"] = pd.DataFrame(rows)
+        if pool.empty:
+            return out
         for arm in ctx.study.arms("rank"):
             p = pool[pool.arm == arm]
             if p.empty:

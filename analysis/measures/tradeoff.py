@@ -104,35 +104,69 @@ def _ms_str(s) -> str:
     return "n/a" if s is None or np.isnan(s) else f"{1e3 * s:.1f} ms"
 
 
-def format_tradeoff(t: pd.DataFrame) -> pd.DataFrame:
-    """The table as strings for Markdown / HTML / LaTeX."""
+def _nan(x) -> bool:
+    return x is None or (isinstance(x, float) and np.isnan(x))
+
+
+def _latency(r, b: int):
+    """The latency a user gets at batch ``b``: merged for a method that merges, else the plain model's."""
+    merged = r.get(f"latency_merged_batch{b}_s")
+    return r.get(f"latency_plain_batch{b}_s") if _nan(merged) else merged
+
+
+def _method(r) -> str:
+    return r.label + (f" ({int(r.seeds)} seeds)" if r.seeds > 1 else "")
+
+
+def format_cost(t: pd.DataFrame) -> pd.DataFrame:
+    """What each method costs, every column measured in the runs (means over seeds)."""
+    sizes = latency_batches(t)
     rows = []
-    sizes = latency_batches(t) or [1, 32]
-    lo, hi = sizes[0], sizes[-1]
     for _, r in t.iterrows():
-        lat1 = r.get(f"latency_merged_batch{lo}_s", r.get(f"latency_plain_batch{lo}_s"))
-        lat32 = r.get(f"latency_merged_batch{hi}_s", r.get(f"latency_plain_batch{hi}_s"))
-        un1, un32 = r.get(f"latency_unmerged_batch{lo}_s"), r.get(f"latency_unmerged_batch{hi}_s")
+        row = {"method": _method(r), "trainable params": f"{int(r.trainable_params):,} ({r.trainable_pct:.3g} %)",
+               "optimizer state": _bytes(r.optimizer_state_bytes), "gradients": _bytes(r.gradient_bytes),
+               "peak memory": _bytes(r.peak_memory_bytes), "storage per task": _bytes(r.storage_bytes),
+               "step time": _ms_str(r.mean_step_s)}
+        for b in sorted({sizes[0], sizes[-1]}) if sizes else []:
+            row[f"latency b={b}"] = _ms_str(_latency(r, b))
+        if sizes:
+            un = [r.get(f"latency_unmerged_batch{b}_s") for b in sorted({sizes[0], sizes[-1]})]
+            row["unmerged latency"] = "—" if any(_nan(u) for u in un) else " / ".join(_ms_str(u) for u in un)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_formulas(t: pd.DataFrame) -> pd.DataFrame:
+    """The optimizer-memory predictions of the formulas, beside the measured state they predict."""
+    return pd.DataFrame([{
+        "method": _method(r), "trainable params": f"{int(r.trainable_params):,}",
+        "optimizer state (measured)": _bytes(r.optimizer_state_bytes),
+        "Adam fp32, 8 B/param (formula)": _bytes(r.predicted_adam_fp32_bytes),
+        "measured / formula": "n/a" if _nan(r.measured_over_predicted) else f"{r.measured_over_predicted:.4f}",
+        "mixed precision, 16 B/param (formula)": _bytes(r.mixed_precision_bill_bytes)} for _, r in t.iterrows()])
+
+
+def format_quality(t: pd.DataFrame) -> pd.DataFrame:
+    """What each method gets: test score, gain over the base, forgetting, ΔW's rank, truncated full FT at the same
+    rank, and the merge's fidelity."""
+    rows = []
+    for _, r in t.iterrows():
         acc = f"{r.test_accuracy:.3f}" + (f" ± {r.test_accuracy_std:.3f}" if r.seeds > 1 else "")
         rows.append({
-            "method": r.label,
-            "trainable params": f"{int(r.trainable_params):,} ({r.trainable_pct:.3g} %)",
-            "optimizer state (measured)": _bytes(r.optimizer_state_bytes),
-            "Adam fp32 prediction (8 B/param)": _bytes(r.predicted_adam_fp32_bytes),
-            "measured / predicted": "n/a" if np.isnan(r.measured_over_predicted) else f"{r.measured_over_predicted:.4f}",
-            "mixed-precision bill (16 B/param)": _bytes(r.mixed_precision_bill_bytes),
-            "gradients": _bytes(r.gradient_bytes), "peak memory": _bytes(r.peak_memory_bytes),
-            "step time": _ms_str(r.mean_step_s), "tokens/s": "n/a" if np.isnan(r.tokens_per_s) else f"{r.tokens_per_s:,.0f}",
-            f"latency b={lo} (merged)": _ms_str(lat1), f"latency b={hi} (merged)": _ms_str(lat32),
-            f"latency b={lo} / b={hi} unmerged": "—" if un1 is None or np.isnan(un1) else f"{_ms_str(un1)} / {_ms_str(un32)}",
-            "storage per task": _bytes(r.storage_bytes),
-            "test accuracy": acc, "gain over base": "—" if np.isnan(r.gain_over_base) else f"{r.gain_over_base:+.3f}",
-            "mean rank@90 % of ΔW": "—" if np.isnan(r.get("mean_rank90", np.nan)) else f"{r.mean_rank90:.1f}",
-            "truncated full FT at r": "—" if np.isnan(r.get("truncated_full_at_rank", np.nan)) else f"{r.truncated_full_at_rank:.3f}",
-            "forgetting (mean)": "not measured" if np.isnan(r.get("forgetting_mean", np.nan)) else f"{r.forgetting_mean:+.3f}",
-            "merge max |Δlogit|": "—" if np.isnan(r.get("max_abs_logit_diff_fp32", np.nan)) else f"{r.max_abs_logit_diff_fp32:.1e}",
-        })
+            "method": _method(r), "test accuracy (± std)": acc,
+            "gain over base": "—" if _nan(r.gain_over_base) else f"{r.gain_over_base:+.3f}",
+            "forgetting (mean)": "not measured" if _nan(r.get("forgetting_mean", np.nan)) else f"{r.forgetting_mean:+.3f}",
+            "mean rank@90 % of ΔW": "—" if _nan(r.get("mean_rank90", np.nan)) else f"{r.mean_rank90:.1f}",
+            "full FT truncated to r": "—" if _nan(r.get("truncated_full_at_rank", np.nan)) else
+            f"{r.truncated_full_at_rank:.3f}",
+            "merge max |Δlogit|": "—" if _nan(r.get("max_abs_logit_diff_fp32", np.nan)) else
+            f"{r.max_abs_logit_diff_fp32:.1e}"})
     return pd.DataFrame(rows)
+
+
+def format_tradeoff(t: pd.DataFrame) -> pd.DataFrame:
+    """The cost and quality tables side by side (one wide table, for scripts that want one)."""
+    return pd.concat([format_cost(t), format_quality(t).drop(columns="method")], axis=1)
 
 
 # -- findings -------------------------------------------------------------------------------------
@@ -194,38 +228,70 @@ def latency_finding(t: pd.DataFrame) -> str:
     if not measured:
         return "No LoRA latency was measured in this study."
     if len(measured) == 1:
-        return _latency_sentence(t, measured[0][1], measured[0][2])
-    return " ".join(f"{arm_title(t, arm)}: {_latency_sentence(t, g, sizes)}" for arm, g, sizes in measured)
+        text = _latency_sentence(t, measured[0][1], measured[0][2])
+    else:
+        text = " ".join(f"{arm_title(t, arm)}: {_latency_sentence(t, g, sizes)}" for arm, g, sizes in measured)
+    return text + noise_control(t)
+
+
+def noise_control(t: pd.DataFrame) -> str:
+    """Full finetuning has exactly the base's architecture, so its latency over the base's is the timing noise: a
+    free control for "merged latency equals the base's"."""
+    full, base = references(t), baselines(t)
+    ratios = []
+    for b in latency_batches(t):
+        col = f"latency_plain_batch{b}_s"
+        if col in t and len(full) and len(base) and not _nan(full[col].iloc[0]) and not _nan(base[col].iloc[0]):
+            ratios.append(f"batch {b}: {full[col].iloc[0] / base[col].iloc[0]:.2f}×")
+    if not ratios:
+        return ""
+    return (" Noise control: full FT, which has the base's architecture and so the same cost per token, times at "
+            + ", ".join(ratios) + " the frozen base's; merged ratios within that spread are timing noise.")
 
 
 class Tradeoff(Measure):
     name = "tradeoff"
     tables = ("tradeoff",)
-    report_tables = ("tradeoff",)
 
     def compute(self, ctx: Context) -> Dict[str, pd.DataFrame]:
         return {"tradeoff": tradeoff(ctx.table("runs"), ctx.table("spectra"), ctx.table("truncation"))}
 
     def sections(self, ctx: Context) -> List[Section]:
-        runs = ctx.table("runs")
+        runs, t = ctx.table("runs"), ctx.table("tradeoff")
         missing = [name for rows, name in ((baselines(runs), "the frozen base"), (references(runs), "full finetuning"),
                                            (swept(runs, "rank"), "LoRA")) if rows.empty]
-        return [Section("Tradeoff table", [
-            "One row per method, mean over seeds (± sample standard deviation where there are several). "
-            "Every column is measured in the runs: optimizer state is read from AdamW's state tensors, latency is "
-            "the median of repeated timings at max_length tokens, storage is the bytes a user ships per task.",
-            memory_finding(ctx.table("tradeoff")),
+        sizes = latency_batches(t)
+        return [Section("The tradeoff: what each method costs and what it gets", [
+            "One row per method, mean over seeds (± sample standard deviation where there are several). Every "
+            "column of the cost table is measured in the runs: optimizer state is read from AdamW's state tensors, "
+            "gradients and peak memory from the device, latency is the median of repeated timings at max_length "
+            "tokens (merged for a method that merges; the frozen base and full FT, which has the base's "
+            "architecture, are timed as they are, so their difference is the timing noise), storage is the bytes a "
+            "user ships per task. The formulas' predictions are in a table of their own.",
             *([f"This study has no run of {', '.join(missing)}: the rows and comparisons that need it are absent."]
-              if missing else []),
-        ], table="tradeoff")]
+              if missing else [])], table="tradeoff_cost",
+            table_caption="Cost, measured" + (f" (latency at batch {' and '.join(map(str, sorted({sizes[0], sizes[-1]})))}"
+                                             ", merged / unmerged for LoRA)" if sizes else "") + "."),
+            Section("Optimizer memory: measured against the formulas", [memory_finding(t)], table="tradeoff_formulas",
+                    level=3, table_caption="Optimizer state as measured beside two formulas: fp32 AdamW (exp_avg, "
+                                           "exp_avg_sq: 8 bytes per trainable parameter) and the mixed-precision bill "
+                                           "(2 + 2 + 8 + 4 = 16 bytes per parameter)."),
+            Section("Quality", [
+                "What each method gets for that cost. Test accuracy is the whole test split; forgetting the mean "
+                "drop in held-out probe accuracy; rank@90 % the mean over the run's saved ΔW; the truncated full "
+                "finetune keeps only the LoRA targets' ΔW, truncated to the row's rank (targets_only)."],
+                table="tradeoff_quality", level=3, table_caption="Quality, measured (means over seeds).")]
 
     def formatted(self, ctx: Context) -> Dict[str, pd.DataFrame]:
         t = ctx.table("tradeoff")
-        return {"tradeoff": format_tradeoff(t) if not t.empty else pd.DataFrame()}
+        if t.empty:
+            return {}
+        return {"tradeoff_cost": format_cost(t), "tradeoff_formulas": format_formulas(t),
+                "tradeoff_quality": format_quality(t)}
 
 
 class MergeLatency(Measure):
     name = "latency"
 
     def sections(self, ctx: Context) -> List[Section]:
-        return [Section("Merge and latency", [latency_finding(ctx.table("tradeoff"))])]
+        return [Section("Does merging remove LoRA's latency?", [latency_finding(ctx.table("tradeoff"))])]

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from lora_study.post_training import SCOPES
@@ -24,7 +22,7 @@ from .. import paired, plotting, stats
 from ..loader import Study
 from ..paired import fmt_interval
 from ..roles import arm_title
-from .base import Context, Measure, Section
+from .base import Context, Measure, Section, seeds_phrase
 from .reach import score_margin, scores
 
 LIKE_FOR_LIKE = "targets_only"
@@ -76,36 +74,39 @@ def truncation_tables(study: Study, runs_frame: pd.DataFrame) -> Dict[str, pd.Da
 
 # -- figure ---------------------------------------------------------------------------------------
 
+@plotting.styled
 def figure(study: Study, trunc: pd.DataFrame, versus: pd.DataFrame, reach: pd.DataFrame):
     """One panel per scope: full FT truncated to rank k (k = 0: no matrix update), each arm trained at rank k,
     full FT and the frozen base, all with 95 % intervals, against k on an evenly spaced axis."""
     scopes = [s for s in SCOPES if s in set(trunc.scope)]
-    fig, axes = plt.subplots(1, len(scopes), figsize=(8.0, 3.3), sharey=True, squeeze=False)
+    fig, axes = plotting.subplots(1, len(scopes), width=2.3 + 1.9 * len(scopes), height=3.6, sharey=True)
     ref = reach[reach.arm == "reference"] if not reach.empty else reach
     base = reach[reach.arm == "baseline"] if not reach.empty else reach
+    trained = reach[reach["rank"].notna()] if not reach.empty else reach
     for ax, scope in zip(axes[0], scopes):
         t = trunc[trunc.scope == scope].sort_values("k")
         pos = {k: i for i, k in enumerate(t.k)}
-        x = [pos[k] for k in t.k]
         if len(ref):
             r = ref.iloc[0]
-            ax.axhspan(r.ci_low, r.ci_high, color="0.85", zorder=0)
+            ax.axhspan(r.ci_low, r.ci_high, color="0.85", zorder=0, label="full FT untruncated: 95 % interval")
             ax.axhline(r["mean"], color=plotting.REFERENCE_COLOR, lw=1, label="full FT, untruncated")
         if len(base):
             ax.axhline(base.iloc[0]["mean"], color=plotting.REFERENCE_COLOR, ls="--", lw=1, label="frozen base")
-        ax.errorbar(x, t["mean"], yerr=[t["mean"] - t.ci_low, t.ci_high - t["mean"]], color="tab:red", marker="s",
-                    ms=4, capsize=2, lw=1, label="full FT truncated to rank k")
-        v = versus[versus.scope == scope] if not versus.empty else versus
-        for i, (arm, g) in enumerate(v.groupby("arm", sort=False) if len(v) else []):
+        plotting.errorbar(ax, [pos[k] for k in t.k], t["mean"], t.ci_low, t.ci_high, color="tab:red", marker="s",
+                          ms=4, capsize=2, lw=1, label="full FT truncated to rank k (95 % interval)")
+        for i, (arm, g) in enumerate(trained.groupby("arm", sort=False) if len(trained) else []):
             g = g[g["rank"].isin(pos)]
-            ax.plot([pos[k] + 0.15 for k in g["rank"]], g.trained, ls="none", ms=5, **plotting.arm_style(i),
-                    label=f"{g.title.iloc[0]} trained at rank k")
+            if g.empty:
+                continue
+            plotting.errorbar(ax, [pos[k] + 0.18 * (i + 1) for k in g["rank"]], g["mean"], g.ci_low, g.ci_high,
+                              ls="none", ms=4, capsize=2, **plotting.arm_style(i),
+                              label=f"{g.title.iloc[0]} trained at rank k (95 % interval)")
         ax.set_xticks(range(len(t)), [str(k) for k in t.k])
         ax.set_xlabel("rank k")
-        ax.set_title(SCOPE_TITLES.get(scope, scope), fontsize=plotting.TITLE)
+        ax.set_title(SCOPE_TITLES.get(scope, scope), fontsize=plotting.LABEL)
     what = trunc.score.iloc[0]
     axes[0][0].set_ylabel(f"test {what}")
-    axes[0][-1].legend(fontsize=plotting.LEGEND, loc="lower right")
+    plotting.figure_legend(fig, axes, ncol=2)
     return plotting.finish(fig, study)
 
 
@@ -164,10 +165,32 @@ class Truncation(Measure):
         return {"truncation": figure(ctx.study, trunc, ctx.table("trained_vs_truncated"), ctx.table("reach"))}
 
     def sections(self, ctx: Context) -> List[Section]:
-        return [Section("Does full finetuning's update survive truncation to a few directions?",
-                        finding(ctx.table("truncation"), ctx.table("trained_vs_truncated")),
-                        figure="truncation" if ctx.drew("truncation") else None, table="truncation")]
+        trunc, versus = ctx.table("truncation"), ctx.table("trained_vs_truncated")
+        seeds = seeds_phrase(r.seed for r in ctx.study.references()) if ctx.study.references() else "no seed"
+        out = [Section("Does full finetuning's update survive truncation to a few directions?",
+                       finding(trunc, versus), figure="truncation" if ctx.drew("truncation") else None,
+                       table="truncation" if not trunc.empty else None,
+                       caption="From which rank k full FT's truncated update (red) comes back to the untruncated "
+                               "score (black line and grey band), and where LoRA trained at rank k lies beside it; "
+                               f"scope: the analysed ΔW of each panel's matrices (titles), the whole test split, {seeds}, "
+                               "95 % intervals.",
+                       table_caption="Full FT with every ΔW of the scope truncated to rank k (k = 0: no matrix update), "
+                                     "against the untruncated model, paired on the test examples.")]
+        if not versus.empty:
+            out.append(Section("Trained at rank k against truncated to rank k", [
+                "Each rank-swept method trained at rank k minus full finetuning truncated to rank k, paired on the "
+                "same test examples and seeds, in every scope; the like-for-like one is "
+                f"{SCOPE_TITLES[LIKE_FOR_LIKE]!r} ({LIKE_FOR_LIKE})."], table="trained_vs_truncated", level=3,
+                table_caption="Trained minus truncated at equal rank, with 95 % intervals and a verdict."))
+        return out
 
     def formatted(self, ctx: Context) -> Dict[str, pd.DataFrame]:
-        trunc = ctx.table("truncation")
-        return {"truncation": formatted(trunc)} if not trunc.empty else {}
+        trunc, versus = ctx.table("truncation"), ctx.table("trained_vs_truncated")
+        out = {"truncation": formatted(trunc)} if not trunc.empty else {}
+        if not versus.empty:
+            out["trained_vs_truncated"] = pd.DataFrame([{
+                "scope": r.scope, "method": f"{r.title} r={int(r['rank'])}", "trained": f"{r.trained:.3f}",
+                "truncated full FT": f"{r.truncated:.3f}",
+                "trained − truncated [95 %]": f"{r['diff']:+.3f} {fmt_interval((r.diff_low, r.diff_high))}",
+                "verdict": r.verdict, "seeds": int(r.seeds)} for _, r in versus.iterrows()])
+        return out

@@ -14,7 +14,7 @@ Each verdict reads the tables of the measure that tests the claim (``ctx.table``
 numbers of the sections below."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import pandas as pd
@@ -282,4 +282,4 @@ class Verdicts(Measure):
 
     def formatted(self, ctx: Context) -> Dict[str, pd.DataFrame]:
         v = ctx.table("verdicts")
-        return {"verdicts": v[["claim", "measured", "published", "verdict", "rule", "source"]]} if not v.empty else {}
+        return {"verdicts": v[["claim", "verdict", "measured", "published", "rule", "source"]]} if not v.empty else {}

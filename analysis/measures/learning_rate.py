@@ -1,0 +1,124 @@
+"""Were the learning rates fair? A rank comparison means nothing if one rank got a bad learning rate, so a study that
+searched them shows the evidence: the validation score of every (method or rank, learning rate) tried, as a heatmap
+with the best rate of each row marked. The grid comes from ``study.json``: ``lr_evidence`` (the search behind a
+preset's configured rates) or ``lr_search.grid`` (a study that searched itself), both mapping a key — a method
+(``full``) or a method at a rank (``lora_r8``) — to {learning rate: validation score}. Nothing is drawn without
+one."""
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+from matplotlib.patches import Rectangle
+
+from lora_study import methods
+
+from .. import plotting
+from ..loader import Study
+from .base import Context, Measure, Section
+
+KEY = re.compile(r"^(?P<method>.+?)_r(?P<rank>\d+)$")
+
+
+def evidence(study: Study) -> Optional[dict]:
+    """The study's {key: {lr: score}}, from ``lr_evidence`` or ``lr_search.grid``; None without one."""
+    grid = study.index.get("lr_evidence") or (study.index.get("lr_search") or {}).get("grid")
+    return grid if isinstance(grid, dict) and grid else None
+
+
+def _row_name(key: str) -> tuple:
+    """(sort key, label) of a grid key: 'lora_r8' -> LoRA r=8, 'full' -> full FT; unknown names as written."""
+    m = KEY.match(key)
+    method, rank = (m.group("method"), int(m.group("rank"))) if m else (key, None)
+    if method in methods.names():
+        title, order = methods.get(method).title, methods.order(method)
+    else:
+        title, order = method, len(methods.names())
+    return (order, method, rank or 0), title + (f" r={rank}" if rank is not None else "")
+
+
+def lr_table(study: Study) -> pd.DataFrame:
+    """One row per (key, learning rate): the validation score, and whether it is the row's best."""
+    grid = evidence(study)
+    if grid is None:
+        return pd.DataFrame()
+    rows = []
+    for key, scores in grid.items():
+        order, label = _row_name(str(key))
+        vals = {float(lr): float(v) for lr, v in (scores or {}).items() if v is not None}
+        best = max(vals, key=vals.get) if vals else None
+        for lr, v in sorted(vals.items()):
+            rows.append({"key": key, "label": label, "order": str(order), "lr": lr, "validation_score": v,
+                         "best": lr == best})
+    t = pd.DataFrame(rows)
+    if t.empty:
+        return t
+    keys = sorted(grid, key=lambda k: _row_name(str(k))[0])
+    t["row"] = t.key.map({k: i for i, k in enumerate(keys)})
+    return t.sort_values(["row", "lr"]).drop(columns="order").reset_index(drop=True)
+
+
+@plotting.styled
+def heatmap(study: Study, t: pd.DataFrame):
+    """Rows: methods and ranks; columns: learning rates; cells: validation score (best of each row boxed)."""
+    labels = list(dict.fromkeys(t.sort_values("row").label))
+    lrs = sorted(t.lr.unique())
+    grid = np.full((len(labels), len(lrs)), np.nan)
+    for _, r in t.iterrows():
+        grid[labels.index(r.label), lrs.index(r.lr)] = r.validation_score
+    fig, axes = plotting.subplots(width=2.6 + 0.85 * len(lrs), height=1.5 + 0.36 * len(labels))
+    ax = axes[0, 0]
+    masked = np.ma.masked_invalid(grid)
+    im = ax.imshow(masked, cmap=plotting.SEQUENCE_CMAP, aspect="auto")
+    ax.set_facecolor("0.92")
+    hi = np.nanmax(grid)
+    lo = np.nanmin(grid)
+    for _, r in t.iterrows():
+        i, j = labels.index(r.label), lrs.index(r.lr)
+        v = r.validation_score
+        light = (v - lo) / max(hi - lo, 1e-12) > 0.6
+        ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=plotting.ANNOTATION,
+                color="black" if light else "white", fontweight="bold" if r.best else "normal")
+        if r.best:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="tab:red", lw=2))
+    ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs], rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("learning rate")
+    fig.colorbar(im, ax=ax, label="validation score")
+    return plotting.finish(fig, study)
+
+
+def finding(t: pd.DataFrame) -> str:
+    best = t[t.best].sort_values("row")
+    text = ("Validation score (never the test split) of every learning rate tried, per method and rank; the best "
+            "of each row is boxed: " + ", ".join(f"{r.label} {r.lr:g} ({r.validation_score:.3f})"
+                                                 for _, r in best.iterrows()) + ".")
+    edge = [r.label for _, r in best.iterrows()
+            if r.lr in (t[t.key == r.key].lr.min(), t[t.key == r.key].lr.max()) and (t.key == r.key).sum() > 2]
+    if edge:
+        text += (" The best rate is at the edge of the grid for " + ", ".join(edge) +
+                 ": the optimum may lie outside it.")
+    return text
+
+
+class LearningRates(Measure):
+    name = "learning_rates"
+    tables = ("learning_rates",)
+
+    def compute(self, ctx: Context) -> Dict[str, pd.DataFrame]:
+        t = lr_table(ctx.study)
+        return {"learning_rates": t} if not t.empty else {}
+
+    def figures(self, ctx: Context) -> Dict[str, object]:
+        return {"lr_heatmap": heatmap(ctx.study, ctx.table("learning_rates"))} if ctx.has("learning_rates") else {}
+
+    def sections(self, ctx: Context) -> List[Section]:
+        if not ctx.drew("lr_heatmap"):
+            return []
+        return [Section("Were the learning rates fair? The validation sweep", [finding(ctx.table("learning_rates"))],
+                        figure="lr_heatmap", level=3,
+                        caption="Whether each rank's chosen rate (boxed) is an interior optimum of its row and how "
+                                "the best rate moves with the rank; scope: the validation split, the learning-rate "
+                                "search's runs (first seed).")]
