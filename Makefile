@@ -5,7 +5,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STUDY ?= experiment=rank_sweep
+STUDY ?= experiment=rank_sweep hydra/launcher=parallel
 STUDY_DIR ?= results/studies/rank_sweep
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
