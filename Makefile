@@ -1,7 +1,6 @@
-# make study : set up .venv, run the default study (base, full FT, LoRA r=1..64), its analysis and report
+# make study : set up .venv, run the default study (frozen base, full FT, LoRA r = 1, 4, 16, 64; three seeds; two
+#              members at a time, one thread each: conf/hydra/launcher/parallel.yaml), its analysis and report
 # make test  : set up .venv and run the test suite
-# make study STUDY='experiment=rank_sweep hydra/launcher=parallel' : the default study two members at a time, one
-#              thread each (conf/hydra/launcher/parallel.yaml)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
