@@ -28,10 +28,13 @@ def test_the_all_linear_preset():
     cfg = compose(["experiment=all_linear"], "study")
     validate(cfg)
     validate_study(cfg.study)
-    members = by_id(main_members(cfg.study, {}))
+    assert list(cfg.study.seeds) == [0, 1, 2]  # the default study's seeds
+    members = by_id(m for m in main_members(cfg.study, {}) if m.seed == 0)
     assert list(members) == ["none_s0", "full_s0", "lora_all_r1_s0", "lora_all_r16_s0"]
     r16 = members["lora_all_r16_s0"]
-    assert r16.overrides()[-3:] == ["method.rank=16", "method.alpha=32", "method.target_modules=all_linear"]
+    o = r16.overrides()
+    assert o[-5:] == ["method.rank=16", "method.alpha=32", "method.target_modules=all_linear",
+                      "run.latency=true", "run.intruder_scaling=true"]  # the first seed's measurements last
     rec = r16.record()
     assert (rec["arm"], rec["title"], rec["method"], rec["rank"], rec["alpha"]) == \
         ("lora_all", "LoRA (all linear)", "lora", 16, 32.0)  # alpha = 2r
