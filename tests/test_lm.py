@@ -181,20 +181,27 @@ def test_task_family_and_model_must_agree(tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_converts_once_and_takes_two_lora_steps(tmp_path):
+def test_smollm2_checkpoint_is_the_dequantised_gguf_and_takes_two_lora_steps(tmp_path, smollm2):
     import json
-    from lora_study.models.gguf import smollm2_path
+
+    import gguf
+    import numpy as np
+
+    from lora_study.models.gguf import smollm2_gguf
     s, _ = run_tiny(tmp_path, ["model=smollm2_135m", "method=lora", "method.rank=4", "train.max_steps=2",
                                "train.eval_every=2", "train.batch_size=2", "train.max_length=48",
                                "task.max_eval_examples=2", "run.latency=false", "run.truncation_ranks=[]"], base=LM_TINY)
-    path = smollm2_path()
-    config = json.loads((path / "config.json").read_text())
+    config = json.loads((smollm2 / "config.json").read_text())
     assert config["model_type"] == "llama" and "quantization_config" not in config
-    assert s["base_model"]["path"] == str(path) and s["steps"] == 2 and s["status"] == "complete"
+    assert s["base_model"]["path"] == str(smollm2) and s["steps"] == 2 and s["status"] == "complete"
     assert len(s["lora_targets"]) == 60  # 30 layers x (q_proj, v_proj)
+    # W_pre as the analyses read it is the GGUF file's Q4_1 weights dequantised (w = d·q + m per block of 32);
+    # W_v, because llama.cpp stores W_q and W_k permuted for its rotary layout
     from lora_study.artifacts import BaseWeights
-    w = BaseWeights(str(path)).get("model.layers.0.self_attn.q_proj")
-    assert w.shape == (576, 576) and w.dtype == torch.float32
+    w = BaseWeights(str(smollm2)).get("model.layers.0.self_attn.v_proj")
+    stored = next(t for t in gguf.GGUFReader(str(smollm2_gguf())).tensors if t.name == "blk.0.attn_v.weight")
+    assert stored.tensor_type == gguf.GGMLQuantizationType.Q4_1
+    assert w.dtype == torch.float32 and np.array_equal(w.numpy(), gguf.quants.dequantize(stored.data, stored.tensor_type))
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
