@@ -21,9 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")
 BIN = Path(sys.executable).parent
 
+# held-out probes at a small size: a tiny run checks that they run, not what they find
+SMALL_HELDOUT = ["heldout.n_train=40", "heldout.n_test=40", "heldout.n_drift=40", "heldout.max_length=32"]
 # a tiny run: a few steps on a small slice of the default task
 TINY = ["model=tiny", "train.max_steps=6", "train.eval_every=3", "train.batch_size=8", "train.max_length=32",
-        "task.max_eval_examples=64", "run.latency_repeats=1", "run.truncation_ranks=[1,2]"]
+        "task.max_eval_examples=64", "run.latency_repeats=1", "run.truncation_ranks=[1,2]", *SMALL_HELDOUT]
 
 
 # the user's cache, read before each session points LORA_STUDY_CACHE at its own
@@ -94,10 +96,7 @@ def cli(*args, cwd=None, timeout=600):
                           timeout=timeout, env={**os.environ})
 
 
-# held-out probes at a small size: tests of a run or study check that they run, not what they find
-SMALL_HELDOUT = ["heldout.n_train=40", "heldout.n_test=40", "heldout.n_drift=40", "heldout.max_length=32"]
-STUDY_ARGS = TINY + ["study.ranks=[1,2,4]", "train.max_steps=12", "optim.lr=1e-3", "study.lr={none:1e-2,full:1e-3,lora:5e-3}",
-                     *SMALL_HELDOUT]
+STUDY_ARGS = TINY + ["study.ranks=[1,2,4]", "train.max_steps=12", "optim.lr=1e-3", "study.lr={none:1e-2,full:1e-3,lora:5e-3}"]
 
 # ---- a task the tiny model can learn ------------------------------------------------------------
 # Short texts of filler words with one cue word deciding the label. A 16-wide random BERT learns it within a few
@@ -141,7 +140,7 @@ def cue_task(tmp_path_factory) -> list:
 
 # the shared tiny study: a budget at which full finetuning learns the cue task and LoRA learns it partly
 LEARN = ["train.max_steps=60", "train.batch_size=16", "train.eval_every=30", "study.ranks=[1,2,4]",
-         "study.lr={none:1e-2,full:1e-2,lora:5e-2}", *SMALL_HELDOUT]
+         "study.lr={none:1e-2,full:1e-2,lora:5e-2}"]
 
 
 @pytest.fixture(scope="session")
