@@ -68,17 +68,17 @@ def test_finding_states_d90_against_D_and_the_published_range():
     assert "no conclusion" in no_gain and "≪" not in no_gain and "published range" not in no_gain
 
 
-def test_intrinsic_dim_study_runs_and_is_analysed(tmp_path):
+def test_intrinsic_dim_study_runs_and_is_analysed(tmp_path, cue_task):
+    """On the cue task, where full finetuning learns (so its accuracy and the base's differ)."""
     from analysis import load_study
     from analysis.analyze import analyze
     from analysis.measures.intrinsic_dim import lora_param_counts
     from analysis.report import report
     from conftest import study_in_process
     from lora_study import methods
-    code = study_in_process("experiment=intrinsic_dim", "model=tiny", "train.max_steps=6", "train.batch_size=8",
-                            "train.max_length=32", "task.max_eval_examples=64", "study.dims=[10,100]",
-                            "heldout.n_train=40", "heldout.n_test=40", "heldout.n_drift=40", "heldout.max_length=32",
-                            "run.latency_repeats=1", f"study.root={tmp_path}", "study.name=t")
+    code = study_in_process("experiment=intrinsic_dim", "model=tiny", *cue_task, "train.max_steps=60",
+                            "train.eval_every=60", "train.batch_size=16", "train.max_length=32", "study.dims=[10,100]",
+                            "study.lr.full=1e-2", f"study.root={tmp_path}", "study.name=t")
     assert code == 0
     study = tmp_path / "t"
     idx = json.loads((study / "study.json").read_text())
@@ -107,6 +107,7 @@ def test_intrinsic_dim_study_runs_and_is_analysed(tmp_path):
     assert sorted(table.index) == ["DID", "SAID"] and set(table.seed) == {0}
     assert (table.dims_tested == 2).all() and (table.d_min == 10).all() and (table.d_max == 100).all()
     full, base = acc["full_s0"], acc["none_s0"]
+    assert full - base > 0.3  # a gain: targets relative to full FT and to its gain differ
     for variant in ("DID", "SAID"):  # the references and the curve are the runs' own, d90 worked out by hand
         row = table.loc[variant]
         a10, a100 = acc[f"subspace_{variant.lower()}_d10_s0"], acc[f"subspace_{variant.lower()}_d100_s0"]
