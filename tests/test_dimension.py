@@ -45,6 +45,17 @@ def test_d90_on_a_curve_that_dips_and_then_crosses():
     assert d90(ds, acc, 1.0) == pytest.approx(10000, rel=1e-12)
 
 
+def test_crossing_edge_cases():
+    # d = 1 is a valid dimension (log 1 = 0): 0.6 between d=1 (0.5) and d=10 (0.7), log10 d = 0.5
+    assert crossing([1, 10], [0.5, 0.7], 0.6) == pytest.approx(10 ** 0.5, rel=1e-12)
+    # reached exactly at the smallest d, then falling: the smallest d, not None
+    assert crossing([10, 100], [0.9, 0.5], 0.9) == 10.0
+    # nothing left after dropping missing points (NaN, or None as a JSON null reads), or nothing at all: None
+    assert crossing([10, 100], [float("nan"), float("nan")], 0.5) is None and crossing([], [], 0.5) is None
+    assert crossing([10, 100, 1000], [None, 0.6, 0.8], 0.7) == pytest.approx(10 ** 2.5, rel=1e-12)
+    assert crossing([10, 100], [0.5, 0.9], float("nan")) is None  # no full FT: no target
+
+
 def test_d90_refuses_bad_curves():
     with pytest.raises(ValueError, match="repeats"):
         d90([10, 10], [0.5, 0.6], 0.6)

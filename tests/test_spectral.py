@@ -58,6 +58,29 @@ def test_energy_captured_and_rank_at_energy_known_answers():
     assert math.isnan(energy_captured([0.0, 0.0], 1))
 
 
+def test_zero_spectra_and_edge_values():
+    # an all-zero spectrum (a rank-0 matrix): no rank, no entropy; a zero after σ1 does not count
+    assert effective_rank([0.0, 0.0]) == 0.0 and stable_rank([0.0, 0.0]) == 0.0 and rank_at_energy([0.0], 0.5) == 0
+    assert stable_rank([2.0, 0.0]) == 1.0 and effective_rank([2.0, 0.0]) == 1.0 and stable_rank([3.0]) == 1.0
+    assert effective_rank([0.5, 0.5]) == pytest.approx(2.0, abs=1e-12)  # Σσ = 1 is not the zero case
+    assert rank_at_energy([3.0, 1.0]) == 1  # the default threshold is 90 %: E(1) = 0.9 exactly
+    assert rank_at_energy([3.0, 1.0], 0.9) == 1 and rank_at_energy([3.0, 1.0], 0.9000001) == 2
+
+
+def test_computed_in_float64_whatever_the_input():
+    """Lists and fp32 tensors are computed in fp64 (results to ~1e-16, not fp32's ~1e-7)."""
+    # a list: 0.1 is not 0.1f, which would give 9 / 9.0100000003 (3e-11 away)
+    assert energy_captured([3.0, 0.1], 1) == pytest.approx(9 / 9.01, rel=1e-14)
+    assert abs(9 / 9.01 - 9 / (9 + float(np.float32(0.1)) ** 2)) > 1e-11  # so the check above can tell them apart
+    # an fp32 tensor: its values taken exactly and squared and summed in fp64
+    x = torch.tensor([3.0, 0.1], dtype=torch.float32)
+    exact = (9.0 + float(x[1]) ** 2) / 9.0
+    assert stable_rank(x) == pytest.approx(exact, rel=1e-15)
+    assert abs(exact - float((x.square().sum() / x[0].square()))) > 1e-9
+    # the threshold too: E(1) = 0.89999999 lies below 0.9 but above 0.9 in fp32 (0.8999999762)
+    assert rank_at_energy([math.sqrt(0.89999999), math.sqrt(0.10000001)], 0.9) == 2
+
+
 def test_spectrum_row():
     row = spectrum_row(torch.tensor([2.0, 1.0]))
     assert row["rank90"] == 2 and row["rank99"] == 2 and row["n"] == 2
@@ -67,6 +90,8 @@ def test_spectrum_row():
     assert row["effective_rank"] == pytest.approx(effective_rank([2.0, 1.0]))
     row = spectrum_row(np.array([10.0] + [0.1] * 50))  # 100 of 100.5 in sigma_1
     assert row["rank90"] == 1 and row["rank99"] == 1
+    row = spectrum_row([10.0, 3.0, 1.0])  # energies 100, 9, 1 of 110: E(1) = 0.909, E(2) = 0.991
+    assert (row["rank90"], row["rank99"], row["n"]) == (1, 2, 3)
 
 
 # ---- planted ranks -----------------------------------------------------------------------------
@@ -90,10 +115,15 @@ def test_planted_rank_k_is_measured_as_rank_k(k):
 # ---- errors a user can cause -------------------------------------------------------------------
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: energy_captured([1.0, 2.0], 0), "positive integer"),
-    (lambda: rank_at_energy([1.0, 2.0], 0.0), r"\(0, 1\]"),
-    (lambda: effective_rank([1.0, -1.0]), "non-negative"),
-    (lambda: stable_rank(torch.ones(2, 2)), "1-D"),
+    (lambda: energy_captured([1.0, 2.0], 0), r"^k must be a positive integer, got 0\.$"),
+    (lambda: energy_captured("1 2", 1), r"^s must be a torch tensor or numpy array, got str\.$"),
+    (lambda: effective_rank(torch.ones(2, dtype=torch.complex64)), r"^s must be real, got dtype torch\.complex64\.$"),
+    (lambda: rank_at_energy([1.0, 2.0], 0.0), r"^frac must be in \(0, 1\], got 0\.0\.$"),
+    (lambda: rank_at_energy([1.0, 2.0], 1.5), r"^frac must be in \(0, 1\], got 1\.5\.$"),
+    (lambda: effective_rank([1.0, -1.0]), r"^s must hold finite, non-negative singular values\.$"),
+    (lambda: effective_rank([1.0, float("nan")]), r"^s must hold finite, non-negative singular values\.$"),
+    (lambda: stable_rank(torch.ones(2, 2)), r"^s must be a non-empty 1-D array of singular values, got shape \(2, 2\)\.$"),
+    (lambda: stable_rank([]), r"^s must be a non-empty 1-D array of singular values, got shape \(0,\)\.$"),
 ])
 def test_bad_input_raises_one_clear_value_error(call, match):
     with pytest.raises(ValueError, match=match):
