@@ -11,19 +11,59 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
+# One intra-op thread, here and in the command-line runs tests start. The tiny models' operations take
+# microseconds, so with two threads the time goes to OpenMP hand-offs, and on a loaded 2-core machine to waiting
+# for the other thread: the shared tiny study took 106 s with two threads and 16 s with one (load 5, same results).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")
 BIN = Path(sys.executable).parent
 
+# held-out probes at a small size: a tiny run checks that they run, not what they find
+SMALL_HELDOUT = ["heldout.n_train=40", "heldout.n_test=40", "heldout.n_drift=40", "heldout.max_length=32"]
 # a tiny run: a few steps on a small slice of the default task
 TINY = ["model=tiny", "train.max_steps=6", "train.eval_every=3", "train.batch_size=8", "train.max_length=32",
-        "task.max_eval_examples=64", "run.latency_repeats=1", "run.truncation_ranks=[1,2]"]
+        "task.max_eval_examples=64", "run.latency_repeats=1", "run.truncation_ranks=[1,2]", *SMALL_HELDOUT]
+
+
+# the user's cache, read before each session points LORA_STUDY_CACHE at its own
+USER_CACHE = Path(os.environ.get("LORA_STUDY_CACHE") or Path.home() / ".cache" / "lora-study")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory):
-    os.environ["LORA_STUDY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    """Each session builds its own cache (tiny models, parsed corpora, base features), so tests never read what an
+    older version of the code left behind; the converted SmolLM2 checkpoint is the exception (``smollm2``)."""
+    session = tmp_path_factory.mktemp("cache")
+    os.environ["LORA_STUDY_CACHE"] = str(session)
+    _link_smollm2(session)
+
+
+def _link_smollm2(session: Path) -> bool:
+    from lora_study.models.gguf import SMOLLM2_DIR
+    shared, link = USER_CACHE / SMOLLM2_DIR, session / SMOLLM2_DIR
+    if (shared / "model.safetensors").exists() and not link.exists():
+        link.symlink_to(shared, target_is_directory=True)
+    return link.exists()
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The float32 SmolLM2 checkpoint converted from the packaged GGUF file. It depends on that file alone and takes
+    about 30 s to build, so it is built once into the user's cache (``$LORA_STUDY_CACHE`` or ~/.cache/lora-study,
+    where the suite itself keeps it) and linked into every later session's cache."""
+    from lora_study.models.gguf import smollm2_path
+    session = Path(os.environ["LORA_STUDY_CACHE"])
+    if not _link_smollm2(session):
+        os.environ["LORA_STUDY_CACHE"] = str(USER_CACHE)
+        try:
+            smollm2_path()
+        finally:
+            os.environ["LORA_STUDY_CACHE"] = str(session)
+        assert _link_smollm2(session)
+    return smollm2_path()
 
 
 def compose(overrides, config_name: str = "config"):
@@ -64,13 +104,58 @@ STUDY_ARGS = TINY + ["study.ranks=[1,2,4]", "train.max_steps=12", "optim.lr=1e-3
 LR_EVIDENCE = {"none": {"0.01": 0.52, "0.1": 0.55}, "full": {"0.0001": 0.58, "0.001": 0.61, "0.01": 0.5},
                "lora_r1": {"0.001": 0.51, "0.005": 0.56, "0.05": 0.53}, "lora_r4": {"0.001": 0.54, "0.005": 0.57}}
 
+# ---- a task the tiny model can learn ------------------------------------------------------------
+# Short texts of filler words with one cue word deciding the label. A 16-wide random BERT learns it within a few
+# dozen steps when all its weights train, and only partly with a rank-1 or rank-4 update: so full finetuning beats
+# the frozen base, LoRA lies between, and the analyses have gains, truncation differences and correlations to show.
+CUES = {1: ("good", "great", "excellent", "superb", "wonderful", "brilliant", "lovely", "fine"),
+        0: ("bad", "awful", "terrible", "poor", "dreadful", "horrible", "weak", "boring")}
+FILLER = ("the", "a", "film", "story", "it", "was", "and", "with", "of", "scene", "actor", "plot", "music", "very",
+          "quite", "this", "that", "in", "on", "some", "time", "end", "part", "show", "cast", "one", "two", "day",
+          "night", "city", "house", "man", "woman", "book", "song", "long", "short", "old", "new", "first", "last")
+
+
+def write_cue_task(path: Path, rows: int = 1200, seed: int = 0, filler=(1, 3)) -> Path:
+    """A CSV (text, label) of ``rows`` texts: 1 to 3 filler words with one cue word of the label's list at a random
+    place; labels alternate, so the classes are balanced. Deterministic in ``seed``."""
+    import csv
+    import random
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(rows):
+            label = i % 2
+            words = [rng.choice(FILLER) for _ in range(rng.randint(*filler))]
+            words.insert(rng.randint(0, len(words)), rng.choice(CUES[label]))
+            w.writerow([" ".join(words), label])
+    return path
+
+
+def cue_task_args(path: Path) -> list:
+    """Overrides that train on the cue task at ``path``: 200 test and 100 validation examples, uncapped."""
+    return ["task=files", f"task.train_file={path}", "task.n_test=200", "task.n_validation=100",
+            "task.max_eval_examples=null"]
+
 
 @pytest.fixture(scope="session")
-def tiny_study(tmp_path_factory):
-    """A tiny-model study (base, full FT, LoRA r = 1, 2, 4), made once per test session; copy before changing it."""
+def cue_task(tmp_path_factory) -> list:
+    """The overrides of the learnable cue task (its CSV written once per session)."""
+    return cue_task_args(write_cue_task(tmp_path_factory.mktemp("cue") / "cues.csv"))
+
+
+# the shared tiny study: a budget at which full finetuning learns the cue task and LoRA learns it partly
+# (validation and held-out probes at steps 30 and 60: two checkpoints for learning vs forgetting over training)
+LEARN = ["train.max_steps=60", "train.batch_size=16", "train.eval_every=30", "heldout.every=30", "study.ranks=[1,2,4]",
+         "study.lr={none:1e-2,full:1e-2,lora:5e-2}"]
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, cue_task):
+    """A tiny-model study of the cue task (base, full FT, LoRA r = 1, 2, 4), made once per test session in this
+    process; copy before changing it."""
     root = tmp_path_factory.mktemp("studies")
-    r = cli("lora-study-study", *STUDY_ARGS, f"study.root={root}", "study.name=tiny")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert study_in_process(*TINY, *cue_task, *LEARN, f"study.root={root}", "study.name=tiny") == 0
     return root / "tiny"
 
 

@@ -1,9 +1,14 @@
-"""The analysis CLI and loader on a tiny-model study, its handling of bad input, and its extension points: a
-measure or a rank-swept method registered inside a test flows through the analysis and the report."""
+"""The analysis of a tiny-model study that learned (full finetuning beats the frozen base, LoRA lies between), through
+the command line once and in-process otherwise: its tables against the runs' own artifacts, the branches that
+draw a conclusion, bad input and skipped runs, and its extension points: a measure or a rank-swept method
+registered inside a test flows through the analysis and the report."""
 import json
+import math
 import re
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -12,14 +17,56 @@ from conftest import cli
 from analysis import load_study
 from lora_study.artifacts import ArtifactError
 
+MEMBERS = {"none_s0", "full_s0", "lora_r1_s0", "lora_r2_s0", "lora_r4_s0"}
 
-def test_analyze_cli_writes_tables_and_figures(study_copy):
-    r = cli("lora-study-analyze", str(study_copy))
+
+def summary(study: Path, member: str) -> dict:
+    return json.loads((study / "runs" / member / "summary.json").read_text())
+
+
+def accuracy(study: Path, member: str) -> float:
+    return summary(study, member)["metrics"]["test_accuracy"]
+
+
+def test_the_tiny_study_learns(tiny_study):
+    """The premise of every conclusion below: full finetuning beats the frozen base by far more than two binomial
+    standard errors (and a paired McNemar test agrees), LoRA learns part of the task, and the runs differ."""
+    from analysis.stats import mcnemar_exact, unpaired_difference_se
+    st = load_study(tiny_study)
+    n = summary(tiny_study, "full_s0")["examples"]["test"]
+    full, base = accuracy(tiny_study, "full_s0"), accuracy(tiny_study, "none_s0")
+    assert n == 200 and base == 0.5  # a balanced test split, and a base that has learnt nothing
+    assert full - base > 5 * unpaired_difference_se(full, base, n, n)
+    correct = {m: st.run(m).dir.predictions()["test.correct"] for m in MEMBERS}
+    assert mcnemar_exact(correct["full_s0"], correct["none_s0"])["p_value"] < 1e-20
+    lora = {m: accuracy(tiny_study, m) for m in MEMBERS if m.startswith("lora")}
+    best = max(lora.values())
+    assert best - base > 2 * unpaired_difference_se(best, base, n, n)  # LoRA learns ...
+    assert full - best > 2 * unpaired_difference_se(full, best, n, n)  # ... part of what full finetuning learns
+    assert len({accuracy(tiny_study, m) for m in MEMBERS}) >= 3
+
+
+@pytest.fixture(scope="module")
+def analysed(tiny_study, tmp_path_factory):
+    """A copy of the tiny study analysed by the console script: lora-study-analyze's one command-line case."""
+    dst = tmp_path_factory.mktemp("analysed") / "tiny"
+    shutil.copytree(tiny_study, dst, ignore=shutil.ignore_patterns("analysis", "report"))
+    r = cli("lora-study-analyze", str(dst))
     assert r.returncode == 0, r.stderr[-2000:]
-    out = study_copy / "analysis"
+    assert re.search(r"analysed 5 runs of tiny in [\d.]+ s: 9 tables, 8 figures", r.stdout), r.stdout
+    return dst
+
+
+def table(analysed: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(analysed / "analysis" / f"{name}.csv")
+
+
+def test_analyze_cli_writes_tables_and_figures(analysed):
+    out = analysed / "analysis"
     for t in ("runs", "tradeoff", "spectra", "truncation", "similarity", "amplification", "intruders",
               "full_energy_in_lora", "forgetting"):
-        assert (out / f"{t}.csv").exists() and (out / f"{t}.parquet").exists(), t
+        csv, parquet = pd.read_csv(out / f"{t}.csv"), pd.read_parquet(out / f"{t}.parquet")
+        assert len(csv) > 0 and len(parquet) == len(csv), t  # written, and not left empty by a swallowed error
     for f in ("spectra", "cumulative_energy", "rank90_heatmap", "similarity", "intruders", "truncation",
               "forgetting_vs_rank", "pareto"):
         assert (out / f"{f}.png").stat().st_size > 1000 and (out / f"{f}.pdf").exists(), f
@@ -29,60 +76,150 @@ def test_analyze_cli_writes_tables_and_figures(study_copy):
     assert (lora.rank90 <= lora["rank"]).all()  # a rank-r update has at most r directions
     assert set(spectra.kind) == {"query", "key", "value", "attn_out", "ffn_in", "ffn_out"}
     runs = pd.read_parquet(out / "runs.parquet")
-    assert set(runs.member) == {"none_s0", "full_s0", "lora_r1_s0", "lora_r2_s0", "lora_r4_s0"}
+    assert set(runs.member) == MEMBERS
+    assert json.loads((out / "analysis.json").read_text())["skipped"] == {}
+
+
+def test_truncation_table_keeps_a_finite_share_of_a_real_gain(analysed):
+    """Each entry is the reference run's own measurement, beside the LoRA run trained at rank k, and the share of
+    full finetuning's gain it keeps is (acc − base) / (full − base): finite, because this study has a gain."""
+    t = table(analysed, "truncation")
+    full, base = accuracy(analysed, "full_s0"), accuracy(analysed, "none_s0")
+    scopes = summary(analysed, "full_s0")["truncation"]["scopes"]
+    assert len(t) == sum(len(e["ranks"]) for e in scopes.values()) == 9 and set(t.arm) == {"lora"}
+    for scope, e in scopes.items():
+        for entry in e["ranks"]:
+            row = t[(t.scope == scope) & (t.k == entry["k"])].iloc[0]
+            assert row.truncated_full_accuracy == entry["test_accuracy"]
+            assert row.gain_kept == pytest.approx((entry["test_accuracy"] - base) / (full - base), abs=1e-12)
+            assert (row.full_accuracy, row.base_accuracy) == (full, base)
+            trained = accuracy(analysed, f"lora_r{entry['k']}_s0") if entry["k"] else float("nan")
+            assert row.trained_accuracy == trained or (math.isnan(trained) and math.isnan(row.trained_accuracy))
+    assert np.isfinite(t.gain_kept).all()
+    own = t[t.scope == "finetuned_rest"].set_index("k").truncated_full_accuracy
+    assert own[0] != own[max(own.index)]  # removing ΔW matters: the entries are not all equal
+    assert own[0] == base  # every analysed ΔW removed, the rest finetuned: all of the gain was in those matrices
+
+
+def _top_right(d: torch.Tensor, k: int) -> np.ndarray:
+    """The top-k right singular vectors of ΔW, by numpy (not the suite's own SVD), as columns."""
+    return np.linalg.svd(d.double().numpy())[2][:k].T
+
+
+def test_similarity_and_energy_tables_match_the_deltas(analysed):
+    """φ(1, 1) between LoRA r = 1 and r = 4 is (v₁ · v₁')² averaged over layers; the energy of full FT's ΔW in each
+    run's row space is ‖ΔW_full V_r‖² / ‖ΔW_full‖² averaged over modules: both recomputed here with numpy."""
+    st = load_study(analysed)
+    sim = table(analysed, "similarity").set_index("kind")
+    assert set(sim.index) == {"query", "value", "random"} and (sim.small == 1).all() and (sim.large == 4).all()
+    for kind in ("query", "value"):
+        mods = [m for m in st.run("lora_r1_s0").dir.delta_names() if m.endswith(kind)]
+        phi = [float(_top_right(st.delta("lora_r1_s0", m), 1)[:, 0] @ _top_right(st.delta("lora_r4_s0", m), 1)[:, 0]) ** 2
+               for m in mods]
+        assert len(mods) == 2 and sim.phi_1_1[kind] == pytest.approx(np.mean(phi), abs=1e-6)
+        assert 0 <= sim.phi_1_1[kind] <= 1 and sim.phi_mean[kind] >= sim.phi_1_1[kind] - 1e-9  # φ(1, j) grows with j
+    energy = table(analysed, "full_energy_in_lora").set_index("member")
+    assert list(energy.index) == ["lora_r1_s0", "lora_r2_s0", "lora_r4_s0"] and (energy.modules == 4).all()
+    for member, rank in (("lora_r1_s0", 1), ("lora_r4_s0", 4)):
+        shares = []
+        for m in st.run(member).dir.delta_names():
+            full = st.delta("full_s0", m).double().numpy()
+            shares.append(np.linalg.norm(full @ _top_right(st.delta(member, m), rank)) ** 2 / np.linalg.norm(full) ** 2)
+        assert energy.row[member] == pytest.approx(np.mean(shares), abs=1e-6)
+        assert energy.random_row[member] == rank / 16  # a random r-dimensional space of R^16
+
+
+def test_intruders_grow_with_epsilon_and_correlate_with_forgetting(analysed):
+    """The count is monotone in ε (cos < ε), is summed over each run's modules, and the Spearman correlation with
+    forgetting is computed over the four finetuned runs."""
+    from scipy.stats import spearmanr
+    intr = table(analysed, "intruders")
+    counts = intr.pivot(index="member", columns="eps", values="intruders")
+    assert set(counts.index) == MEMBERS - {"none_s0"}
+    assert (counts.diff(axis=1).fillna(0) >= 0).all().all() and (counts[0.9] > counts[0.1]).all()
+    assert set(intr[intr.member == "full_s0"].modules) == {12} and set(intr[intr.member == "lora_r1_s0"].modules) == {4}
+    corr = json.loads((analysed / "analysis" / "analysis.json").read_text())["intruders_vs_forgetting"]
+    forget = table(analysed, "forgetting").set_index("member").forgetting_mean
+    members = sorted(MEMBERS - {"none_s0"})
+    rho, p = spearmanr(counts[0.5][members], forget[members])
+    assert corr["n"] == 4 and corr["eps"] == 0.5 and corr["rho"] == pytest.approx(rho) and corr["p"] == pytest.approx(p)
+    for m in members:  # the forgetting the correlation reads is the runs' own
+        assert forget[m] == pytest.approx(summary(analysed, m)["heldout"]["forgetting_mean"])
 
 
 def test_load_study_api(tiny_study):
+    from conftest import load_model
     st = load_study(tiny_study)
-    assert {r.member for r in st.runs} == {"none_s0", "full_s0", "lora_r1_s0", "lora_r2_s0", "lora_r4_s0"}
+    assert {r.member for r in st.runs} == MEMBERS
     mods = st.modules("full_s0")
     name = mods.module.iloc[0]
     d = st.delta("full_s0", name)
     s = st.spectrum("full_s0")[name]
     assert torch.allclose(torch.linalg.svdvals(d), s, atol=1e-5)
-    assert st.base_weight(name).shape == d.shape
-    assert len(st.metrics("lora_r2_s0")) > 0
+    cfg = st.run("full_s0").dir.config()
+    from lora_study.config import ModelConfig
+    base = load_model(ModelConfig(**{k: v for k, v in cfg["model"].items()})).model
+    assert torch.equal(st.base_weight(name), base.get_submodule(name).weight)  # W_pre, read from the base's own file
+    m = st.metrics("lora_r2_s0")
+    assert list(m[m.split == "validation"].step) == [30, 60]
+    assert m[m.split == "test"].accuracy.iloc[-1] == accuracy(tiny_study, "lora_r2_s0")
     assert st.arms("rank") == ["lora"] and st.values("lora") == [1, 2, 4] and st.arms("d") == []
     assert [r.member for r in st.baselines()] == ["none_s0"] and st.reference(0).member == "full_s0"
     assert st.find("lora", 0, 2).member == "lora_r2_s0" and st.find("lora", 0, 8) is None
 
 
-def test_not_a_study_is_one_sentence(tmp_path):
-    r = cli("lora-study-analyze", str(tmp_path))
-    assert r.returncode == 2 and "is not a study directory" in r.stderr and "Traceback" not in r.stderr
+def analyze_in_process(path, capsys):
+    """``lora-study-analyze PATH`` in this process: (exit code, stderr)."""
+    from analysis.analyze import main
+    try:
+        main([str(path)])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def test_not_a_study_is_one_sentence(tmp_path, capsys):
+    code, err = analyze_in_process(tmp_path, capsys)
+    assert (code, err) == (2, f"error: {tmp_path} is not a study directory (it has no study.json).\n")
     with pytest.raises(ArtifactError):
         load_study(tmp_path)
 
 
-def test_study_without_complete_runs(study_copy):
+def test_study_without_complete_runs(study_copy, capsys):
     for s in study_copy.glob("runs/*/summary.json"):
         s.unlink()
-    r = cli("lora-study-analyze", str(study_copy))
-    assert r.returncode == 2 and "has no complete runs" in r.stderr
+    code, err = analyze_in_process(study_copy, capsys)
+    assert code == 2 and err == f"error: {study_copy} has no complete runs to analyse.\n"
+    assert not (study_copy / "analysis").exists()
 
 
-def test_corrupt_delta_is_skipped_and_the_rest_analysed(study_copy):
+def test_corrupt_delta_is_skipped_and_the_rest_analysed(study_copy, capsys):
     p = study_copy / "runs" / "lora_r2_s0" / "delta.safetensors"
     p.write_bytes(p.read_bytes()[:100])  # cut short
-    r = cli("lora-study-analyze", str(study_copy))
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "skipped lora_r2_s0" in r.stderr and "unreadable" in r.stderr
+    code, err = analyze_in_process(study_copy, capsys)
+    assert code == 0, err
+    assert "skipped lora_r2_s0: delta.safetensors is unreadable" in err
     runs = pd.read_csv(study_copy / "analysis" / "runs.csv")
-    assert "lora_r2_s0" not in set(runs.member) and "lora_r4_s0" in set(runs.member)
+    assert set(runs.member) == MEMBERS - {"lora_r2_s0"}
+    assert set(pd.read_csv(study_copy / "analysis" / "full_energy_in_lora.csv").member) == {"lora_r1_s0", "lora_r4_s0"}
 
 
-def test_delta_of_a_module_missing_from_the_base_is_skipped(study_copy):
+def test_delta_of_a_module_missing_from_the_base_is_skipped(study_copy, capsys):
     from safetensors.torch import load_file, save_file
     for name in ("delta.safetensors", "spectrum.safetensors"):
         p = study_copy / "runs" / "lora_r4_s0" / name
         t = load_file(p)
         t["bert.encoder.layer.9.attention.self.query"] = next(iter(t.values())).clone()
         save_file(t, p, metadata={"schema_version": "1"})
-    r = cli("lora-study-analyze", str(study_copy))
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "skipped lora_r4_s0" in r.stderr and "has no weight in the base model" in r.stderr
+    code, err = analyze_in_process(study_copy, capsys)
+    assert code == 0, err
+    why = "module bert.encoder.layer.9.attention.self.query has no weight in the base model"
+    assert f"skipped lora_r4_s0: {why}" in err
     meta = json.loads((study_copy / "analysis" / "analysis.json").read_text())
-    assert "lora_r4_s0" in meta["skipped"] or "lora_r4_s0" in r.stderr
+    assert list(meta["skipped"]) == ["lora_r4_s0"] and meta["skipped"]["lora_r4_s0"].startswith(why)
+    assert "lora_r4_s0" not in set(pd.read_csv(study_copy / "analysis" / "intruders.csv").member)
+    assert "lora_r2_s0" in set(pd.read_csv(study_copy / "analysis" / "intruders.csv").member)
 
 
 def test_run_labels_sort_by_method_then_rank_numerically():

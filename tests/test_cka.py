@@ -118,13 +118,40 @@ def test_constant_features_give_nan(cka):
     assert np.isnan(cka(x, np.ones((10, 4))))
 
 
-def test_bad_input_raises_one_sentence():
-    x = np.zeros((10, 3))
-    with pytest.raises(ValueError, match="at least 4 examples"):
-        linear_cka_debiased(np.eye(3), np.eye(3))
-    with pytest.raises(ValueError, match="same examples"):
-        linear_cka(x, np.zeros((9, 3)))
-    with pytest.raises(ValueError, match="y must be a non-empty 2-D"):
-        linear_cka(x, np.zeros(10))
-    with pytest.raises(ValueError, match="x must hold finite"):
-        linear_cka_debiased(np.full((10, 3), np.nan), x)
+@pytest.mark.parametrize("cka", [linear_cka, linear_cka_debiased])
+def test_small_scales_one_feature_and_four_examples(cka):
+    """Only a side with no variance at all gives NaN: features of size 1e-2 (Gram norms far below 1) still give 1
+    for a rescaled copy; one feature is a valid feature matrix; four examples are enough for the debiased form."""
+    rng = np.random.default_rng(7)
+    x = 1e-2 * rng.normal(size=(20, 3))
+    assert cka(x, 3 * x) == pytest.approx(1.0, abs=1e-12)
+    one = rng.normal(size=(20, 1))
+    assert cka(one, -2 * one + 5) == pytest.approx(1.0, abs=1e-12)
+    four = rng.normal(size=(4, 2))
+    assert cka(four, four @ np.array([[0.0, 1.0], [1.0, 0.0]])) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("cka", [linear_cka, linear_cka_debiased])
+def test_computed_in_float64_whatever_the_input(cka):
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(30, 6)).astype(np.float32), rng.normal(size=(30, 5)).astype(np.float32)
+    assert cka(x, y) == pytest.approx(cka(x.astype(np.float64), y.astype(np.float64)), rel=1e-12, abs=1e-14)
+    assert cka(x.tolist(), y) == pytest.approx(cka(x.astype(np.float64), y), rel=1e-12, abs=1e-14)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: linear_cka_debiased(np.eye(3), np.eye(3)), "the debiased CKA needs at least 4 examples (rows of x and y), got 3."),
+    (lambda: linear_cka(np.ones((5, 3)), np.ones((6, 4))), "x and y must hold the same examples (rows), got 5 and 6."),
+    (lambda: linear_cka(np.zeros((10, 3)), np.zeros(10)), "y must be a non-empty 2-D (n x features) array, got shape (10,)."),
+    (lambda: linear_cka(np.zeros((0, 3)), np.zeros((0, 3))), "x must be a non-empty 2-D (n x features) array, got shape (0, 3)."),
+    (lambda: linear_cka_debiased(np.full((10, 3), np.nan), np.zeros((10, 3))),
+     "x must hold finite numbers only, got NaN or infinity."),
+    (lambda: linear_cka([[1.0, 2.0], [3.0]], np.zeros((2, 2))),
+     "x must be a numeric (n x features) array, got ragged or non-numeric input."),
+    (lambda: linear_cka(np.zeros((2, 2)), [["a", "b"], ["c", "d"]]),
+     "y must be a numeric (n x features) array, got ragged or non-numeric input."),
+])
+def test_bad_input_raises_one_sentence(call, message):
+    with pytest.raises(ValueError) as e:
+        call()
+    assert str(e.value) == message

@@ -29,6 +29,33 @@ def test_d90_never_reached_and_reached_at_the_first_d():
     assert crossing([10, 100], [float("nan"), 0.9], 0.8) == 100  # NaN points are dropped
 
 
+def test_d90_on_a_curve_that_dips_and_then_crosses():
+    # 0.50 at d = 10, 0.70 at 100, a dip to 0.60 at 1000, then 0.90 at 10^4 (unsorted on purpose).
+    ds, acc = [1000, 10, 10000, 100], [0.60, 0.50, 0.90, 0.70]
+    # target 0.9 × 0.8 = 0.72: 0.70 before the dip falls short, so the first crossing is between the dip (d = 1000,
+    # 0.60) and d = 10^4 (0.90), not between the best point before it (d = 100, 0.70) and 10^4:
+    # log10 d = 3 + (0.72 − 0.60) / 0.30 = 3.4
+    assert d90(ds, acc, 0.8) == pytest.approx(10 ** 3.4, rel=1e-9)
+    # target 0.9 × 0.75 = 0.675, reached before the dip: between d = 10 (0.5) and 100 (0.7), 1 + 0.175 / 0.2 = 1.875;
+    # the dip below it at d = 1000 does not undo the crossing
+    assert d90(ds, acc, 0.75) == pytest.approx(10 ** 1.875, rel=1e-9)
+    # gain target 0.5 + 0.9 × (0.9 − 0.5) = 0.86: between 1000 (0.60) and 10^4 (0.90), 3 + 0.26 / 0.30
+    assert d90_gain(ds, acc, 0.9, 0.5) == pytest.approx(10 ** (3 + 0.26 / 0.30), rel=1e-9)
+    # a target equal to a point after the dip is reached at that point: 0.9 × 1.0 = 0.90 at d = 10^4 exactly
+    assert d90(ds, acc, 1.0) == pytest.approx(10000, rel=1e-12)
+
+
+def test_crossing_edge_cases():
+    # d = 1 is a valid dimension (log 1 = 0): 0.6 between d=1 (0.5) and d=10 (0.7), log10 d = 0.5
+    assert crossing([1, 10], [0.5, 0.7], 0.6) == pytest.approx(10 ** 0.5, rel=1e-12)
+    # reached exactly at the smallest d, then falling: the smallest d, not None
+    assert crossing([10, 100], [0.9, 0.5], 0.9) == 10.0
+    # nothing left after dropping missing points (NaN, or None as a JSON null reads), or nothing at all: None
+    assert crossing([10, 100], [float("nan"), float("nan")], 0.5) is None and crossing([], [], 0.5) is None
+    assert crossing([10, 100, 1000], [None, 0.6, 0.8], 0.7) == pytest.approx(10 ** 2.5, rel=1e-12)
+    assert crossing([10, 100], [0.5, 0.9], float("nan")) is None  # no full FT: no target
+
+
 def test_d90_refuses_bad_curves():
     with pytest.raises(ValueError, match="repeats"):
         d90([10, 10], [0.5, 0.6], 0.6)

@@ -54,12 +54,31 @@ def minilm():
     return load_model(ModelConfig())
 
 
-def test_probe_is_deterministic_and_base_forgets_nothing(minilm):
-    h = ProbeScorer(SMALL, minilm.model, minilm.tokenizer, minilm.path, torch.device("cpu"))
-    a, b = h.evaluate(minilm.model), h.evaluate(minilm.model)
-    assert a["tasks"] == b["tasks"]
-    assert all(t["forgetting"] == 0.0 for t in a["tasks"].values()) and a["forgetting_mean"] == 0.0
-    assert a["cka"] == pytest.approx(1.0)
+def test_probes_are_identical_across_instances_and_a_feature_cache_miss_and_hit(minilm, tmp_path, monkeypatch):
+    """Two scorers built in turn on an empty cache of their own: the first computes the base's features and writes
+    them (a miss), the second reads them back without computing any (a hit). Both hold the same probe split and
+    bit-identical features, score the base alike, and find no forgetting and a CKA of 1 for the base itself."""
+    from lora_study.heldout import probes
+    monkeypatch.setenv("LORA_STUDY_CACHE", str(tmp_path))
+    miss = ProbeScorer(SMALL, minilm.model, minilm.tokenizer, minilm.path, torch.device("cpu"))
+    assert len(list((tmp_path / "heldout-features").glob("*.npz"))) == 1
+    with monkeypatch.context() as m:
+        m.setattr(probes, "features", lambda *a, **k: pytest.fail("the base's features were recomputed"))
+        hit = ProbeScorer(SMALL, minilm.model, minilm.tokenizer, minilm.path, torch.device("cpu"))
+    assert [vars(t) for t in hit.tasks] == [vars(t) for t in miss.tasks] and hit.drift == miss.drift
+    assert hit.base.keys() == miss.base.keys() == {"bbc_topic/train", "bbc_topic/test", "subjectivity/train",
+                                                   "subjectivity/test", "political_party/train",
+                                                   "political_party/test", "drift"}
+    assert all(hit.base[k].dtype == np.float32 and np.array_equal(hit.base[k], miss.base[k]) for k in miss.base)
+    a, b = miss.evaluate(minilm.model), hit.evaluate(minilm.model)
+    assert a["tasks"] == b["tasks"] and a["per_example"].keys() == b["per_example"].keys()
+    assert all(np.array_equal(a["per_example"][k], b["per_example"][k]) for k in a["per_example"])
+    for r in (a, b):
+        assert all(t["forgetting"] == 0.0 and t["base"] == t["finetuned"] for t in r["tasks"].values())
+        assert r["forgetting_mean"] == 0.0
+        assert r["cka"] == pytest.approx(1.0, abs=1e-12) and r["cka_biased"] == pytest.approx(1.0, abs=1e-12)
+        assert all(np.array_equal(r["per_example"][f"{n}.base_correct"], r["per_example"][f"{n}.finetuned_correct"])
+                   for n in r["tasks"])
     assert a["tasks"]["bbc_topic"]["base"] > 0.8  # pretrained features separate news topics
 
 

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from analysis.measures.intrinsic_dim import at_d90, finding, format_summary, summarize
-from conftest import cli
 
 
 def _runs(rows):
@@ -27,6 +26,19 @@ def test_tradeoff_keeps_the_smallest_tested_d_reaching_d90_per_variant():
     never = _runs(rows).assign(test_accuracy=lambda f: f.test_accuracy.where(f.method == "full", 0.5))
     assert at_d90(never).empty  # no d reaches the target: no d90 row
     assert at_d90(_runs(rows)[lambda f: f.method == "subspace"]).empty  # no full FT: no target
+
+
+def test_tradeoff_row_is_the_first_tested_d_reaching_the_target_after_a_dip():
+    # full FT 0.80, target 0.72. DID: 0.70 at d=100 falls short, dips to 0.60 at d=1000, reaches 0.90 at d=10^4:
+    # the grid value is 10,000 (the interpolated d90 lies between 1,000 and 10,000). SAID: 0.75 at d=100 already.
+    rows = [("full_s0", "full", "full FT", None, None, 0, 0.80)]
+    for variant, accs in (("DID", {10: 0.50, 100: 0.70, 1000: 0.60, 10000: 0.90}),
+                          ("SAID", {10: 0.50, 100: 0.75, 1000: 0.60, 10000: 0.90})):
+        rows += [(f"subspace_{variant.lower()}_d{d}_s0", "subspace", f"subspace {variant} d={d}", d, variant, 0, acc)
+                 for d, acc in accs.items()]
+    kept = at_d90(_runs(rows))
+    assert dict(zip(kept.variant, kept.d)) == {"DID": 10000, "SAID": 100}
+    assert sorted(kept.label) == ["subspace DID at d90 (d=10,000)", "subspace SAID at d90 (d=100)"]
 
 
 def test_summary_averages_reached_seeds_and_counts_them():
@@ -56,46 +68,60 @@ def test_finding_states_d90_against_D_and_the_published_range():
     assert "no conclusion" in no_gain and "≪" not in no_gain and "published range" not in no_gain
 
 
-def test_intrinsic_dim_study_runs_and_is_analysed(tmp_path):
-    r = cli("lora-study-study", "experiment=intrinsic_dim", "model=tiny", "train.max_steps=6", "train.batch_size=8",
-            "train.max_length=32", "task.max_eval_examples=64", "study.dims=[10,100]", "heldout.n_train=40",
-            "heldout.n_test=40", "heldout.n_drift=40", f"study.root={tmp_path}", "study.name=t", timeout=1800)
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_intrinsic_dim_study_runs_and_is_analysed(tmp_path, cue_task):
+    """On the cue task, where full finetuning learns (so its accuracy and the base's differ)."""
+    from analysis import load_study
+    from analysis.analyze import analyze
+    from analysis.measures.intrinsic_dim import lora_param_counts
+    from analysis.report import report
+    from conftest import study_in_process
+    from lora_study import methods
+    code = study_in_process("experiment=intrinsic_dim", "model=tiny", *cue_task, "train.max_steps=60",
+                            "train.eval_every=60", "train.batch_size=16", "train.max_length=32", "study.dims=[10,100]",
+                            "study.lr.full=1e-2", f"study.root={tmp_path}", "study.name=t")
+    assert code == 0
     study = tmp_path / "t"
     idx = json.loads((study / "study.json").read_text())
     assert [m["id"] for m in idx["members"]] == [
         "none_s0", "full_s0", "subspace_did_d10_s0", "subspace_said_d10_s0", "subspace_did_d100_s0", "subspace_said_d100_s0"]
     assert all(m["status"] == "complete" for m in idx["members"])
-    from lora_study import methods
+    acc = {}
     for m in idx["members"]:
+        s = json.loads((study / m["dir"] / "summary.json").read_text())
+        acc[m["id"]] = s["metrics"]["test_accuracy"]
         if methods.get(m["method"]).axis != "d":
             continue
-        s = json.loads((study / m["dir"] / "summary.json").read_text())
         # d counts every trained number of the subspace (SAID's per-layer scales included), plus the head
         assert s["params"]["trainable"] == m["d"] + s["params"]["head"], m["id"]
         assert s["subspace"]["said"] == ("said" in m["id"]) and s["lr"] == m["lr"]
         assert s["subspace"]["head_lr"] == 0.3  # the head trains at its own rate (experiment=intrinsic_dim)
         assert 0 < s["subspace"]["d"] < s["subspace"]["D"]
 
-    r = cli("lora-study-analyze", str(study))
-    assert r.returncode == 0, r.stderr[-3000:]
+    st = load_study(study)
     out = study / "analysis"
+    analyze(st, out)
     for name in ("intrinsic_dim", "intrinsic_dim_summary"):
         assert (out / f"{name}.csv").exists() and (out / f"{name}.parquet").exists(), name
     assert (out / "intrinsic_dim.png").stat().st_size > 1000 and (out / "intrinsic_dim.pdf").exists()
-    table = pd.read_parquet(out / "intrinsic_dim.parquet")
-    assert sorted(table.variant) == ["DID", "SAID"] and set(table.seed) == {0}
+    table = pd.read_parquet(out / "intrinsic_dim.parquet").set_index("variant")
+    assert sorted(table.index) == ["DID", "SAID"] and set(table.seed) == {0}
     assert (table.dims_tested == 2).all() and (table.d_min == 10).all() and (table.d_max == 100).all()
-    assert (table.target == 0.9 * table.full).all()
-    reached = table.d90.dropna()
-    assert ((reached >= 10) & (reached <= 100)).all()
+    full, base = acc["full_s0"], acc["none_s0"]
+    assert full - base > 0.3  # a gain: targets relative to full FT and to its gain differ
+    for variant in ("DID", "SAID"):  # the references and the curve are the runs' own, d90 worked out by hand
+        row = table.loc[variant]
+        a10, a100 = acc[f"subspace_{variant.lower()}_d10_s0"], acc[f"subspace_{variant.lower()}_d100_s0"]
+        assert (row.full, row.base, row.best) == (full, base, max(a10, a100))
+        assert row.target == pytest.approx(0.9 * full) and row.target_gain == pytest.approx(base + 0.9 * (full - base))
+        t = row.target
+        expected = 10.0 if a10 >= t else 10 ** (1 + (t - a10) / (a100 - a10)) if a100 >= t else float("nan")
+        assert row.d90 == pytest.approx(expected, rel=1e-9, nan_ok=True)
+        assert row.D == json.loads((study / "runs" / f"subspace_{variant.lower()}_d10_s0" / "summary.json").read_text())[
+            "subspace"]["D"]
     # no LoRA runs here: LoRA's counts on the d axis come from ΔW shapes, 2 layers x (W_q, W_v) x (16 + 16) per rank
-    from analysis import load_study
-    from analysis.measures.intrinsic_dim import lora_param_counts
-    assert lora_param_counts(load_study(study)) == {r: 128 * r for r in (1, 2, 4, 8, 16, 32, 64)}
+    assert lora_param_counts(st) == {r: 128 * r for r in (1, 2, 4, 8, 16, 32, 64)}
 
-    r = cli("lora-study-report", str(study))
-    assert r.returncode == 0, r.stderr[-3000:]
+    report(st, study / "report")
     md = (study / "report" / "report.md").read_text()
     section = md.split("## Intrinsic dimension")[1].split("\n## ")[0]
     assert "figures/intrinsic_dim.png" in section and "Aghajanyan" in section and "secondary" in section

@@ -3,7 +3,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from lora_study.methods.projections import DenseProjection, Fastfood, SparseProjection, _fwht_butterfly, default_max_bytes, fwht
+from lora_study.methods import projections
+from lora_study.methods.projections import (DenseProjection, Fastfood, SparseProjection, _fwht_butterfly,
+                                            default_max_bytes, fwht, make_projection)
 
 
 def _matrix(projection, dtype=torch.float64):
@@ -145,3 +147,138 @@ def test_default_max_bytes_is_a_fraction_of_memory():
     with open("/proc/meminfo") as f:
         total = int(next(line for line in f if line.startswith("MemTotal:")).split()[1]) * 1024
     assert 0 < default_max_bytes("cpu") <= total // 4
+
+
+# ---- the definitions by hand, the documented paths and bounds -------------------------------------
+
+def test_fwht_of_integers_in_a_batch_of_matrices_and_the_paths_it_takes(monkeypatch):
+    x = torch.randint(-5, 5, (2, 3, 64))
+    h = torch.from_numpy(scipy.linalg.hadamard(64))
+    assert torch.equal(fwht(x), x @ h.T)  # integers: the butterfly, over every leading dimension
+    calls = []
+    real = projections._hadamard
+    monkeypatch.setattr(projections, "_fwht_butterfly", lambda x: pytest.fail("a float took the butterfly"))
+    monkeypatch.setattr(projections, "_hadamard", lambda m, *a: calls.append(m) or real(m, *a))
+    y = torch.randn(2, 2**13, dtype=torch.float64)
+    fwht(y)
+    assert calls == [16, 16, 32]  # ⌈13 / 6⌉ = 3 balanced Kronecker factors (2^5 ⊗ 2^4 ⊗ 2^4), least significant first
+
+
+def test_fastfood_is_its_definition_built_densely():
+    """P = [s_b H G_b Π_b H B_b] stacked and cut to D rows, with the seeded draws in the documented order:
+    signs B, Gaussians G (s_b = 1/√(D ‖G_b‖²) folded in), then the permutations Π as argsorts of uniforms."""
+    D, d, seed = 200, 24, 7
+    ff = Fastfood(D, d, seed=seed).double()
+    n, blocks = 32, 7
+    g = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, (blocks, d), generator=g, dtype=torch.int8).double() * 2 - 1
+    gauss = torch.randn(blocks, n, generator=g).double()
+    gauss = gauss / torch.sqrt(D * gauss.square().sum(1, keepdim=True))
+    perm = torch.rand(blocks, n, generator=g).argsort(dim=1)
+    H = torch.from_numpy(scipy.linalg.hadamard(n)).double()
+    rows = []
+    for b in range(blocks):
+        pad = torch.zeros(n, d, dtype=torch.float64)
+        pad[:d] = torch.diag(signs[b])  # B pad(θ)
+        rows.append(H @ torch.diag(gauss[b]) @ (H @ pad)[perm[b]])  # H G Π H B
+    P = torch.cat(rows)[:D]
+    torch.testing.assert_close(_matrix(ff), P, rtol=1e-5, atol=1e-6)  # the buffers are stored in float32
+    assert set(ff.signs.unique().tolist()) == {-1, 1}
+
+
+@pytest.mark.parametrize("D,d,block_size,n", [(10, 1, None, 1), (100, 4, None, 4), (100, 5, None, 8),
+                                              (100, 3, 8, 8), (100, 8, 8, 8), (100, 64, None, 64)])
+def test_fastfood_block_size(D, d, block_size, n):
+    ff = Fastfood(D, d, block_size=block_size)
+    assert (ff.n, ff.blocks) == (n, -(-D // n))
+    x = torch.randn(d, dtype=torch.float64)
+    torch.testing.assert_close(ff.double()(x), _matrix(ff.double()) @ x)
+
+
+def test_fastfood_permutation_indices_fit_their_type():
+    small = Fastfood(32768, 20000)  # n = 2^15: int16 indices suffice
+    assert small.n == 1 << 15 and small.perm.dtype == torch.int16
+    assert torch.equal(small.perm[0].long().sort().values, torch.arange(1 << 15))
+    big = Fastfood(1 << 16, 40000)  # n = 2^16 would overflow int16
+    assert big.perm.dtype == torch.int32 and torch.equal(big.perm[0].long().sort().values, torch.arange(1 << 16))
+
+
+def test_dense_projection_is_one_seeded_gaussian_draw_with_unit_columns():
+    p = DenseProjection(50, 5, seed=3)
+    m = torch.randn(50, 5, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(p.matrix, m / m.norm(dim=0))
+    assert p.state_dict() == {} and p(torch.ones(5, dtype=torch.float64)).dtype == torch.float32
+
+
+def test_sparse_projection_is_seeded_not_global_and_signed():
+    torch.manual_seed(0)
+    a = SparseProjection(400, 30, seed=4).matrix.to_dense()
+    torch.manual_seed(1)  # the global generator plays no part
+    assert torch.equal(a, SparseProjection(400, 30, seed=4).matrix.to_dense())
+    assert not torch.equal(a, SparseProjection(400, 30, seed=5).matrix.to_dense())
+    assert (a > 0).any() and (a < 0).any()
+    one = SparseProjection(2, 5, seed=0).matrix.to_dense()  # k = round(√2) = 1: one ±1 per column
+    assert ((one != 0).sum(0) == 1).all() and set(one[one != 0].abs().tolist()) == {1.0}
+    p = SparseProjection(100, 3)
+    assert p.state_dict() == {} and p(torch.ones(3, dtype=torch.float64)).dtype == torch.float32
+    torch.manual_seed(0)
+    d1 = DenseProjection(40, 3, seed=2).matrix
+    torch.manual_seed(1)
+    assert torch.equal(d1, DenseProjection(40, 3, seed=2).matrix)
+
+
+def test_make_projection_builds_each_kind_from_its_seed():
+    x = torch.randn(10, dtype=torch.float64)
+    for kind, cls in (("fastfood", Fastfood), ("dense", DenseProjection), ("sparse", SparseProjection)):
+        p = make_projection(kind, 300, 10, seed=2, device="cpu")
+        assert type(p) is cls and (p.D, p.d) == (300, 10)
+        assert torch.equal(p(x), cls(300, 10, seed=2)(x))
+        assert not torch.equal(p(x), make_projection(kind, 300, 10, seed=3)(x))
+    with pytest.raises(ValueError, match="needs 12,000 bytes"):
+        make_projection("dense", 300, 10, max_bytes=1000)
+    with pytest.raises(ValueError) as e:
+        make_projection("gaussian", 300, 10)
+    assert str(e.value) == "Unknown projection 'gaussian'; valid: 'fastfood', 'dense', 'sparse'."
+
+
+def test_smallest_projections_and_the_memory_limit_itself_are_allowed():
+    for cls in (Fastfood, DenseProjection, SparseProjection):
+        assert cls(1, 1)(torch.ones(1)).shape == (1,)
+    assert DenseProjection(10, 10, max_bytes=400).matrix.shape == (10, 10)  # needs exactly the limit
+
+
+def test_default_max_bytes_reads_mem_available_then_sysconf_then_cuda(monkeypatch):
+    import builtins
+    import io
+    real_open = builtins.open
+    meminfo = "MemTotal:       16000 kB\nMemFree:          100 kB\nMemAvailable:     4000 kB\n"
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO(meminfo) if path == "/proc/meminfo"
+                        else real_open(path, *a, **k))
+    got = default_max_bytes("cpu")
+    assert got == 4000 * 1024 // 4 and type(got) is int
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: (_ for _ in ()).throw(OSError("no /proc")))
+    monkeypatch.setattr(projections.os, "sysconf", {"SC_AVPHYS_PAGES": 1000, "SC_PAGE_SIZE": 4096}.__getitem__)
+    got = default_max_bytes(torch.device("cpu"))
+    assert got == 1000 * 4096 // 4 and type(got) is int
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8000, 16000) if device == torch.device("cuda") else None)
+    got = default_max_bytes("cuda")
+    assert got == 2000 and type(got) is int
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: DenseProjection(0, 5), "A projection needs D >= 1 and d >= 1, got D=0 and d=5."),
+    (lambda: Fastfood(5, 0), "A projection needs D >= 1 and d >= 1, got D=5 and d=0."),
+    (lambda: DenseProjection(10, 2)(torch.zeros(3)), "Expected theta_d of shape (2,), got (3,)."),
+    (lambda: Fastfood(100, 3, block_size=6), "Fastfood block_size must be a power of two >= d=3, got 6."),
+    (lambda: Fastfood(100, 9, block_size=8), "Fastfood block_size must be a power of two >= d=9, got 8."),
+    (lambda: DenseProjection(10**6, 10**3, max_bytes=10**9),
+     "A dense projection with D=1,000,000 and d=1,000 needs 4,000,000,000 bytes (3.73 GiB) but the limit is "
+     "1,000,000,000 bytes (0.93 GiB); use method.projection=fastfood, which never forms the D x d matrix."),
+    (lambda: SparseProjection(10**6, 10, max_bytes=10_000),
+     "A sparse projection with D=1,000,000 and d=10 needs 640,000 bytes (0.00 GiB) but the limit is 10,000 bytes "
+     "(0.00 GiB); use method.projection=fastfood, which never forms the D x d matrix."),
+])
+def test_bad_sizes_are_one_sentence(call, message):
+    with pytest.raises(ValueError) as e:
+        call()
+    assert str(e.value) == message

@@ -83,46 +83,79 @@ def test_same_seed_gives_identical_metrics_and_delta(tmp_path):
     assert any(not torch.equal(da[k], dc[k]) for k in da)
 
 
-def test_every_method_sees_the_same_batches():
-    from lora_study.tasks.classification import Encoded, Split
-    from transformers import AutoTokenizer
-    from lora_study.models import minilm_path
-    tok = AutoTokenizer.from_pretrained(minilm_path())
-    enc = Encoded(Split([f"review {i}" for i in range(40)], [i % 2 for i in range(40)]), tok, 16)
-    a, b = enc.train_batches(8, seed=3), enc.train_batches(8, seed=3)
-    for _ in range(12):
-        assert torch.equal(next(a)["input_ids"], next(b)["input_ids"])
+QUIET = ["heldout=none", "run.latency=false", "run.truncation_ranks=[]"]
 
 
-def test_lora_training_leaves_base_weights_untouched(tmp_path):
+def test_every_method_sees_the_same_batches(tmp_path, monkeypatch):
+    """The batches the training loop hands to the model (input ids and labels, in order), recorded for two different
+    methods and the frozen base, are the same; another train.seed gives other batches."""
+    from lora_study import train as T
+    real, seen = T.to_device, {}
+
+    def record(batch, device):
+        seen[run].append((batch["input_ids"].clone(), batch["labels"].clone()))
+        return real(batch, device)
+    monkeypatch.setattr(T, "to_device", record)
+    for run in (("full",), ("lora", "method.rank=2"), ("none",), ("lora", "train.seed=1")):
+        seen[run] = []
+        run_tiny(tmp_path / "_".join(run), [f"method={run[0]}", *run[1:], *QUIET])
+    full = seen[("full",)]
+    assert len(full) == 6 and [len(y) for _, y in full] == [8] * 6  # max_steps batches of batch_size
+    assert len({tuple(x.flatten().tolist()) for x, _ in full}) == 6  # six different batches, not one repeated
+    for other in (("lora", "method.rank=2"), ("none",)):
+        assert len(seen[other]) == 6
+        assert all(torch.equal(x, x2) and torch.equal(y, y2) for (x, y), (x2, y2) in zip(full, seen[other])), other
+    # the order comes from train.seed: another seed trains on other batches
+    assert not any(torch.equal(x, x2) for (x, _), (x2, _) in zip(full, seen[("lora", "train.seed=1")]))
+
+
+def test_lora_training_leaves_base_weights_untouched(tmp_path, monkeypatch):
+    """The trained PeftModel's base weights (every parameter but the adapters and the head) equal W_pre, taken from
+    the model before it was prepared, while the adapters moved."""
     from conftest import load_model
-    _, cfg = run_tiny(tmp_path, ["method=lora", "method.target_modules=all_linear", "optim.lr=1e-2"])
-    from peft import PeftModel
-    torch.manual_seed(0)
-    base = load_model(cfg.model).model
-    before = {k: v.clone() for k, v in base.state_dict().items()}
-    model = PeftModel.from_pretrained(base, tmp_path / "adapter")
-    inner = model.get_base_model()
-    for name, v in before.items():
-        if "classifier" in name:
-            continue
-        key = name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
-        sd = inner.state_dict()
-        assert torch.equal(sd.get(name, sd.get(key)), v), name
-    d = load_file(tmp_path / "delta.safetensors")
-    assert all(v.abs().max() > 0 for v in d.values())
+    from lora_study import run
+    real, after = run.train, {}
+
+    def train_and_keep(model, *args, **kwargs):
+        result = real(model, *args, **kwargs)
+        after.update({n: p.detach().clone() for n, p in model.named_parameters()})
+        return result
+    monkeypatch.setattr(run, "train", train_and_keep)
+    _, cfg = run_tiny(tmp_path, ["method=lora", "method.target_modules=all_linear", "optim.lr=1e-2", *QUIET])
+    w_pre = dict(load_model(cfg.model).model.named_parameters())
+    base = {n: v for n, v in after.items() if "lora_" not in n and "classifier" not in n}
+    assert len(base) == len(w_pre) - 2  # every parameter but the head's weight and bias
+    for name, v in base.items():
+        pre = name.replace("base_model.model.", "", 1).replace(".base_layer.", ".")
+        assert torch.equal(v, w_pre[pre]), name
+    b = [v for n, v in after.items() if "lora_B" in n]
+    assert len(b) == 12 and all(float(v.abs().max()) > 1e-4 for v in b)  # B left zero: the adapters trained
 
 
-def test_saved_adapter_reproduces_the_test_metric(tmp_path):
+def test_saved_adapter_reproduces_the_per_example_predictions(tmp_path, cue_task):
+    """The adapter reloaded onto a fresh base predicts each test example as the run did (on a task the run learned
+    partly, so the predictions are not one class); with every lora_B zeroed the predictions change."""
+    import numpy as np
     from peft import PeftModel
+
     from conftest import load_model
+    from lora_study.methods.lora import lora_layers
     from lora_study.tasks.classification import Encoded, evaluate, load_task
-    s, cfg = run_tiny(tmp_path, ["method=lora", "method.rank=4", "optim.lr=5e-3", "train.max_steps=12"])
+    s, cfg = run_tiny(tmp_path, ["method=lora", "method.rank=4", "optim.lr=5e-2", "train.max_steps=60",
+                                 "train.batch_size=16", "train.eval_every=60", *cue_task, *QUIET])
+    saved = RunDir(tmp_path).predictions()["test.prediction"]
+    assert len(set(saved.tolist())) == 2 and s["metrics"]["test_accuracy"] > 0.55  # it learned something
     loaded = load_model(cfg.model)
     model = PeftModel.from_pretrained(loaded.model, tmp_path / "adapter")
     test = Encoded(load_task(cfg.task).test, loaded.tokenizer, cfg.train.max_length)
-    acc = evaluate(model, test, 64, torch.device("cpu"), "fp32")["accuracy"]
-    assert acc == s["metrics"]["test_accuracy"]
+    got = evaluate(model, test, 64, torch.device("cpu"), "fp32", per_example=True)
+    assert np.array_equal(got["per_example"]["prediction"], saved)
+    assert got["accuracy"] == s["metrics"]["test_accuracy"]
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B["default"].weight.zero_()
+    zeroed = evaluate(model, test, 64, torch.device("cpu"), "fp32", per_example=True)["per_example"]["prediction"]
+    assert not np.array_equal(zeroed, saved)
 
 
 def test_divergence_is_recorded_as_failed_with_metrics_kept(tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
-"""analysis/spectral.py (the spectral measures) and the decompositions they rest on, ``lora_study.linalg``: known
-answers, planted ranks, randomized top-k against the exact spectrum."""
+"""analysis/spectral.py, the spectral measures: known answers and planted ranks (the decompositions they rest on,
+``lora_study.linalg``, are tests/test_linalg.py's)."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from analysis.spectral import effective_rank, energy_captured, rank_at_energy, spectrum_row, stable_rank
-from lora_study import linalg
-from lora_study.linalg import batched_singular_values, randomized_singular_values, singular_values, truncate
+from lora_study.linalg import singular_values
 
 
 def orthonormal(n: int, r: int, seed: int) -> torch.Tensor:
@@ -59,6 +58,29 @@ def test_energy_captured_and_rank_at_energy_known_answers():
     assert math.isnan(energy_captured([0.0, 0.0], 1))
 
 
+def test_zero_spectra_and_edge_values():
+    # an all-zero spectrum (a rank-0 matrix): no rank, no entropy; a zero after σ1 does not count
+    assert effective_rank([0.0, 0.0]) == 0.0 and stable_rank([0.0, 0.0]) == 0.0 and rank_at_energy([0.0], 0.5) == 0
+    assert stable_rank([2.0, 0.0]) == 1.0 and effective_rank([2.0, 0.0]) == 1.0 and stable_rank([3.0]) == 1.0
+    assert effective_rank([0.5, 0.5]) == pytest.approx(2.0, abs=1e-12)  # Σσ = 1 is not the zero case
+    assert rank_at_energy([3.0, 1.0]) == 1  # the default threshold is 90 %: E(1) = 0.9 exactly
+    assert rank_at_energy([3.0, 1.0], 0.9) == 1 and rank_at_energy([3.0, 1.0], 0.9000001) == 2
+
+
+def test_computed_in_float64_whatever_the_input():
+    """Lists and fp32 tensors are computed in fp64 (results to ~1e-16, not fp32's ~1e-7)."""
+    # a list: 0.1 is not 0.1f, which would give 9 / 9.0100000003 (3e-11 away)
+    assert energy_captured([3.0, 0.1], 1) == pytest.approx(9 / 9.01, rel=1e-14)
+    assert abs(9 / 9.01 - 9 / (9 + float(np.float32(0.1)) ** 2)) > 1e-11  # so the check above can tell them apart
+    # an fp32 tensor: its values taken exactly and squared and summed in fp64
+    x = torch.tensor([3.0, 0.1], dtype=torch.float32)
+    exact = (9.0 + float(x[1]) ** 2) / 9.0
+    assert stable_rank(x) == pytest.approx(exact, rel=1e-15)
+    assert abs(exact - float((x.square().sum() / x[0].square()))) > 1e-9
+    # the threshold too: E(1) = 0.89999999 lies below 0.9 but above 0.9 in fp32 (0.8999999762)
+    assert rank_at_energy([math.sqrt(0.89999999), math.sqrt(0.10000001)], 0.9) == 2
+
+
 def test_spectrum_row():
     row = spectrum_row(torch.tensor([2.0, 1.0]))
     assert row["rank90"] == 2 and row["rank99"] == 2 and row["n"] == 2
@@ -68,6 +90,8 @@ def test_spectrum_row():
     assert row["effective_rank"] == pytest.approx(effective_rank([2.0, 1.0]))
     row = spectrum_row(np.array([10.0] + [0.1] * 50))  # 100 of 100.5 in sigma_1
     assert row["rank90"] == 1 and row["rank99"] == 1
+    row = spectrum_row([10.0, 3.0, 1.0])  # energies 100, 9, 1 of 110: E(1) = 0.909, E(2) = 0.991
+    assert (row["rank90"], row["rank99"], row["n"]) == (1, 2, 3)
 
 
 # ---- planted ranks -----------------------------------------------------------------------------
@@ -88,117 +112,18 @@ def test_planted_rank_k_is_measured_as_rank_k(k):
     assert effective_rank(quiet[:k]) == pytest.approx(k, rel=1e-6)
 
 
-# ---- singular values -----------------------------------------------------------------------------
-
-@pytest.mark.parametrize("shape", [(50, 30), (30, 50), (40, 40)])
-def test_singular_values_exact_fp32_and_numpy_input(shape):
-    gen = torch.Generator().manual_seed(3)
-    M = torch.randn(*shape, generator=gen)
-    s = singular_values(M)
-    assert s.dtype == torch.float32 and s.shape == (min(shape),)
-    assert np.allclose(s.numpy(), exact(M), rtol=1e-5)
-    assert np.allclose(singular_values(M.numpy().astype(np.float64)).numpy(), exact(M), rtol=1e-12)
-    assert np.allclose(singular_values(M.half()).numpy(), exact(M.half().float()), rtol=1e-5)
-
-
-def test_singular_values_batched_stack():
-    gen = torch.Generator().manual_seed(4)
-    stack = torch.randn(3, 20, 35, generator=gen, dtype=torch.float64)
-    s = singular_values(stack)
-    assert s.shape == (3, 20)
-    for i in range(3):
-        assert np.allclose(s[i].numpy(), exact(stack[i]), rtol=1e-12)
-    assert np.allclose(singular_values(stack, k=4).numpy(), s[:, :4].numpy())
-
-
-def test_batched_singular_values_groups_shapes_and_keeps_order():
-    gen = torch.Generator().manual_seed(5)
-    mats = [torch.randn(30, 20, generator=gen), torch.randn(20, 30, generator=gen),
-            torch.randn(30, 20, generator=gen), torch.randn(10, 10, generator=gen).numpy(),
-            torch.randn(30, 20, generator=gen, dtype=torch.float64)]
-    out = batched_singular_values(mats)
-    assert len(out) == len(mats)
-    for M, s in zip(mats, out):
-        assert s.shape == (min(M.shape),)
-        assert np.allclose(s.numpy(), exact(M), rtol=1e-5)
-    assert out[4].dtype == torch.float64 and out[0].dtype == torch.float32
-
-
-def test_randomized_top_k_matches_exact_on_gaussian():
-    # a flat Gaussian spectrum: plain subspace iteration (torch.svd_lowrank, niter=2) misses 1e-3 here
-    gen = torch.Generator().manual_seed(6)
-    M = torch.randn(900, 700, generator=gen)
-    ref = exact(M)[:24]
-    s = randomized_singular_values(M, 24).numpy()
-    assert s.shape == (24,)
-    assert np.max(np.abs(s - ref) / ref) < 1e-3
-    assert np.all(s <= ref * (1 + 1e-5))  # Rayleigh-Ritz values never exceed the exact ones
-    assert np.array_equal(s, randomized_singular_values(M, 24).numpy())  # seeded
-
-
-def test_randomized_top_k_matches_exact_on_low_rank_plus_noise_wide_and_batched():
-    M = planted(300, 500, 20, noise=1e-2, seed=8).float() * torch.linspace(3, 1, 500)  # wide, uneven spectrum
-    ref = exact(M)[:16]
-    s = randomized_singular_values(M, 16, n_iter=2).numpy()
-    assert np.max(np.abs(s - ref) / ref) < 1e-3
-    stack = torch.stack([M, M.flip(0) * 2])
-    sb = randomized_singular_values(stack, 16).numpy()
-    assert np.max(np.abs(sb[0] - ref) / ref) < 1e-3 and np.max(np.abs(sb[1] - 2 * ref) / ref) < 2e-3
-
-
-def test_singular_values_with_small_k_takes_the_randomized_path(monkeypatch):
-    calls = []
-
-    def spy(*args, **kwargs):
-        calls.append(args[1])
-        return randomized_singular_values(*args, **kwargs)
-
-    monkeypatch.setattr(linalg, "randomized_singular_values", spy)
-    gen = torch.Generator().manual_seed(9)
-    M = torch.randn(1100, 1024, generator=gen)
-    s = singular_values(M, k=8)
-    assert calls == [8] and s.shape == (8,)
-    ref = exact(M)[:8]
-    assert np.max(np.abs(s.numpy() - ref) / ref) < 1e-3
-    small = torch.randn(60, 40, generator=gen)
-    assert np.allclose(singular_values(small, k=30).numpy(), exact(small)[:30], rtol=1e-5)
-    assert calls == [8]  # k not small relative to min(shape): exact path
-
-
-# ---- truncation ------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("shape", [(60, 40), (40, 60)])
-def test_truncate_is_the_eckart_young_best_rank_k(shape):
-    gen = torch.Generator().manual_seed(10)
-    M = torch.randn(*shape, generator=gen, dtype=torch.float64)
-    s = exact(M)
-    T = truncate(M, 5)
-    assert T.shape == M.shape
-    assert torch.linalg.matrix_rank(T).item() == 5
-    assert float(torch.linalg.matrix_norm(M - T)) == pytest.approx(math.sqrt(np.sum(s[5:] ** 2)), rel=1e-10)
-    assert np.allclose(exact(T)[:5], s[:5], rtol=1e-10)
-    # any other rank-5 matrix does worse, e.g. projecting onto a random 5-dim column space
-    Q = orthonormal(shape[0], 5, 11)
-    assert float(torch.linalg.matrix_norm(M - Q @ (Q.T @ M))) > float(torch.linalg.matrix_norm(M - T))
-    assert torch.equal(truncate(M, 100), M)
-
-
 # ---- errors a user can cause -------------------------------------------------------------------
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: singular_values(torch.ones(5)), "2-D"),
-    (lambda: singular_values(torch.ones(2, 3, 4, 5)), "2-D"),
-    (lambda: singular_values(torch.ones(4, 3), k=0), "positive integer"),
-    (lambda: singular_values(torch.ones(4, 3), k=4), "at most"),
-    (lambda: singular_values([[1.0, 2.0]]), "torch tensor or numpy"),
-    (lambda: singular_values(torch.ones(3, 3, dtype=torch.complex64)), "real"),
-    (lambda: energy_captured([1.0, 2.0], 0), "positive integer"),
-    (lambda: rank_at_energy([1.0, 2.0], 0.0), r"\(0, 1\]"),
-    (lambda: effective_rank([1.0, -1.0]), "non-negative"),
-    (lambda: stable_rank(torch.ones(2, 2)), "1-D"),
-    (lambda: truncate(torch.ones(4, 3), -1), "positive integer"),
-    (lambda: batched_singular_values(torch.ones(2, 3, 3)), "list"),
-    (lambda: batched_singular_values([torch.ones(3, 3), torch.ones(3)]), r"mats\[1\]"),
+    (lambda: energy_captured([1.0, 2.0], 0), r"^k must be a positive integer, got 0\.$"),
+    (lambda: energy_captured("1 2", 1), r"^s must be a torch tensor or numpy array, got str\.$"),
+    (lambda: effective_rank(torch.ones(2, dtype=torch.complex64)), r"^s must be real, got dtype torch\.complex64\.$"),
+    (lambda: rank_at_energy([1.0, 2.0], 0.0), r"^frac must be in \(0, 1\], got 0\.0\.$"),
+    (lambda: rank_at_energy([1.0, 2.0], 1.5), r"^frac must be in \(0, 1\], got 1\.5\.$"),
+    (lambda: effective_rank([1.0, -1.0]), r"^s must hold finite, non-negative singular values\.$"),
+    (lambda: effective_rank([1.0, float("nan")]), r"^s must hold finite, non-negative singular values\.$"),
+    (lambda: stable_rank(torch.ones(2, 2)), r"^s must be a non-empty 1-D array of singular values, got shape \(2, 2\)\.$"),
+    (lambda: stable_rank([]), r"^s must be a non-empty 1-D array of singular values, got shape \(0,\)\.$"),
 ])
 def test_bad_input_raises_one_clear_value_error(call, match):
     with pytest.raises(ValueError, match=match):

@@ -183,26 +183,120 @@ def test_energy_in_subspace_known_answers():
     assert out["col"] == pytest.approx(16 / 25) and math.isnan(out["row"]) and math.isnan(out["both"])
 
 
-# ---- errors a user can cause -------------------------------------------------------------------
+# ---- precision, edge values ------------------------------------------------------------------
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: subspace_similarity(torch.ones(4, 2), basis(4, 0), 1, 1), "orthonormal"),
-    (lambda: subspace_similarity(basis(4, 0), basis(5, 0), 1, 1), "same space"),
-    (lambda: subspace_similarity(basis(4, 0, 1), basis(4, 0), 1, 2), "at most"),
-    (lambda: subspace_similarity(basis(4, 0), basis(4, 0), 0, 1), "positive integer"),
-    (lambda: subspace_similarity_grid(basis(4, 0), basis(4, 0), 3, 1), "at most"),
-    (lambda: top_singular_vectors(torch.ones(4, 3), 2, side="up"), "'left' or 'right'"),
-    (lambda: top_singular_vectors(torch.ones(4), 1), "2-D"),
-    (lambda: amplification(torch.ones(4, 3), torch.ones(3, 4), 1), "same shape"),
-    (lambda: amplification(torch.ones(4, 3), torch.ones(4, 3), 0), "positive integer"),
-    (lambda: intruder_dimensions(torch.ones(4, 3), torch.ones(4, 4)), "same shape"),
-    (lambda: intruder_dimensions(torch.ones(4, 3), torch.ones(4, 3), k=4), "at most"),
-    (lambda: intruder_dimensions(torch.ones(4, 3), torch.ones(4, 3), k=2, eps=1.5), r"\(0, 1\]"),
-    (lambda: intruder_counts(torch.ones(4, 3), torch.ones(4, 3), k=2, eps_grid=()), "at least one"),
-    (lambda: energy_in_subspace(torch.ones(4, 3), basis(5, 0)), "rows"),
-    (lambda: energy_in_subspace(torch.ones(4, 3), basis(4, 0), basis(4, 0)), "rows"),
-    (lambda: random_subspace_control(10, 11, 2), "at most"),
+def test_mixed_precision_inputs_are_computed_in_the_wider_type():
+    """fp32 beside fp64 is promoted to fp64 (and fp32 alone stays fp32 and works): φ, the energy shares and the
+    amplification of an fp32 matrix against fp64 directions agree with the all-fp64 computation to ~1e-15."""
+    U1, U2 = orthonormal(30, 3, seed=20), orthonormal(30, 4, seed=21)
+    ref = subspace_similarity(U1, U2, 2, 3)
+    assert subspace_similarity(U1.float().double(), U2, 2, 3) == pytest.approx(
+        subspace_similarity(U1.float(), U2, 2, 3), rel=1e-13)
+    assert subspace_similarity(U1, U2.float(), 2, 3) == pytest.approx(subspace_similarity(U1, U2.float().double(), 2, 3),
+                                                                      rel=1e-13)
+    assert subspace_similarity(U1.float(), U2.float(), 2, 3) == pytest.approx(ref, rel=1e-5)
+    gen = torch.Generator().manual_seed(22)
+    dW = torch.randn(30, 20, generator=gen)  # fp32
+    V = orthonormal(20, 2, seed=23)
+    e64 = energy_in_subspace(dW.double(), U1, V)
+    assert energy_in_subspace(dW, U1, V) == pytest.approx(e64, rel=1e-13)
+    assert energy_in_subspace(dW.double(), U1.float(), V.float()) == pytest.approx(
+        energy_in_subspace(dW.double(), U1.float().double(), V.float().double()), rel=1e-13)
+    W = torch.randn(30, 20, generator=gen)  # fp32
+    a64 = amplification(W.double(), dW.double(), 3)
+    mixed = amplification(W, dW.double(), 3)
+    assert {k: mixed[k] for k in ("delta_dirs", "w_dirs", "dw_norm", "w_norm")} == pytest.approx(
+        {k: a64[k] for k in ("delta_dirs", "w_dirs", "dw_norm", "w_norm")}, rel=1e-12)
+    a32 = amplification(W, dW, 3)  # all fp32: the random directions are drawn in fp32 too
+    assert a32["delta_dirs"] == pytest.approx(a64["delta_dirs"], rel=1e-4)
+    # W's own top-r energy is summed in fp64 from its fp32 singular values
+    s32 = torch.linalg.svdvals(W).double()
+    assert a32["w_dirs"] == pytest.approx(float(s32[:3].square().sum().sqrt()), rel=1e-14)
+
+
+def test_amplification_factor_edge_values():
+    W = torch.zeros(5, 4, dtype=torch.float64)
+    W[0, 0] = 0.1
+    W[1, 1] = 2.0
+    dW = torch.zeros(5, 4, dtype=torch.float64)
+    dW[0, 0] = 3.0  # ΔW's direction is where W holds 0.1: ‖UᵀWV‖ = 0.1 < 1, factor 30
+    out = amplification(W, dW, 1)
+    assert out["r"] == 1 and out["delta_dirs"] == pytest.approx(0.1, rel=1e-12)
+    assert out["factor"] == pytest.approx(30.0, rel=1e-12)
+    dW = torch.zeros(5, 4, dtype=torch.float64)
+    dW[4, 3] = 1.0  # a direction W does not use at all: infinite amplification
+    out = amplification(W, dW, 1)
+    assert out["delta_dirs"] == 0.0 and out["factor"] == math.inf
+
+
+def test_intruders_at_the_edges_of_k_and_eps():
+    W_pre, y, V = tall_pre()
+    # a new direction with singular value 5: above W_pre's 10th (7.0 of 10, 9.8, ..., 1) only if counted from the top
+    W_ft = W_pre + 5.0 * torch.outer(y, V[:, -1])
+    assert intruder_dimensions(W_pre, W_ft, k=10) == 0  # ranked below the top 10 (10 ... 8.1)
+    assert intruder_dimensions(W_pre, W_ft, k=48) == 1 and intruder_dimensions(W_pre, W_ft, k=48, eps=1.0) >= 1
+    assert list(intruder_counts(W_pre, W_pre, k=10, eps_grid=(1.0,))) == [1.0]  # ε = 1 is a valid threshold
+
+
+def test_energy_in_subspace_of_a_unit_norm_update():
+    dW = torch.zeros(4, 3, dtype=torch.float64)
+    dW[1, 2] = 1.0  # ‖ΔW‖² = 1
+    assert energy_in_subspace(dW, basis(4, 1), basis(3, 2)) == {"col": 1.0, "row": 1.0, "both": 1.0}
+    assert all(math.isnan(v) for v in energy_in_subspace(torch.zeros(4, 3), basis(4, 1), basis(3, 2)).values())
+
+
+# ---- errors a user can cause: one sentence naming the value and what is valid ----------------------
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: subspace_similarity(torch.ones(4, 2), basis(4, 0), 1, 1),
+     "U1 must have orthonormal columns (e.g. from top_singular_vectors)."),
+    (lambda: subspace_similarity(basis(4, 0), 2 * basis(4, 0), 1, 1),
+     "U2 must have orthonormal columns (e.g. from top_singular_vectors)."),
+    (lambda: subspace_similarity(basis(4, 0), basis(5, 0), 1, 1), "U1 and U2 must live in the same space, got 4 and 5 rows."),
+    (lambda: subspace_similarity(torch.eye(3, 4, dtype=torch.float64), basis(3, 0), 1, 1),
+     "U1 must be n x r with r <= n orthonormal columns, got shape (3, 4)."),
+    (lambda: subspace_similarity(basis(4, 0), torch.eye(3, 4, dtype=torch.float64), 1, 1),
+     "U2 must be n x r with r <= n orthonormal columns, got shape (3, 4)."),
+    (lambda: subspace_similarity(torch.ones(2, 4, 1), basis(4, 0), 1, 1), "U1 must be a 2-D matrix, got shape (2, 4, 1)."),
+    (lambda: subspace_similarity(basis(4, 0, 1), basis(4, 0), 1, 2), "j must be at most U2.shape[1] = 1, got 2."),
+    (lambda: subspace_similarity(basis(4, 0), basis(4, 0, 1), 2, 1), "i must be at most U1.shape[1] = 1, got 2."),
+    (lambda: subspace_similarity(basis(4, 0), basis(4, 0), 0, 1), "i must be a positive integer, got 0."),
+    (lambda: subspace_similarity(basis(4, 0), basis(4, 0), 1, 0), "j must be a positive integer, got 0."),
+    (lambda: subspace_similarity_grid(basis(4, 0), basis(4, 0), 3, 1), "imax must be at most U1.shape[1] = 1, got 3."),
+    (lambda: subspace_similarity_grid(basis(4, 0), basis(4, 0), 1, 3), "jmax must be at most U2.shape[1] = 1, got 3."),
+    (lambda: subspace_similarity_grid(basis(4, 0), basis(4, 0), 0, 1), "imax must be a positive integer, got 0."),
+    (lambda: subspace_similarity_grid(basis(4, 0), basis(4, 0), 1, 0), "jmax must be a positive integer, got 0."),
+    (lambda: top_singular_vectors(torch.ones(4, 3), 2, side="up"), "side must be 'left' or 'right', got 'up'."),
+    (lambda: top_singular_vectors(torch.ones(4), 1), "M must be a 2-D matrix, got shape (4,)."),
+    (lambda: top_singular_vectors(torch.ones(2, 4, 3), 1), "M must be a 2-D matrix, got shape (2, 4, 3)."),
+    (lambda: top_singular_vectors(torch.ones(4, 3), 4), "r must be at most min(M.shape) = 3, got 4."),
+    (lambda: top_singular_vectors(torch.ones(4, 3), 0), "r must be a positive integer, got 0."),
+    (lambda: random_subspace_control(0, 1, 1), "n must be a positive integer, got 0."),
+    (lambda: random_subspace_control(10, 11, 2), "r1 must be at most n = 10, got 11."),
+    (lambda: random_subspace_control(10, 2, 11), "r2 must be at most n = 10, got 11."),
+    (lambda: random_subspace_control(10, 0, 2), "r1 must be a positive integer, got 0."),
+    (lambda: random_subspace_control(10, 2, 0), "r2 must be a positive integer, got 0."),
+    (lambda: amplification(torch.ones(4, 3), torch.ones(3, 4), 1), "W and dW must have the same shape, got (4, 3) and (3, 4)."),
+    (lambda: amplification(torch.ones(2, 4, 3), torch.ones(4, 3), 1), "W must be a 2-D matrix, got shape (2, 4, 3)."),
+    (lambda: amplification(torch.ones(4, 3), torch.ones(2, 4, 3), 1), "dW must be a 2-D matrix, got shape (2, 4, 3)."),
+    (lambda: amplification([[1.0]], torch.ones(4, 3), 1), "W must be a torch tensor or numpy array, got list."),
+    (lambda: amplification(torch.ones(4, 3), [[1.0]], 1), "dW must be a torch tensor or numpy array, got list."),
+    (lambda: amplification(torch.ones(4, 3), torch.ones(4, 3), 0), "r must be a positive integer, got 0."),
+    (lambda: amplification(torch.ones(4, 3), torch.ones(4, 3), 4), "r must be at most min(W.shape) = 3, got 4."),
+    (lambda: intruder_dimensions(torch.ones(4, 3), torch.ones(4, 4)), "W_pre and W_ft must have the same shape, got (4, 3) and (4, 4)."),
+    (lambda: intruder_dimensions(torch.ones(4, 3), torch.ones(4, 3), k=4), "k must be at most min(W.shape) = 3, got 4."),
+    (lambda: intruder_dimensions(torch.ones(4, 3), torch.ones(4, 3), k=2, eps=1.5), "eps must be in (0, 1], got 1.5."),
+    (lambda: intruder_dimensions(torch.ones(4, 3), torch.ones(4, 3), k=2, eps=0.0), "eps must be in (0, 1], got 0.0."),
+    (lambda: intruder_counts(torch.ones(4, 3), torch.ones(4, 3), k=2, eps_grid=()), "eps_grid must hold at least one threshold."),
+    (lambda: intruder_counts(torch.ones(4, 3), torch.ones(4, 3), k=2, side="up"), "side must be 'left' or 'right', got 'up'."),
+    (lambda: energy_in_subspace(torch.ones(4, 3), basis(5, 0)), "U must have 4 rows (dW_full's row count), got 5."),
+    (lambda: energy_in_subspace(torch.ones(4, 3), basis(4, 0), basis(4, 0)), "V must have 3 rows (dW_full's column count), got 4."),
+    (lambda: energy_in_subspace(torch.ones(2, 4, 3), basis(4, 0)), "dW_full must be a 2-D matrix, got shape (2, 4, 3)."),
+    (lambda: energy_in_subspace(torch.ones(4, 3), torch.ones(4, 1)), "U must have orthonormal columns (e.g. from top_singular_vectors)."),
+    (lambda: energy_in_subspace(torch.ones(4, 3), basis(4, 0), torch.ones(3, 1)),
+     "V must have orthonormal columns (e.g. from top_singular_vectors)."),
 ])
-def test_bad_input_raises_one_clear_value_error(call, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_input_raises_one_clear_value_error(call, message):
+    with pytest.raises(ValueError) as e:
         call()
+    assert str(e.value) == message
