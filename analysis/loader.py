@@ -242,11 +242,26 @@ class Study:
     def spectrum(self, member: str) -> Dict[str, torch.Tensor]:
         return self.run(member).dir.spectra()
 
-    def base_weight(self, module: str) -> torch.Tensor:
+    def _base_weights(self) -> BaseWeights:
         if self._base is None:
             src = self.runs[0].summary["base_model"] if self.runs else {}
             self._base = BaseWeights(src.get("path"), src.get("name"))
-        return _cached_base(self._base, module)
+        return self._base
+
+    def base_weight(self, module: str) -> torch.Tensor:
+        return _cached_base(self._base_weights(), module)
+
+    def check_deltas(self) -> None:
+        """Skip, before any measure reads them, the runs whose saved ΔW cannot be read or names a module the base
+        model lacks (reading file headers only), so every table leaves out the same runs."""
+        for r in self.runs:
+            if r.member in self.skipped or not r.saved.get("delta"):
+                continue
+            try:
+                for name in r.dir.delta_names():
+                    self._base_weights().key(name)
+            except ArtifactError as e:
+                self.skipped[r.member] = str(e)
 
 
 def _heldout_columns(h: Optional[dict]) -> Dict[str, float]:

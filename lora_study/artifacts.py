@@ -357,7 +357,9 @@ class BaseWeights:
                     index[k] = fp
         return index
 
-    def get(self, module: str) -> torch.Tensor:
+    def key(self, module: str) -> str:
+        """The checkpoint's name for ``module``'s weight (read from the files' headers only); ArtifactError when the
+        base model has none."""
         if self._index is None:
             self._index = self._build_index()
         key = module if module.endswith(".weight") else module + ".weight"
@@ -367,9 +369,13 @@ class BaseWeights:
         for c in candidates:
             for stored in (c, "model." + c, "bert." + c):
                 if stored in self._index:
-                    with safe_open(str(self._index[stored]), "pt") as f:
-                        return f.get_tensor(stored).float()
+                    return stored
         raise ArtifactError(f"module {module} has no weight in the base model at {self.path}.")
+
+    def get(self, module: str) -> torch.Tensor:
+        stored = self.key(module)
+        with safe_open(str(self._index[stored]), "pt") as f:
+            return f.get_tensor(stored).float()
 
 
 def _resolve_model_dir(path: Optional[str], name: Optional[str]) -> Path:

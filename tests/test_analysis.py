@@ -53,7 +53,11 @@ def analysed(tiny_study, tmp_path_factory):
     shutil.copytree(tiny_study, dst, ignore=shutil.ignore_patterns("analysis", "report"))
     r = cli("lora-study-analyze", str(dst))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert re.search(r"analysed 5 runs of tiny in [\d.]+ s: 9 tables, 8 figures", r.stdout), r.stdout
+    m = re.search(r"analysed 5 runs of tiny in [\d.]+ s: (\d+) tables, (\d+) figures", r.stdout)
+    assert m, r.stdout
+    out = dst / "analysis"  # the counts printed are the files written, one CSV and parquet per table, PNG and PDF per figure
+    assert int(m[1]) == len(list(out.glob("*.csv"))) == len(list(out.glob("*.parquet"))) >= 15
+    assert int(m[2]) == len(list(out.glob("*.png"))) == len(list(out.glob("*.pdf"))) >= 12
     return dst
 
 
@@ -81,24 +85,30 @@ def test_analyze_cli_writes_tables_and_figures(analysed):
 
 
 def test_truncation_table_keeps_a_finite_share_of_a_real_gain(analysed):
-    """Each entry is the reference run's own measurement, beside the LoRA run trained at rank k, and the share of
-    full finetuning's gain it keeps is (acc − base) / (full − base): finite, because this study has a gain."""
+    """Each entry is the reference run's own measurement in its scope, and the share of full finetuning's gain it
+    keeps is (acc − base) / (full − base): finite, because this study has a gain; trained minus truncated pairs each
+    LoRA run with the entry at its rank."""
     t = table(analysed, "truncation")
     full, base = accuracy(analysed, "full_s0"), accuracy(analysed, "none_s0")
     scopes = summary(analysed, "full_s0")["truncation"]["scopes"]
-    assert len(t) == sum(len(e["ranks"]) for e in scopes.values()) == 9 and set(t.arm) == {"lora"}
+    assert set(scopes) == {"finetuned_rest", "pretrained_rest", "targets_only"}
+    assert len(t) == sum(len(e["ranks"]) for e in scopes.values()) == 9 and (t.seeds == 1).all()
     for scope, e in scopes.items():
         for entry in e["ranks"]:
             row = t[(t.scope == scope) & (t.k == entry["k"])].iloc[0]
-            assert row.truncated_full_accuracy == entry["test_accuracy"]
+            assert row["mean"] == entry["test_accuracy"] and row.full_mean == full
             assert row.gain_kept == pytest.approx((entry["test_accuracy"] - base) / (full - base), abs=1e-12)
-            assert (row.full_accuracy, row.base_accuracy) == (full, base)
-            trained = accuracy(analysed, f"lora_r{entry['k']}_s0") if entry["k"] else float("nan")
-            assert row.trained_accuracy == trained or (math.isnan(trained) and math.isnan(row.trained_accuracy))
     assert np.isfinite(t.gain_kept).all()
-    own = t[t.scope == "finetuned_rest"].set_index("k").truncated_full_accuracy
+    own = t[t.scope == "finetuned_rest"].set_index("k")["mean"]
     assert own[0] != own[max(own.index)]  # removing ΔW matters: the entries are not all equal
     assert own[0] == base  # every analysed ΔW removed, the rest finetuned: all of the gain was in those matrices
+    pairs = table(analysed, "trained_vs_truncated")
+    assert set(pairs.scope) == set(scopes) and set(pairs["rank"]) == {1, 2}  # k = 4 was not truncated
+    for row in pairs.itertuples():
+        assert row.trained == accuracy(analysed, f"lora_r{row.rank}_s0")
+        assert row.truncated == t[(t.scope == row.scope) & (t.k == row.rank)]["mean"].iloc[0]
+        assert row.diff == pytest.approx(row.trained - row.truncated, abs=1e-12)
+        assert row.diff_low <= row.diff <= row.diff_high
 
 
 def _top_right(d: torch.Tensor, k: int) -> np.ndarray:
@@ -106,18 +116,35 @@ def _top_right(d: torch.Tensor, k: int) -> np.ndarray:
     return np.linalg.svd(d.double().numpy())[2][:k].T
 
 
+def _lora_a(run: Path, module: str) -> torch.Tensor:
+    from safetensors.torch import load_file
+    weights = load_file(run / "adapter" / "adapter_model.safetensors")
+    return next(v for k, v in weights.items() if k.endswith(f"{module}.lora_A.weight"))
+
+
 def test_similarity_and_energy_tables_match_the_deltas(analysed):
-    """φ(1, 1) between LoRA r = 1 and r = 4 is (v₁ · v₁')² averaged over layers; the energy of full FT's ΔW in each
-    run's row space is ‖ΔW_full V_r‖² / ‖ΔW_full‖² averaged over modules: both recomputed here with numpy."""
+    """φ(1, 1) between LoRA r = 1 and r = 4 is (v₁ · v₁')², from the adapters' A (Hu et al.) and from ΔW, per
+    matrix; the energy of full FT's ΔW in each run's row space is ‖ΔW_full V_r‖² / ‖ΔW_full‖² averaged over
+    modules: all recomputed here with numpy from the saved files."""
     st = load_study(analysed)
-    sim = table(analysed, "similarity").set_index("kind")
-    assert set(sim.index) == {"query", "value", "random"} and (sim.small == 1).all() and (sim.large == 4).all()
-    for kind in ("query", "value"):
-        mods = [m for m in st.run("lora_r1_s0").dir.delta_names() if m.endswith(kind)]
-        phi = [float(_top_right(st.delta("lora_r1_s0", m), 1)[:, 0] @ _top_right(st.delta("lora_r4_s0", m), 1)[:, 0]) ** 2
-               for m in mods]
-        assert len(mods) == 2 and sim.phi_1_1[kind] == pytest.approx(np.mean(phi), abs=1e-6)
-        assert 0 <= sim.phi_1_1[kind] <= 1 and sim.phi_mean[kind] >= sim.phi_1_1[kind] - 1e-9  # φ(1, j) grows with j
+    sim = table(analysed, "similarity")
+    assert set(sim.basis) == {"A", "ΔW", "random"} and set(zip(sim.small, sim.large)) == {(1, 4), (2, 4)}
+    sim = sim[(sim.small == 1) & (sim.large == 4)]  # each rank against the largest
+    mods = st.run("lora_r1_s0").dir.delta_names()
+    assert len(mods) == 4
+    for basis in ("A", "ΔW"):
+        rows = sim[sim.basis == basis].set_index("module")
+        assert set(rows.index) == set(mods) and set(rows.kind) == {"query", "value"}
+        for m in mods:
+            if basis == "A":
+                a, b = (_lora_a(analysed / "runs" / r, m) for r in ("lora_r1_s0", "lora_r4_s0"))
+            else:
+                a, b = st.delta("lora_r1_s0", m), st.delta("lora_r4_s0", m)
+            phi = float(_top_right(a, 1)[:, 0] @ _top_right(b, 1)[:, 0]) ** 2
+            assert rows.phi_1_1[m] == pytest.approx(phi, abs=1e-6), (basis, m)
+            assert rows.phi_mean[m] >= rows.phi_1_1[m] - 1e-9  # φ(1, j) grows with j
+    rnd = sim[sim.basis == "random"]
+    assert (rnd.phi_1_1 < sim[sim.basis == "A"].phi_1_1.mean()).all()  # the control sits below the learned spans
     energy = table(analysed, "full_energy_in_lora").set_index("member")
     assert list(energy.index) == ["lora_r1_s0", "lora_r2_s0", "lora_r4_s0"] and (energy.modules == 4).all()
     for member, rank in (("lora_r1_s0", 1), ("lora_r4_s0", 4)):
@@ -130,19 +157,27 @@ def test_similarity_and_energy_tables_match_the_deltas(analysed):
 
 
 def test_intruders_grow_with_epsilon_and_correlate_with_forgetting(analysed):
-    """The count is monotone in ε (cos < ε), is summed over each run's modules, and the Spearman correlation with
-    forgetting is computed over the four finetuned runs."""
+    """On LoRA's targets (the like-for-like scope) the count is monotone in ε (cos < ε) and summed over the same
+    4 matrices for every run; full FT alone has the all-linear scope; the Spearman correlation with forgetting is
+    over the four finetuned runs' rates."""
     from scipy.stats import spearmanr
     intr = table(analysed, "intruders")
-    counts = intr.pivot(index="member", columns="eps", values="intruders")
-    assert set(counts.index) == MEMBERS - {"none_s0"}
+    runs = intr[intr.kind == "run"]
+    assert set(runs.scope) == {"targets:lora", "all"}
+    assert set(runs[runs.scope == "all"].member) == {"full_s0"} and set(runs[runs.scope == "all"].matrices) == {12}
+    like = runs[runs.scope == "targets:lora"]
+    counts = like.pivot(index="member", columns="eps", values="intruders")
+    assert set(counts.index) == MEMBERS - {"none_s0"} and set(like.matrices) == {4} and set(like.vectors) == {40}
     assert (counts.diff(axis=1).fillna(0) >= 0).all().all() and (counts[0.9] > counts[0.1]).all()
-    assert set(intr[intr.member == "full_s0"].modules) == {12} and set(intr[intr.member == "lora_r1_s0"].modules) == {4}
+    controls = intr[intr.kind != "run"]
+    assert set(controls.member) == {f"lora_r{r}_s0:control" for r in (1, 2, 4)}
     corr = json.loads((analysed / "analysis" / "analysis.json").read_text())["intruders_vs_forgetting"]
     forget = table(analysed, "forgetting").set_index("member").forgetting_mean
     members = sorted(MEMBERS - {"none_s0"})
-    rho, p = spearmanr(counts[0.5][members], forget[members])
-    assert corr["n"] == 4 and corr["eps"] == 0.5 and corr["rho"] == pytest.approx(rho) and corr["p"] == pytest.approx(p)
+    rate = like[like.eps == 0.5].set_index("member").rate
+    rho, p = spearmanr(rate[members], forget[members])
+    assert corr["n"] == 4 and corr["eps"] == 0.5 and corr["scope"] == "targets:lora"
+    assert corr["rho"] == pytest.approx(rho) and corr["p"] == pytest.approx(p)
     for m in members:  # the forgetting the correlation reads is the runs' own
         assert forget[m] == pytest.approx(summary(analysed, m)["heldout"]["forgetting_mean"])
 

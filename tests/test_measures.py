@@ -70,7 +70,15 @@ def _summary(member: str, base: Path) -> dict:
             "heldout": {"forgetting_mean": FORGETTING[member], "cka": 1.0, "probe": {"n_test": 100},
                         "tasks": {"t": {"base": 0.9, "finetuned": 0.9 - FORGETTING[member],
                                         "forgetting": FORGETTING[member]}}},
-            "saved": {"delta": trained}}
+            "saved": {"delta": trained, "predictions": True}}
+
+
+def _predictions(member: str) -> dict:
+    """Per-example held-out probe outputs of one task over 10 examples: the base gets all right, the finetuned model
+    gets 10 × forgetting of them wrong, so its mean forgetting is FORGETTING[member]."""
+    wrong = round(10 * FORGETTING[member])
+    return {"test.correct": np.ones(100, bool), "heldout.t.base_correct": np.ones(10, bool),
+            "heldout.t.finetuned_correct": np.arange(10) >= wrong}
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +96,7 @@ def planted(tmp_path_factory) -> Context:
         run.log({"step": 0, "split": "test", "accuracy": 0.5})
         if member in DELTAS:
             run.write_delta({MODULE: DELTAS[member]})
+        run.write_predictions(_predictions(member))
         run.write_summary(_summary(member, base))
     study.write_index({"name": "planted", "shared": {}, "members": [_member(m) for m in members]})
     st = load_study(study.path)
@@ -97,11 +106,13 @@ def planted(tmp_path_factory) -> Context:
 
 def test_similarity_table_known_answers(planted):
     """ΔW_r1's one right singular vector v = (f13 + f15)/√2 against ΔW_r4's, in order f15, f13, f0, f1:
-    φ(1, j) = Σ_{b≤j} (v · u_b)² = 0.5, 1, 1, 1, so φ(1, 1) = 0.5 and the grid's mean is 3.5 / 4."""
-    sim = planted.table("similarity").set_index("kind")
-    assert set(sim.index) == {"query", "random"} and (sim.arm == "lora").all()
-    assert (sim.small == 1).all() and (sim.large == 4).all() and (sim.seed == 0).all()
-    q = sim.loc["query"]
+    φ(1, j) = Σ_{b≤j} (v · u_b)² = 0.5, 1, 1, 1, so φ(1, 1) = 0.5 and the grid's mean is 3.5 / 4. The planted runs
+    saved no adapters, so φ is on ΔW's right singular vectors (Hu et al.'s, from A, needs lora_A)."""
+    sim = planted.table("similarity").set_index("basis")
+    assert set(sim.index) == {"ΔW", "random"} and (sim.arm == "lora").all()
+    assert (sim.small == 1).all() and (sim.large == 4).all() and (sim.seed_a == 0).all()
+    assert sim.loc["ΔW"].kind == "query" and sim.loc["ΔW"].compares == "ranks"
+    q = sim.loc["ΔW"]
     assert q.phi_1_1 == pytest.approx(0.5, abs=1e-6)
     assert q.phi_diag_mean == pytest.approx(0.5, abs=1e-6)  # a 1 × 4 grid has one diagonal entry
     assert q.phi_mean == pytest.approx(0.875, abs=1e-6)
@@ -129,13 +140,19 @@ def test_intruders_table_known_answers(planted):
            the 10th singular value, 0.854 > 0.8) from ε = 0.4; the columns of f0, f1 keep cos > 0.99;
     full: e2 and e15 scaled in place (cos 1); 1.6 e0 + e16 has cos 1.6 / √3.56 = 0.848: an intruder at ε = 0.9 only."""
     t = planted.table("intruders")
+    assert set(t.scope) == {"all"}  # no summary names LoRA's targets: every matrix full FT saved
+    controls, t = t[t.kind != "run"], t[t.kind == "run"]
     counts = t.pivot(index="member", columns="eps", values="intruders")
     eps = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     assert list(counts.columns) == pytest.approx(eps)
     assert counts.loc["lora_r1_s0"].tolist() == [1] * 9
     assert counts.loc["lora_r4_s0"].tolist() == [1, 1, 1, 2, 2, 2, 2, 2, 2]
     assert counts.loc["full_s0"].tolist() == [0] * 8 + [1]
-    assert set(t.modules) == {1} and "none_s0" not in set(t.member)  # only runs with a saved ΔW
+    assert set(t.matrices) == {1} and set(t.vectors) == {10} and "none_s0" not in set(t.member)  # runs with a ΔW
+    assert (t.rate == t.intruders / 10).all()
+    assert set(controls.member) == {"lora_r1_s0:control", "lora_r4_s0:control"}  # a random control per LoRA run
+    assert t.set_index(["member", "eps"]).rel_update.loc[("full_s0", 0.5)] == pytest.approx(
+        math.sqrt(26) / float(W_PRE.norm()))
 
 
 def test_intruder_forgetting_correlation_known_answer(planted):
@@ -143,6 +160,7 @@ def test_intruder_forgetting_correlation_known_answer(planted):
     ranks (1, 2, 3) against (3, 1, 2), Σd² = 6, ρ = 1 − 6 · 6 / (3 · 8) = −0.5; with n = 3 the t statistic
     ρ √(1 / (1 − ρ²)) = −1/√3 has one degree of freedom (Cauchy): p = 1 − 2 atan(1/√3) / π = 2/3. The frozen
     base, which has no ΔW, takes no part."""
-    corr = Forgetting().correlation(planted)
-    assert corr["n"] == 3 and corr["eps"] == 0.5
+    from analysis.measures.intruders import correlation
+    corr = correlation(planted.study, planted.table("intruders"))
+    assert corr["n"] == 3 and corr["eps"] == 0.5 and corr["scope"] == "all"
     assert corr["rho"] == pytest.approx(-0.5, abs=1e-12) and corr["p"] == pytest.approx(2 / 3, abs=1e-9)

@@ -202,9 +202,9 @@ def test_learning_vs_forgetting_over_checkpoints(reported):
     curve = pd.read_csv(reported / "analysis" / "training_curve.csv")
     finetuned = curve[~curve.baseline]
     assert set(finetuned.member) == {"full_s0", "lora_r1_s0", "lora_r2_s0", "lora_r4_s0"}
-    assert (finetuned.groupby("member").step.apply(list) == pd.Series({m: [6, 12] for m in finetuned.member})).all()
+    assert (finetuned.groupby("member").step.apply(list) == pd.Series({m: [30, 60] for m in finetuned.member})).all()
     summary = json.loads((reported / "runs" / "lora_r2_s0" / "summary.json").read_text())
-    last = curve[(curve.member == "lora_r2_s0") & (curve.step == 12)].iloc[0]
+    last = curve[(curve.member == "lora_r2_s0") & (curve.step == 60)].iloc[0]
     assert last.forgetting_mean == pytest.approx(summary["heldout"]["forgetting_mean"])
 
 

@@ -69,6 +69,7 @@ class Context:
             from . import MEASURES
             measures = MEASURES
         self.study = study
+        study.check_deltas()
         self.measures: List[Measure] = list(measures)
         self._tables: Dict[str, pd.DataFrame] = {"runs": study.runs_frame()}
         self._done: set = set()
