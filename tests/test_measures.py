@@ -164,3 +164,37 @@ def test_intruder_forgetting_correlation_known_answer(planted):
     corr = correlation(planted.study, planted.table("intruders"))
     assert corr["n"] == 3 and corr["eps"] == 0.5 and corr["scope"] == "all"
     assert corr["rho"] == pytest.approx(-0.5, abs=1e-12) and corr["p"] == pytest.approx(2 / 3, abs=1e-9)
+
+
+class _Tables:
+    """A stand-in for a Context holding given tables."""
+
+    def __init__(self, **tables):
+        self.tables = tables
+
+    def table(self, name):
+        return self.tables[name]
+
+
+def _scaling_row(arm, value, intruders, change, low, high):
+    return {"arm": arm, "title": "full FT" if arm == "full" else "LoRA", "value": value, "intruders": intruders,
+            "forgetting_change": change, "forgetting_change_low": low, "forgetting_change_high": high}
+
+
+@pytest.mark.parametrize("lora_high, verdict", [(-0.01, "holds"), (0.02, "unresolved")])
+def test_intruder_scaling_verdict_reads_only_runs_with_intruders_to_scale(lora_high, verdict):
+    """Full FT with no intruder scales nothing (change 0 [0, 0] by construction): it must not keep the verdict from
+    holding when every run that had intruders forgets less once they are scaled down."""
+    import pandas as pd
+    from analysis.measures.verdicts import intruder_rows
+    _NO_TARGETS = pd.DataFrame({"scope": ["all"], "eps": [0.5], "kind": ["run"], "reference": [True],
+                                "axis": [None], "rank": [None]})  # no arm's targets: no rate comparison
+    scaling = pd.DataFrame([_scaling_row("full", None, 0, 0.0, 0.0, 0.0),
+                            _scaling_row("lora", 1.0, 5, -0.03, -0.06, lora_high)])
+    row = next(r for r in intruder_rows(_Tables(intruders=_NO_TARGETS,
+                                                intruder_scaling=scaling), {})
+               if r["claim"] == "scaling intruders down cuts forgetting")
+    assert row["verdict"] == verdict and "full FT" not in row["measured"] and "LoRA r=1: -0.030" in row["measured"]
+    none = pd.DataFrame([_scaling_row("full", None, 0, 0.0, 0.0, 0.0)])
+    assert not [r for r in intruder_rows(_Tables(intruders=_NO_TARGETS, intruder_scaling=none), {})
+                if r["claim"] == "scaling intruders down cuts forgetting"]

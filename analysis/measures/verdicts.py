@@ -194,8 +194,10 @@ def intruder_rows(ctx: Context, corr: dict) -> List[dict]:
                          f"ρ = {corr['rho']:.2f} [{lo:+.2f}, {hi:+.2f}] over {corr['n']} runs",
                          _interval_verdict(lo, hi, 0.0), "the 95 % interval of ρ above 0"))
     scaling = ctx.table("intruder_scaling")
-    if not scaling.empty and scaling.forgetting_change.notna().any():
-        s = scaling[scaling.forgetting_change.notna()]
+    # an arm with no intruder found scaled nothing: its change is 0 by construction and enters no rule
+    scaled = scaling[scaling.forgetting_change.notna() & (scaling.intruders > 0)] if not scaling.empty else scaling
+    if not scaled.empty:
+        s = scaled
         lows, highs = s.forgetting_change_low, s.forgetting_change_high
         verdict = HOLDS if (highs < 0).all() else FAILS if (lows > 0).any() else UNRESOLVED
         rows.append(_row("scaling intruders down cuts forgetting", source,
@@ -203,7 +205,8 @@ def intruder_rows(ctx: Context, corr: dict) -> List[dict]:
                          "; ".join(f"{r.title}{'' if pd.isna(r.value) else f' r={int(r.value)}'}: "
                                    f"{r.forgetting_change:+.3f} {fmt_interval((r.forgetting_change_low, r.forgetting_change_high))}"
                                    for _, r in s.iterrows()), verdict,
-                         "every change in forgetting below 0 with its 95 % interval"))
+                         "every change in forgetting below 0 with its 95 % interval (runs with intruders to "
+                         "scale)"))
     return rows
 
 
