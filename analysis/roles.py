@@ -96,11 +96,16 @@ def arms(df: pd.DataFrame, axis: str) -> List[str]:
 def arm_title(df: pd.DataFrame, arm: str) -> str:
     """How text names an arm: its method's title ("LoRA"), with the arm added where two arms share a method."""
     df = with_roles(df)
-    method = df[df.arm == arm].method.iloc[0]
+    rows = df[df.arm == arm]
+    method = rows.method.iloc[0]
     spec = _spec(method)
     title = spec.title if spec else str(method)
-    shared = df[(df.method == method) & df.axis.notna()].arm.nunique() > 1
-    return f"{title} ({arm})" if shared else title
+    swept = rows[rows.axis.notna()] if "label" in rows else rows.iloc[0:0]
+    if len(swept):  # an arm's own title ("LoRA (all linear)"): its runs' label without the swept value
+        title = str(swept.label.iloc[0]).rsplit(" ", 1)[0]
+    others = df[(df.method == method) & df.axis.notna() & (df.arm != arm)]
+    shared = "label" in df and any(str(x).rsplit(" ", 1)[0] == title for x in others.label)
+    return f"{title} ({arm})" if shared or (len(others) and "label" not in df) else title
 
 
 def ordered_labels(df: pd.DataFrame) -> List[str]:

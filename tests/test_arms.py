@@ -213,3 +213,19 @@ def test_an_all_linear_arm_flows_through_a_study_and_its_analysis(tmp_path):
     runs = ctx.table("runs")
     assert dict(zip(runs.member, runs.label))["lora_all_r2_s0"] == "LoRA (all linear) r=2"
     assert "LoRA (all linear) r=2" in set(pd.read_csv(tmp_path / "arms" / "analysis" / "tradeoff.csv").label)
+
+
+def test_arm_titles_in_tables_and_text_are_the_arms_own():
+    """Tables and findings name an arm by its configured title (the runs' label without the swept value), and add
+    the arm's name only where two arms would read the same."""
+    import pandas as pd
+
+    from analysis.roles import arm_title
+    rows = [("full", "full", "full FT", None, None), ("lora", "lora", "LoRA r=1", "rank", 1),
+            ("lora", "lora_all", "LoRA (all linear) r=1", "rank", 1), ("lora", "lora_all", "LoRA (all linear) r=16",
+                                                                       "rank", 16)]
+    df = pd.DataFrame(rows, columns=["method", "arm", "label", "axis", "value"])
+    assert arm_title(df, "lora_all") == "LoRA (all linear)" and arm_title(df, "lora") == "LoRA"
+    twins = pd.concat([df, pd.DataFrame([("lora", "lora_b", "LoRA r=4", "rank", 4)], columns=df.columns)])
+    assert arm_title(twins, "lora_b") == "LoRA (lora_b)" and arm_title(twins, "lora") == "LoRA (lora)"
+    assert arm_title(twins, "lora_all") == "LoRA (all linear)"
