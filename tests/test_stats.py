@@ -482,3 +482,75 @@ def test_bad_input_is_one_sentence_naming_the_argument(call, message):
     with pytest.raises(ValueError) as e:
         call()
     assert str(e.value) == message
+
+
+# ---------------------------------------------------------------- replicates of several means, and intervals
+
+def manual_hierarchical(d: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """The hierarchical bootstrap of a (seeds x examples) mean as documented, one replicate at a time: every
+    replicate's example indices drawn first (one block), then its seed indices, from default_rng(seed)."""
+    S, N = d.shape
+    rng = np.random.default_rng(seed)
+    ie = rng.integers(0, N, size=(n_boot, N))
+    iseed = rng.integers(0, S, size=(n_boot, S)) if S > 1 else np.zeros((n_boot, 1), dtype=int)
+    return np.array([d[iseed[b]][:, ie[b]].mean() for b in range(n_boot)])
+
+
+def test_replicate_means_resample_the_same_seeds_and_examples_for_every_array():
+    rng = np.random.default_rng(30)
+    a, b = rng.normal(size=(3, 25)), rng.normal(0.3, 1.0, size=(3, 25))
+    reps = stats.replicate_means({"a": a, "b": b}, n_boot=200, seed=4)
+    assert set(reps) == {"a", "b"} and reps["a"].shape == (200,)
+    assert reps["a"] == pytest.approx(manual_hierarchical(a, 200, 4), abs=1e-12)
+    assert reps["b"] == pytest.approx(manual_hierarchical(b, 200, 4), abs=1e-12)
+    # the same draws for both: the difference of the replicates is the replicates of the difference
+    assert reps["a"] - reps["b"] == pytest.approx(manual_hierarchical(a - b, 200, 4), abs=1e-12)
+    one = stats.replicate_means({"x": a[:1]}, n_boot=150, seed=9)["x"]  # one seed: the paired bootstrap
+    assert one == pytest.approx(manual_mean_replicates(a[0], 150, 9), abs=1e-12)
+    assert stats.replicate_means({"x": a}, n_boot=7, seed=1)["x"] == pytest.approx(
+        stats.replicate_means({"x": a, "y": b}, n_boot=7, seed=1)["x"], abs=0)
+    # a ratio of means (a share of a gain kept) gets its interval from the same replicates
+    gain = (reps["b"] - reps["a"]) / reps["b"]
+    assert np.isfinite(gain).all()
+
+
+def test_replicate_means_refuses_bad_input_in_one_sentence():
+    a = np.ones((2, 5))
+    with pytest.raises(ValueError, match=r"^arrays must hold at least one \(seeds x examples\) array\.$"):
+        stats.replicate_means({})
+    with pytest.raises(ValueError, match=r"^arrays must share one \(seeds x examples\) shape, got \[\(2, 4\), \(2, 5\)\]\.$"):
+        stats.replicate_means({"a": a, "b": np.ones((2, 4))})
+    with pytest.raises(ValueError, match=r"^n_boot must be a positive integer, got 0\.$"):
+        stats.replicate_means({"a": a}, n_boot=0)
+    with pytest.raises(ValueError, match=r"^a must be a 2-D array, got shape \(5,\)\.$"):
+        stats.replicate_means({"a": np.ones(5)})
+
+
+def test_mean_interval_is_the_percentile_interval_of_the_mean():
+    rng = np.random.default_rng(31)
+    x = rng.normal(0.5, 1.0, size=60)
+    manual = manual_mean_replicates(x, 400, 3)
+    assert stats.mean_interval(x, n_boot=400, seed=3) == pytest.approx(
+        tuple(np.quantile(manual, [0.025, 0.975])), abs=1e-12)
+    assert stats.mean_interval(x, n_boot=400, seed=3, level=0.8) == pytest.approx(
+        tuple(np.quantile(manual, [0.1, 0.9])), abs=1e-12)
+    lo, hi = stats.mean_interval(x)
+    assert lo < x.mean() < hi and stats.mean_interval(x) == stats.mean_interval(x, 2000, 0, 0.95)
+    grid = rng.normal(size=(3, 20))
+    assert stats.mean_interval(grid, n_boot=100, seed=2) == pytest.approx(
+        tuple(np.quantile(manual_hierarchical(grid, 100, 2), [0.025, 0.975])), abs=1e-12)
+    with pytest.raises(ValueError, match=r"^level must lie strictly between 0 and 1, got 1\.0\.$"):
+        stats.mean_interval(x, level=1.0)
+    with pytest.raises(ValueError, match=r"^a must be a 1-D or 2-D array, got shape \(1, 1, 2\)\.$"):
+        stats.mean_interval(np.ones((1, 1, 2)))
+
+
+def test_interval_drops_non_finite_replicates():
+    samples = np.array([np.nan, 1.0, np.inf, 2.0, 3.0, 4.0, -np.inf, 5.0])
+    assert stats.interval(samples) == pytest.approx(tuple(np.quantile([1, 2, 3, 4, 5], [0.025, 0.975])))
+    assert stats.interval(samples, level=0.5) == pytest.approx((2.0, 4.0))
+    lo, hi = stats.interval([np.nan, np.inf])
+    assert math.isnan(lo) and math.isnan(hi)
+    assert stats.interval([7.0]) == (7.0, 7.0)
+    with pytest.raises(ValueError, match=r"^level must lie strictly between 0 and 1, got 0\.$"):
+        stats.interval([1.0, 2.0], level=0)
