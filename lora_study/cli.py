@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, register
+from .config import ConfigError, register, validate
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register()
@@ -39,7 +39,11 @@ def run_task(cfg: DictConfig) -> dict:
 
     out = RunDir(HydraConfig.get().runtime.output_dir)
     try:
-        summary = launch(cfg, out) if cfg.train.processes > 1 else execute(cfg, out)
+        if cfg.train.processes > 1:
+            validate(cfg)  # before any worker starts (execute validates on its own)
+            summary = launch(cfg, out)
+        else:
+            summary = execute(cfg, out)
     except (ConfigError, Diverged, RunFailed) as e:
         if _is_multirun():
             raise  # the study sweeper records the failure and goes on with the other members

@@ -220,9 +220,7 @@ def launch(cfg, out) -> Dict[str, Any]:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    from .config import validate
-    validate(cfg)
-    n = int(cfg.train.processes)
+    n = int(cfg.train.processes)  # cfg was validated by the caller (lora_study.config.validate)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="lora-study-") as tmp:
         path = os.path.join(tmp, "config.yaml")

@@ -39,6 +39,7 @@ def launch_tiny(out: Path, overrides):
     cfg = compose(list(TINY) + list(overrides))
     (out / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    validate(cfg)
     return launch(cfg, RunDir(out))
 
 
