@@ -41,7 +41,18 @@ MODULES = {
 }
 
 # survivors judged equivalent: mutant name -> why no test can (or should) tell it from the original
-EQUIVALENT: dict[str, str] = {}
+_ORIENTATION = ("which side of the matrix the SVD works on (a transpose for wide matrices, or for square ones): "
+                "the singular values and the subspaces returned are the same either way, only the speed differs")
+_DEVICE = ("where the computation runs (the caller's device, or None meaning the input's): on a machine with only a "
+           "CPU both are the CPU, so no test here can tell them apart; a CUDA machine's test would")
+EQUIVALENT: dict[str, str] = {
+    **{f"lora_study.linalg.x__tall__mutmut_{i}": _ORIENTATION for i in (1, 2, 5, 6, 7)},
+    "lora_study.linalg.x_thin_svd__mutmut_8": _ORIENTATION,
+    "lora_study.linalg.x_singular_values__mutmut_4": _DEVICE,
+    "lora_study.linalg.x_singular_values__mutmut_23": _DEVICE,
+    "lora_study.linalg.x_thin_svd__mutmut_3": _DEVICE,
+    "lora_study.linalg.x_truncate__mutmut_10": _DEVICE,
+}
 
 
 def workdir_for(module: str, base: Path) -> Path:
