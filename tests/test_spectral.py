@@ -8,24 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import exact, orthonormal, planted
 from analysis.spectral import effective_rank, energy_captured, rank_at_energy, spectrum_row, stable_rank
 from lora_study.linalg import singular_values
-
-
-def orthonormal(n: int, r: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.linalg.qr(torch.randn(n, r, generator=gen, dtype=torch.float64)).Q
-
-
-def planted(m: int, n: int, k: int, noise: float, seed: int = 0) -> torch.Tensor:
-    """Rank-k U V^T with random orthonormal factors and unit singular values, plus Gaussian noise."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    return orthonormal(m, k, seed) @ orthonormal(n, k, seed + 7).T + noise * torch.randn(
-        m, n, generator=gen, dtype=torch.float64)
-
-
-def exact(M) -> np.ndarray:
-    return np.linalg.svd(np.asarray(M, dtype=np.float64), compute_uv=False)
 
 
 # ---- known answers ---------------------------------------------------------------------------
