@@ -40,19 +40,9 @@ PUBLISHED_D90: Dict[str, Dict[str, int]] = {
 
 def crossing(ds: Sequence[float], metrics: Sequence[float], threshold: float) -> Optional[float]:
     """The smallest d at which the curve (ds, metrics) first reaches ``threshold``, interpolated on log d."""
-    ds, metrics = np.asarray(ds, dtype=float), np.asarray(metrics, dtype=float)
-    if ds.shape != metrics.shape or ds.ndim != 1:
-        raise ValueError(f"ds and metrics must be two 1-D sequences of one length, got {ds.shape} and {metrics.shape}.")
-    keep = ~np.isnan(metrics)
-    ds, metrics = ds[keep], metrics[keep]
-    if (ds <= 0).any():
-        raise ValueError(f"every d must be positive (they are placed on a log axis), got {ds.tolist()}.")
-    if len(np.unique(ds)) != len(ds):
-        raise ValueError(f"ds={ds.tolist()} repeats a dimension; average the seeds first or pass one curve per seed.")
+    ds, metrics = _curve(ds, metrics, positive=True)
     if not len(ds) or math.isnan(threshold):
         return None
-    order = np.argsort(ds)
-    ds, metrics = ds[order], metrics[order]
     if metrics[0] >= threshold:
         return float(ds[0])
     for i in range(1, len(ds)):
@@ -66,17 +56,9 @@ def crossing(ds: Sequence[float], metrics: Sequence[float], threshold: float) ->
 def grid_crossing(ds: Sequence[float], metrics: Sequence[float], threshold: float) -> Optional[tuple]:
     """(the smallest tested d whose metric reaches ``threshold``, the largest tested d below it or None when it is
     the smallest tested d), or None if no tested d reaches it. NaN metrics are skipped."""
-    ds, metrics = np.asarray(ds, dtype=float), np.asarray(metrics, dtype=float)
-    if ds.shape != metrics.shape or ds.ndim != 1:
-        raise ValueError(f"ds and metrics must be two 1-D sequences of one length, got {ds.shape} and {metrics.shape}.")
-    keep = ~np.isnan(metrics)
-    ds, metrics = ds[keep], metrics[keep]
-    if len(np.unique(ds)) != len(ds):
-        raise ValueError(f"ds={ds.tolist()} repeats a dimension; average the seeds first or pass one curve per seed.")
+    ds, metrics = _curve(ds, metrics)
     if not len(ds) or math.isnan(threshold):
         return None
-    order = np.argsort(ds)
-    ds, metrics = ds[order], metrics[order]
     hits = np.nonzero(metrics >= threshold)[0]
     if not len(hits):
         return None
@@ -99,3 +81,19 @@ def published_range() -> tuple:
     """(smallest, largest) d90 in ``PUBLISHED_D90``."""
     values = [v for m in PUBLISHED_D90.values() for v in m.values()]
     return min(values), max(values)
+
+
+def _curve(ds, metrics, positive: bool = False):
+    """(ds, metrics) as float arrays sorted by d, NaN metrics dropped; one sentence for a mismatch, a repeated d or
+    (``positive``) a d that cannot sit on a log axis."""
+    ds, metrics = np.asarray(ds, dtype=float), np.asarray(metrics, dtype=float)
+    if ds.shape != metrics.shape or ds.ndim != 1:
+        raise ValueError(f"ds and metrics must be two 1-D sequences of one length, got {ds.shape} and {metrics.shape}.")
+    keep = ~np.isnan(metrics)
+    ds, metrics = ds[keep], metrics[keep]
+    if positive and (ds <= 0).any():
+        raise ValueError(f"every d must be positive (they are placed on a log axis), got {ds.tolist()}.")
+    if len(np.unique(ds)) != len(ds):
+        raise ValueError(f"ds={ds.tolist()} repeats a dimension; average the seeds first or pass one curve per seed.")
+    order = np.argsort(ds)
+    return ds[order], metrics[order]
