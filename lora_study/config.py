@@ -134,6 +134,9 @@ class StudyConfig:
     lr_search_ranks: Any = opt(rule=AllOr(Each(POSITIVE_INT, nonempty=True)), factory=lambda: [1, 8, 64])
     # while a key's best rate is the smallest or largest tried, the search adds the next rate beyond it, one step of
     # the grid's spacing there (this factor for a grid of one rate), at most lr_search_max_extensions per key
+    # the dimensions d a subspace arm's search trains at (DID), each d of its sweep taking the rate searched at the
+    # nearest of them on a log scale; empty: one search at the configured method.d
+    lr_search_dims: List[int] = opt(rule=Each(POSITIVE_INT), factory=list)
     lr_extend_factor: float = opt(3.0, Num(gt=1))
     lr_search_max_extensions: int = opt(3, NON_NEGATIVE_INT)
     # the validation grid that chose the shipped rates, {key: {lr: validation score}} as study.json's lr_search.grid

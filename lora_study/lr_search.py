@@ -2,7 +2,9 @@
 grid, extended while the best rate is on an edge; the study's members then train at the chosen rates.
 
 Keys. A rank-swept arm is searched per rank of ``study.lr_search_ranks`` (``all``: every rank of the arm), keyed
-``<arm>_r<rank>`` (``lora_r8``, ``lora_all_r16``); other arms once, keyed by the arm (``full``). Runs are on the first
+``<arm>_r<rank>`` (``lora_r8``, ``lora_all_r16``); a subspace arm (swept over d) at each d of ``study.lr_search_dims``
+as DID, keyed ``<arm>_d<d>`` (``subspace_d10000``), or once at the configured d when that list is empty; other arms
+once, keyed by the arm (``full``). Runs are on the first
 seed with the main runs' budget, and measure nothing but validation (``SEARCH_EXTRA``).
 
 Rounds. The first round runs the arm's grid, ``study.lr_grid[arm]``, else ``study.lr_grid[method]``. After each

@@ -8,7 +8,7 @@ one each) — and repeats them per seed. Each member is one run with its own ove
 
 Learning rates of a member of arm A (method M), most specific first: the value a validation search chose
 (``lora_study.lr_search``; for a rank-swept arm the searched rank, else the nearest searched rank of A on a log
-scale), then ``study.lr_by_rank`` (rank-swept arms: A's own {rank: lr} if it has one, else the flat {rank: lr}),
+scale; for a d-swept arm the nearest d of ``study.lr_search_dims``, DID and SAID alike), then ``study.lr_by_rank`` (rank-swept arms: A's own {rank: lr} if it has one, else the flat {rank: lr}),
 then ``study.lr[A]``, then ``study.lr[M]``. The test split is never read to choose a rate.
 """
 from __future__ import annotations
@@ -53,9 +53,10 @@ class Member:
 
     @property
     def search_key(self) -> str:
-        """The learning-rate search's key: the arm and its swept rank (``lora_all_r16``), or the arm (``full``)."""
-        return arm_key(self.variant.arm, self.axis, self.variant.value) if self.axis == "rank" else \
-            self.arm or self.method
+        """The learning-rate search's key: the arm and its swept value (``lora_all_r16``, ``subspace_d10000``), or the
+        arm (``full``, ``subspace`` searched at the configured d)."""
+        return arm_key(self.variant.arm, self.axis, self.variant.value) if self.axis is not None and \
+            self.variant.value is not None else self.arm or self.method
 
     def overrides(self) -> List[str]:
         return [f"method={self.method}", f"train.seed={self.seed}", f"optim.lr={self.lr:g}", f"run.member={self.id}",
@@ -77,8 +78,9 @@ def method_options(study, method: str) -> List[str]:
     return Arm(method, method, options=dict((plain(study.method_options) or {}).get(method) or {})).overrides()
 
 
-def _searched(chosen: Dict[str, float], arm: str) -> Dict[int, float]:
-    prefix = f"{arm}_{AXIS_PREFIX['rank']}"
+def _searched(chosen: Dict[str, float], arm: str, axis: str = "rank") -> Dict[int, float]:
+    """{swept value: rate} of the search's keys for ``arm`` along ``axis`` (``lora_r8``, ``subspace_d10000``)."""
+    prefix = f"{arm}_{AXIS_PREFIX[axis]}"
     return {int(k[len(prefix):]): v for k, v in chosen.items() if k.startswith(prefix) and k[len(prefix):].isdigit()}
 
 
@@ -93,16 +95,21 @@ def rates_by_rank(study, arm: str) -> Dict[int, float]:
 
 def lr_for(arm: Union[str, Arm], variant: Variant, study, chosen: Dict[str, float]) -> float:
     """The learning rate of a member of ``arm`` (an arm, or the name of an arm or method): searched value if any,
-    then study.lr_by_rank, then study.lr[arm], then study.lr[method]."""
+    then study.lr_by_rank, then study.lr[arm], then study.lr[method]. A swept member without a searched rate of its
+    own takes the nearest searched value's on a log scale (the smaller on a tie)."""
     arm = find_arm(study, arm) if isinstance(arm, str) else arm
-    if arm.spec.axis == "rank" and variant.value is not None:
-        rank = int(variant.value)
-        searched = _searched(chosen, variant.arm)  # the keys the search wrote: the variant's arm and rank
-        if rank in searched:
-            return searched[rank]
-        if searched:  # nearest searched rank on a log scale
-            return searched[min(searched, key=lambda r: abs(math.log(r) - math.log(rank)))]
+    axis = arm.spec.axis
+    if axis in AXIS_PREFIX and variant.value is not None:
+        value = int(variant.value)
+        # the keys the search wrote: a rank's under the variant's arm; a d's under the arm (DID and SAID share it)
+        searched = _searched(chosen, variant.arm if axis == "rank" else arm.name, axis)
+        if value in searched:
+            return searched[value]
+        if searched:
+            return searched[min(sorted(searched), key=lambda v: abs(math.log(v) - math.log(value)))]
+    if axis == "rank" and variant.value is not None:
         by_rank = rates_by_rank(study, arm.name)
+        rank = int(variant.value)
         if rank in by_rank:
             return by_rank[rank]
     if arm.name in chosen:

@@ -130,7 +130,8 @@ def test_ties_choose_the_lower_rate_and_extend_every_tied_edge(tmp_path):
 
 # -- through the sweeper ---------------------------------------------------------------------------------
 
-PEAKS = {"none": 1e-5, "full": 1e-4, "lora_r1": 2e-2}  # the fake runs' best validation rate per key
+# the fake runs' best validation rate per key (a key not named peaks at 1e-3)
+PEAKS = {"none": 1e-5, "full": 1e-4, "lora_r1": 2e-2, "subspace_d100": 3e-3, "subspace_d10000": 1e-2}
 DIVERGES_ABOVE = 3e-2
 
 
@@ -146,14 +147,15 @@ def fake_runs(monkeypatch):
         member, lr = cfg.run.member, float(cfg.optim.lr)
         ran.append(member)
         key = member.split("_lr")[0].split("_s")[0]
-        summary = {"member": member, "method": cfg.method.name, "lr": lr, "seed": int(cfg.train.seed), "saved": {}}
+        summary = {"member": member, "method": cfg.method.name, "lr": lr, "seed": int(cfg.train.seed), "saved": {},
+                   "d": cfg.method.get("d"), "said": cfg.method.get("said")}
         out.path.mkdir(parents=True, exist_ok=True)
         out.log({"step": 1})
         if lr > DIVERGES_ABOVE:
             out.write_summary({**summary, "status": "failed", "reason": "the training loss became nan at step 1",
                                "failed_step": 1})
             raise Diverged(1, float("nan"))
-        val = round(0.9 - 0.1 * abs(math.log10(lr / PEAKS[key])), 6)
+        val = round(0.9 - 0.1 * abs(math.log10(lr / PEAKS.get(key, 1e-3))), 6)
         summary.update(status="complete", metrics={"best_validation_accuracy": val, "test_accuracy": 1 - val})
         out.write_summary(summary)
         return summary
@@ -186,6 +188,27 @@ def test_a_search_through_the_sweeper_extends_until_bracketed(tmp_path, fake_run
     fake_runs.clear()
     assert study_in_process(*args) == 0 and fake_runs == []
     assert json.loads((tmp_path / "fake" / "study.json").read_text())["lr_search"]["chosen"] == search["chosen"]
+
+
+def test_a_subspace_search_at_several_d_gives_each_d_the_nearest_searched_rate(tmp_path, fake_runs):
+    args = [*TINY, "study.methods=[subspace]", "study.dims=[10,100,1000,10000]", "study.said=[false,true]",
+            "study.lr_search=true", "study.lr_search_dims=[100,10000]", "study.lr_grid.subspace=[1e-3,3e-3,1e-2,3e-2]",
+            f"study.root={tmp_path}", "study.name=fake"]
+    assert study_in_process(*args) == 0
+    idx = json.loads((tmp_path / "fake" / "study.json").read_text())
+    search = idx["lr_search"]
+    assert sorted(search["grid"]) == ["subspace_d100", "subspace_d10000"]
+    assert {k: (v["lr"], v["on_edge"]) for k, v in search["chosen"].items()} == \
+        {"subspace_d100": (3e-3, None), "subspace_d10000": (1e-2, None)}
+    sdir = StudyDir(tmp_path / "fake")
+    for key, per in search["grid"].items():  # each search run trained DID at its own d
+        for lr in per:
+            s = sdir.run(f"{key}_lr{lr}", "lr_search").summary()
+            assert (s["d"], s["said"]) == (int(key.split("_d")[1]), False)
+    # d = 10 and 100 take d = 100's rate, 10^4 its own, and 1000 (a tie on the log scale) the smaller d's; SAID as DID
+    lrs = {m["id"]: m["lr"] for m in idx["members"]}
+    assert lrs == {f"subspace_{v}_d{d}_s0": lr for v in ("did", "said")
+                   for d, lr in ((10, 3e-3), (100, 3e-3), (1000, 3e-3), (10000, 1e-2))}
 
 
 def test_a_tiny_search_end_to_end(tmp_path):

@@ -1,9 +1,9 @@
 """Were the learning rates fair? A rank comparison means nothing if one rank got a bad learning rate, so a study that
 searched them shows the evidence: the validation score of every (method or rank, learning rate) tried, as a heatmap
 with the best rate of each row marked. The grid comes from ``study.json``: ``lr_evidence`` (the search behind a
-preset's configured rates) or ``lr_search.grid`` (a study that searched itself), both mapping a key — a method
-(``full``) or a method at a rank (``lora_r8``) — to {learning rate: validation score}. Nothing is drawn without
-one."""
+preset's configured rates) and ``lr_search.grid`` (a study that searched itself; its keys take precedence), both
+mapping a key — a method (``full``), a method at a rank (``lora_r8``) or at a dimension d (``subspace_d10000``) — to
+{learning rate: validation score}. Nothing is drawn without one."""
 from __future__ import annotations
 
 import re
@@ -19,24 +19,27 @@ from .. import plotting
 from ..loader import Study
 from .base import Context, Measure, Section
 
-KEY = re.compile(r"^(?P<method>.+?)_r(?P<rank>\d+)$")
+KEY = re.compile(r"^(?P<method>.+?)_(?P<axis>[rd])(?P<value>\d+)$")
 
 
 def evidence(study: Study) -> Optional[dict]:
-    """The study's {key: {lr: score}}, from ``lr_evidence`` or ``lr_search.grid``; None without one."""
-    grid = study.index.get("lr_evidence") or (study.index.get("lr_search") or {}).get("grid")
-    return grid if isinstance(grid, dict) and grid else None
+    """The study's {key: {lr: score}}: ``lr_evidence`` with ``lr_search.grid``'s keys over it; None without either."""
+    shipped = study.index.get("lr_evidence")
+    searched = (study.index.get("lr_search") or {}).get("grid")
+    grid = {**(shipped if isinstance(shipped, dict) else {}), **(searched if isinstance(searched, dict) else {})}
+    return grid or None
 
 
 def _row_name(key: str) -> tuple:
-    """(sort key, label) of a grid key: 'lora_r8' -> LoRA r=8, 'full' -> full FT; unknown names as written."""
+    """(sort key, label) of a grid key: 'lora_r8' -> LoRA r=8, 'subspace_d1000' -> subspace d=1000, 'full' -> full
+    FT; unknown names as written."""
     m = KEY.match(key)
-    method, rank = (m.group("method"), int(m.group("rank"))) if m else (key, None)
+    method, axis, rank = (m.group("method"), m.group("axis"), int(m.group("value"))) if m else (key, None, None)
     if method in methods.names():
         title, order = methods.get(method).title, methods.order(method)
     else:
         title, order = method, len(methods.names())
-    return (order, method, rank or 0), title + (f" r={rank}" if rank is not None else "")
+    return (order, method, rank or 0), title + (f" {axis}={rank}" if rank is not None else "")
 
 
 def lr_table(study: Study) -> pd.DataFrame:

@@ -312,7 +312,10 @@ class Subspace(Method):
         return out
 
     def search_variants(self, study) -> List[Variant]:
-        return [Variant(self.name)]  # one search at the configured d serves every d
+        if not study.get("lr_search_dims"):
+            return [Variant(self.name)]  # one search at the configured d serves every d
+        return [Variant(self.name, int(d), [f"method.d={int(d)}", "method.said=false"], {"d": int(d), "said": False})
+                for d in study.lr_search_dims]  # DID at each searched d; every d takes the nearest one's rate
 
     def label(self, record: Dict[str, Any]) -> str:
         return f"subspace {'SAID' if record.get('said') else 'DID'} d={record.get('d')}"
