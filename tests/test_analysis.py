@@ -450,3 +450,9 @@ def test_learning_rate_evidence_from_either_key_and_none_without():
         assert t[t.best].set_index("label").lr.to_dict() == {"full FT": 1e-4, "LoRA r=8": 0.0015, "LoRA r=64": 0.0005}
     assert evidence(SimpleNamespace(index={"lr_search": {"chosen": {"full": 1e-4}}})) is None
     assert lr_table(SimpleNamespace(index={})).empty
+    # a study that searched some keys and ships the evidence of others shows both, its own search over the shipped
+    shipped = {"full": {"1e-4": 0.80, "3e-4": 0.75}, "subspace_d1000": {"0.01": 0.5}}
+    searched = {"subspace_d1000": {"0.01": 0.66, "0.03": 0.67}, "subspace_d100000": {"0.01": 0.70}}
+    t = lr_table(SimpleNamespace(index={"lr_evidence": shipped, "lr_search": {"grid": searched}}))
+    assert list(dict.fromkeys(t.label)) == ["full FT", "subspace d=1000", "subspace d=100000"]
+    assert t[t.label == "subspace d=1000"].set_index("lr").validation_score.to_dict() == {0.01: 0.66, 0.03: 0.67}
