@@ -187,11 +187,24 @@ def write_tables(ctx: Context, tables_fmt: Dict[str, pd.DataFrame], out: Path) -
             write_formatted(df, out, name, caption=f"{name}: {caption}")
 
 
+REPORT_FILES = ("report.md", "report.html", TIMINGS)
+REPORT_DIRS = ("figures", "tables")
+
+
+def clear_report(out: Path) -> None:
+    """Remove an earlier report's own files from ``out`` (so no stale figure or table survives), and nothing else:
+    other reports kept beside or below it (``results/reference/<preset>/``) stay."""
+    for name in REPORT_DIRS:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+    for name in REPORT_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
 def report(study: Study, out: Path) -> Path:
     t0 = time.perf_counter()
     ctx = analyze(study, study.path / "analysis")
-    if out.exists():
-        shutil.rmtree(out)
+    clear_report(out)
     (out / "figures").mkdir(parents=True)
     (out / "tables").mkdir()
     for name in ctx.figures:

@@ -3,6 +3,7 @@ intrinsic_dim study run and analysed through the CLIs (the d90 maths itself: tes
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -77,14 +78,21 @@ def test_intrinsic_dim_study_runs_and_is_analysed(tmp_path, cue_task):
     from conftest import study_in_process
     from lora_study import methods
     code = study_in_process("experiment=intrinsic_dim", "model=tiny", *cue_task, "train.max_steps=60",
-                            "train.eval_every=60", "train.batch_size=16", "train.max_length=32", "study.dims=[10,100]",
-                            "study.lr.full=1e-2", f"study.root={tmp_path}", "study.name=t")
+                            "train.eval_every=60", "train.batch_size=16", "train.max_length=32", "study.dims=[10,1000]",
+                            "study.lr.full=1e-2", "study.lr_search_dims=[10,1000]", "study.lr_grid.subspace=[0.01,0.1]",
+                            "study.lr_search_max_extensions=0", f"study.root={tmp_path}", "study.name=t")
     assert code == 0
     study = tmp_path / "t"
     idx = json.loads((study / "study.json").read_text())
     assert [m["id"] for m in idx["members"]] == [
-        "none_s0", "full_s0", "subspace_did_d10_s0", "subspace_said_d10_s0", "subspace_did_d100_s0", "subspace_said_d100_s0"]
+        "none_s0", "full_s0", "subspace_did_d10_s0", "subspace_said_d10_s0", "subspace_did_d1000_s0", "subspace_said_d1000_s0"]
     assert all(m["status"] == "complete" for m in idx["members"])
+    # θ_d's rate searched on validation at each d of lr_search_dims (DID); each d, DID and SAID, trains at its own
+    chosen = idx["lr_search"]["chosen"]
+    assert sorted(idx["lr_search"]["grid"]) == ["subspace_d10", "subspace_d1000"] and len(idx["lr_search"]["members"]) == 4
+    for m in idx["members"]:
+        if m["method"] == "subspace":
+            assert m["lr"] == chosen[f"subspace_d{m['d']}"]["lr"], m["id"]
     acc = {}
     for m in idx["members"]:
         s = json.loads((study / m["dir"] / "summary.json").read_text())
@@ -105,17 +113,19 @@ def test_intrinsic_dim_study_runs_and_is_analysed(tmp_path, cue_task):
     assert (out / "intrinsic_dim.png").stat().st_size > 1000 and (out / "intrinsic_dim.pdf").exists()
     table = pd.read_parquet(out / "intrinsic_dim.parquet").set_index("variant")
     assert sorted(table.index) == ["DID", "SAID"] and set(table.seed) == {0}
-    assert (table.dims_tested == 2).all() and (table.d_min == 10).all() and (table.d_max == 100).all()
+    assert (table.dims_tested == 2).all() and (table.d_min == 10).all() and (table.d_max == 1000).all()
     full, base = acc["full_s0"], acc["none_s0"]
     assert full - base > 0.3  # a gain: targets relative to full FT and to its gain differ
     for variant in ("DID", "SAID"):  # the references and the curve are the runs' own, d90 worked out by hand
         row = table.loc[variant]
-        a10, a100 = acc[f"subspace_{variant.lower()}_d10_s0"], acc[f"subspace_{variant.lower()}_d100_s0"]
-        assert (row.full, row.base, row.best) == (full, base, max(a10, a100))
+        a10, a1000 = acc[f"subspace_{variant.lower()}_d10_s0"], acc[f"subspace_{variant.lower()}_d1000_s0"]
+        assert (row.full, row.base, row.best) == (full, base, max(a10, a1000))
         assert row.target == pytest.approx(0.9 * full) and row.target_gain == pytest.approx(base + 0.9 * (full - base))
         t = row.target
-        expected = 10.0 if a10 >= t else 10 ** (1 + (t - a10) / (a100 - a10)) if a100 >= t else float("nan")
-        assert row.d90 == pytest.approx(expected, rel=1e-9, nan_ok=True)
+        grid = 10.0 if a10 >= t else 1000.0 if a1000 >= t else float("nan")  # the first tested d reaching it
+        between = 10 ** (1 + 2 * (t - a10) / (a1000 - a10)) if a10 < t <= a1000 else float("nan")
+        assert row.d90 == pytest.approx(grid, nan_ok=True)
+        assert row.d90_interpolated == pytest.approx(between if a10 < t else grid, rel=1e-9, nan_ok=True)
         assert row.D == json.loads((study / "runs" / f"subspace_{variant.lower()}_d10_s0" / "summary.json").read_text())[
             "subspace"]["D"]
     # no LoRA runs here: LoRA's counts on the d axis come from ΔW shapes, 2 layers x (W_q, W_v) x (16 + 16) per rank
@@ -126,3 +136,53 @@ def test_intrinsic_dim_study_runs_and_is_analysed(tmp_path, cue_task):
     section = md.split("## Intrinsic dimension")[1].split("\n## ")[0]
     assert "figures/intrinsic_dim.png" in section and "Aghajanyan" in section and "secondary" in section
     assert "Not measured" not in section and "| DID |" in section and "| SAID |" in section
+    # whether d90 reaches the target is a paired comparison with full FT, on the same test examples
+    from analysis.measures.intrinsic_dim import intrinsic_table, summarize, target_margins
+    summary = summarize(intrinsic_table(st))
+    margins = target_margins(st, summary)
+    expected = {(r.variant, d) for _, r in summary.iterrows() for d in (r.d90_mean, r.d90_below) if d == d}
+    assert set(zip(margins.variant, margins.d)) == expected  # at d90 and below it, where they exist
+    assert (margins.ci_low <= margins.margin).all()
+    assert (margins.margin <= margins.ci_high).all()
+    for _, r in margins.iterrows():
+        a = acc[f"subspace_{r.variant.lower()}_d{int(r.d)}_s0"]
+        assert r.margin == pytest.approx(a - 0.9 * full, abs=1e-9)
+        assert r.verdict == ("reached" if r.ci_low > 0 else "not reached" if r.ci_high < 0 else "unresolved")
+    rates = {int(d): chosen[f"subspace_d{d}"]["lr"] for d in (10, 1000)}
+    phrase = (f"one learning rate for every d ({rates[10]:g})" if rates[10] == rates[1000] else
+              f"θ_d's learning rate by d ({rates[10]:g} at d = 10, {rates[1000]:g} at d = 1,000)")
+    assert phrase in section
+
+
+def test_reaching_the_d90_target_is_a_paired_comparison_with_full_ft():
+    """target_margins on per-example outputs with known answers: acc(d) − 0.9 · acc(full) on shared examples."""
+    from types import SimpleNamespace
+
+    from analysis.measures.intrinsic_dim import target_margins
+
+    n = 1000
+    rng = np.random.default_rng(0)
+
+    def run(correct, variant=None, d=None):
+        p = {"test.correct": np.asarray(correct, dtype=np.float64)}
+        return SimpleNamespace(variant=variant, value=d, seed=0, predictions=lambda: p)
+
+    full = (rng.random(n) < 0.8).astype(float)
+    curves = {("DID", 100): 0.60, ("DID", 1000): 0.90, ("SAID", 100): 0.72}
+    runs = {key: run((rng.random(n) < p).astype(float), *key) for key, p in curves.items()}
+    study = SimpleNamespace(references=lambda: [run(full)], swept=lambda axis: list(runs.values()))
+    summary = pd.DataFrame([
+        {"variant": "DID", "seeds": 1, "d90_mean": 1000.0, "d90_std": float("nan"), "d90_below": 100.0},
+        {"variant": "SAID", "seeds": 1, "d90_mean": 100.0, "d90_std": float("nan"), "d90_below": float("nan")}])
+    m = target_margins(study, summary).set_index(["variant", "d"])
+    assert sorted(m.index) == [("DID", 100.0), ("DID", 1000.0), ("SAID", 100.0)]
+    for key in m.index:
+        r = m.loc[key]
+        acc = runs[(key[0], int(key[1]))].predictions()["test.correct"].mean()
+        assert r.margin == pytest.approx(acc - 0.9 * full.mean(), abs=1e-12)
+        assert r.ci_low < r.margin < r.ci_high and r.ci_high - r.ci_low < 0.1  # 1,000 shared examples
+    assert m.loc[("DID", 100.0)].verdict == "not reached"  # 0.60 against a target of 0.72
+    assert m.loc[("DID", 1000.0)].verdict == "reached"  # 0.90
+    assert m.loc[("DID", 1000.0)]["where"] == "d90" and m.loc[("DID", 100.0)]["where"] == "below"
+    # SAID sits on the target: the interval covers 0
+    assert m.loc[("SAID", 100.0)].verdict == "unresolved" and m.loc[("SAID", 100.0)].ci_low < 0 < m.loc[("SAID", 100.0)].ci_high

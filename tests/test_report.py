@@ -249,6 +249,27 @@ def test_report_twice_writes_the_same_bytes_but_the_timings(reported, tmp_path):
                    for f in (f"{n}.pdf" for n in FIGURES))
 
 
+def test_a_report_rewrites_its_own_files_and_keeps_the_reports_beside_it(reported, tmp_path):
+    """`make study` writes the default report into results/reference/, where the presets' reports live in
+    subfolders: those stay, while a stale figure of the earlier report there does not."""
+    from analysis import load_study
+    from analysis.report import report
+    out = tmp_path / "reference"
+    shutil.copytree(reported / "report", out)
+    (out / "preset" / "figures").mkdir(parents=True)
+    (out / "preset" / "report.md").write_text("a preset's report")
+    (out / "preset" / "figures" / "x.png").write_bytes(b"png")
+    (out / "figures" / "stale.png").write_bytes(b"old")
+    (out / "notes.txt").write_text("kept")
+    report(load_study(reported), out)
+    assert (out / "preset" / "report.md").read_text() == "a preset's report"
+    assert (out / "preset" / "figures" / "x.png").read_bytes() == b"png" and (out / "notes.txt").exists()
+    assert not (out / "figures" / "stale.png").exists()
+    fresh = _digests(reported / "report")
+    again = {k: v for k, v in _digests(out).items() if not k.startswith("preset/") and k != "notes.txt"}
+    assert set(again) == set(fresh) and {k for k in fresh if fresh[k] != again[k]} <= {"timings.json"}
+
+
 def test_study_missing_full_ft_still_reports(study_copy):
     from analysis.report import main
     idx = json.loads((study_copy / "study.json").read_text())

@@ -1,8 +1,10 @@
 """Is the intrinsic dimension of finetuning small? Subspace training swept over d (Li et al. 2018; Aghajanyan et al.
 2020): per variant (DID, SAID) and seed, d90 and d90-gain against full finetuning and the frozen base (table
 ``intrinsic_dim``, averaged over seeds in ``intrinsic_dim_summary``), accuracy against d with the rank-swept arms'
-parameter counts on the same axis (figure), and d90 against D and the published figures (finding). The thresholds
-themselves are ``analysis.dimension``'s.
+parameter counts on the same axis (figure, each point with its 95 % interval over test examples and seeds), and d90
+against D and the published figures (finding). Whether a tested d reaches the target is itself a comparison on the
+same test examples: at d90 and at the largest d below it, acc(d) − 0.9 · acc(full FT) gets a paired 95 % interval
+(``target_margins``). The thresholds themselves are ``analysis.dimension``'s.
 """
 from __future__ import annotations
 
@@ -15,11 +17,12 @@ from safetensors import safe_open
 from lora_study.artifacts import DELTA
 from lora_study.models.structure import module_kind
 
-from .. import plotting
+from .. import paired, plotting, stats
 from ..dimension import FRACTION, PUBLISHED_D90, crossing, grid_crossing, published_range
 from ..loader import Study
 from ..roles import arm_title, arms, baselines, references, swept, with_roles
 from .base import Context, Measure, Section, seeds_phrase
+from .reach import scores
 
 MUCH_SMALLER = 0.01  # "d90 ≪ D" when d90 / D is below 1 %
 COLORS = {"DID": "tab:blue", "SAID": "tab:orange"}
@@ -124,6 +127,45 @@ def at_d90(runs: pd.DataFrame, metric: str = "test_accuracy", fraction: float = 
     return pd.concat(keep) if keep else sub.iloc[0:0]
 
 
+def _variant_scores(study: Study, variant: str, d: float) -> Dict[int, np.ndarray]:
+    """{seed: per-example test score} of the subspace runs of ``variant`` at ``d``."""
+    return scores([r for r in study.swept("d") if r.variant == variant and r.value == int(d)])[0]
+
+
+def point_intervals(study: Study) -> Dict[tuple, tuple]:
+    """{(variant, d): 95 % interval of its mean test score over examples and seeds} (hierarchical bootstrap)."""
+    out = {}
+    for r in study.swept("d"):
+        key = (r.variant, int(r.value))
+        if key not in out:
+            seeds, arrays = paired.aligned(_variant_scores(study, *key))
+            if seeds:
+                out[key] = stats.mean_interval(arrays[0], paired.N_BOOT)
+    return out
+
+
+def target_margins(study: Study, summary: pd.DataFrame, fraction: float = FRACTION) -> pd.DataFrame:
+    """Per variant, at its grid d90 and at the largest tested d below it: acc(d) − fraction · acc(full FT) on the
+    same test examples and seeds, with its 95 % interval (hierarchical bootstrap, every mean resampled together),
+    and whether the interval lies above 0 ('reached'), below 0 ('not reached') or covers it ('unresolved')."""
+    full = scores(study.references())[0]
+    rows = []
+    for _, r in summary.iterrows():
+        for where, d in (("d90", r.d90_mean), ("below", r.d90_below)):
+            if np.isnan(d) or (where == "d90" and r.seeds > 1 and r.d90_std > 0):
+                continue  # no such d, or seeds that reached d90 at different d (no one d to compare at)
+            seeds, arrays = paired.aligned(_variant_scores(study, r.variant, d), full)
+            if not seeds:
+                continue
+            reps = stats.replicate_means({"a": arrays[0], "f": arrays[1]}, paired.N_BOOT)
+            point = float(arrays[0].mean() - fraction * arrays[1].mean())
+            lo, hi = stats.interval(reps["a"] - fraction * reps["f"])
+            rows.append({"variant": r.variant, "where": where, "d": float(d), "seeds": len(seeds), "margin": point,
+                         "ci_low": lo, "ci_high": hi,
+                         "verdict": "reached" if lo > 0 else "not reached" if hi < 0 else "unresolved"})
+    return pd.DataFrame(rows, columns=["variant", "where", "d", "seeds", "margin", "ci_low", "ci_high", "verdict"])
+
+
 LORA_RANKS = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -146,7 +188,8 @@ def lora_param_counts(study: Study, ranks: Sequence[int] = LORA_RANKS,
 
 @plotting.styled
 def figure(study: Study, runs: pd.DataFrame, table: pd.DataFrame, metric: str = "test_accuracy"):
-    """Metric vs d (log axis), DID and SAID with seeds as error bars; full FT, both thresholds and the
+    """Metric vs d (log axis), DID and SAID with 95 % intervals over test examples and seeds; full FT (its interval as
+    a band), both thresholds and the
     frozen base as horizontal lines; d90 (dotted) and d90-gain (dash-dot) as vertical lines; each rank-swept arm's
     trainable parameter counts (head excluded, as d excludes it) as light ticks on the same axis (LoRA's computed
     from ΔW's shapes when the study ran no rank-swept arm)."""
@@ -155,15 +198,22 @@ def figure(study: Study, runs: pd.DataFrame, table: pd.DataFrame, metric: str = 
     runs = with_roles(runs)
     sub = swept(runs, "d")
     seeds = sorted(set(sub.seed))
+    cis = point_intervals(study)
     for variant, g in sub.groupby("variant", sort=True):
-        s = g.groupby("d")[metric].agg(["mean", "std"]).sort_index()
-        ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), marker=MARKERS.get(variant, "o"), ms=3.5, lw=1.2,
+        s = g.groupby("d")[metric].mean().sort_index()
+        ci = np.array([cis.get((variant, int(d)), (np.nan, np.nan)) for d in s.index], dtype=float).reshape(-1, 2)
+        yerr = np.nan_to_num(np.abs(ci - s.values[:, None]).T)
+        ax.errorbar(s.index, s.values, yerr=yerr, marker=MARKERS.get(variant, "o"), ms=3.5, lw=1.2,
                     capsize=2, mfc="none" if variant == "SAID" else None,
-                    color=COLORS.get(variant), label=f"{variant} (mean ± std over {len(seeds)} seed(s))")
+                    color=COLORS.get(variant), label=f"{variant} (mean, 95 % interval; {seeds_phrase(seeds)})")
     full, base = references(runs)[metric], baselines(runs)[metric]
     if len(full):
         f = full.mean()
         ax.axhline(f, color=plotting.REFERENCE_COLOR, lw=1.1, label=f"full FT ({f:.3f})")
+        seeds_f, arrays_f = paired.aligned(scores(study.references())[0])
+        if seeds_f:
+            lo, hi = stats.mean_interval(arrays_f[0], paired.N_BOOT)
+            ax.axhspan(lo, hi, color=plotting.REFERENCE_COLOR, alpha=0.12, lw=0, label="full FT, 95 % interval")
         ax.axhline(FRACTION * f, color="0.45", ls=":", lw=1, label=f"d90 target: 90 % of full FT ({FRACTION * f:.3f})")
         if len(base):
             t = base.mean() + FRACTION * (f - base.mean())
@@ -244,7 +294,43 @@ def _state(r, col: str) -> str:
     return f"{r.variant} {_value(r, col)}"
 
 
-def finding(summary: pd.DataFrame, describe: Optional[dict] = None) -> str:
+def rates_phrase(runs: pd.DataFrame) -> str:
+    """How θ_d's learning rate varied with d: 'one learning rate for every d (0.01)', or the runs of consecutive d
+    sharing one ('0.09 for d = 10–3,162, 0.03 at d = 10,000, 0.01 for d = 31,623–100,000')."""
+    sub = swept(with_roles(runs), "d")
+    if sub.empty or "lr" not in sub:
+        return "one learning rate for every d"
+    per_d = sub.groupby("d").lr.agg(lambda x: tuple(sorted(set(x)))).sort_index()
+    if len(set(per_d)) == 1:
+        return f"one learning rate for every d ({', '.join(f'{v:g}' for v in per_d.iloc[0])})"
+    spans, start = [], 0
+    ds, lrs = list(per_d.index), list(per_d.values)
+    for i in range(1, len(ds) + 1):
+        if i == len(ds) or lrs[i] != lrs[start]:
+            rate = "/".join(f"{v:g}" for v in lrs[start])
+            spans.append(f"{rate} at d = {_d(ds[start])}" if i - 1 == start else
+                         f"{rate} for d = {_d(ds[start])}–{_d(ds[i - 1])}")
+            start = i
+    return "θ_d's learning rate by d (" + ", ".join(spans) + ")"
+
+
+def _margins_phrase(margins: Optional[pd.DataFrame]) -> str:
+    """Whether d90 and the d below it reach the target, as paired tests on the same test examples."""
+    if margins is None or margins.empty:
+        return ""
+    parts = []
+    for variant, g in margins.groupby("variant", sort=True):
+        part = [f"d = {_d(r.d)} {r.margin:+.3f} {paired.fmt_interval((r.ci_low, r.ci_high))} ({r.verdict})"
+                for _, r in g.sort_values("d").iterrows()]
+        parts.append(f"{variant} " + "; ".join(part))
+    return ("Reaching the target is itself a comparison on the same test examples: acc(d) − 0.9 × acc(full FT), "
+            "paired, with 95 % intervals, at d90 and at the largest tested d below it: " + "; ".join(parts) +
+            ". 'Unresolved' means the test set cannot tell whether that d reaches the target, so the grid value of "
+            "d90 is uncertain by at least one grid step.")
+
+
+def finding(summary: pd.DataFrame, describe: Optional[dict] = None, margins: Optional[pd.DataFrame] = None,
+            rates: str = "one learning rate for every d") -> str:
     """d90 for DID and SAID, d90-gain, d90 against D, and Aghajanyan et al.'s published d90 (secondary)."""
     if summary.empty or summary.full.isna().all():
         return "The study has subspace runs but no full finetune: d90 (relative to full finetuning) is not measured."
@@ -254,12 +340,14 @@ def finding(summary: pd.DataFrame, describe: Optional[dict] = None) -> str:
              f"({FRACTION:.1f} × {first.full:.3f} = {first.target:.3f}), a value on the measured grid (with the "
              "largest tested d that does not reach it, and an interpolation on log d between the two, labelled as "
              "such): " + "; ".join(_state(r, "d90") for _, r in summary.iterrows()) + "."]
+    if _margins_phrase(margins):
+        parts.append(_margins_phrase(margins))
     has_base = not summary.base.isna().all()
     if has_base and first.full <= first.base:
         parts.append(f"Full finetuning ({first.full:.3f}) does not beat the frozen base with a trained head "
                      f"({first.base:.3f}) in this study, so there is no finetuning gain for the subspace to recover: "
                      "d90 says nothing about the intrinsic dimension here, and no conclusion is drawn.")
-        return " ".join(parts + [_published(describe, "")])
+        return " ".join(parts + [_published(describe, "", rates)])
     if has_base:
         parts.append(f"d90-gain, for 90 % of full finetuning's gain over the frozen base ({first.base:.3f} → "
                      f"target {first.target_gain:.3f}): " +
@@ -291,28 +379,30 @@ def finding(summary: pd.DataFrame, describe: Optional[dict] = None) -> str:
         pos = "within" if lo <= o <= hi else "below" if o < lo else "above"
         where = (f" This study's d90 (largest over variants, {'≤ ' if upper else ''}{_d(o)}) lies {pos} the published "
                  f"range {lo:,}–{hi:,}.")
-    parts.append(_published(describe, where))
+    parts.append(_published(describe, where, rates))
     return " ".join(parts)
 
 
-def _published(describe: dict, where: str) -> str:
+def _published(describe: dict, where: str, rates: str = "one learning rate for every d") -> str:
     pub = "; ".join(f"{model} " + " / ".join(f"{v:,}" for v in vals.values()) for model, vals in PUBLISHED_D90.items())
     model, task = describe.get("model"), describe.get("task")
     return ("Aghajanyan et al. 2020 report d90 (MRPC SAID / QQP SAID / MRPC DID / QQP DID) of " + pub +
             " (secondary: quoted, not reproduced here), falling with model size and with pretraining." + where +
             f" The comparison is of order of magnitude only: {model or 'this model'} on {task or 'this task'}, "
-            "test accuracy rather than the dev-set metric, one learning rate for every d and the study's step budget.")
+            f"test accuracy rather than the dev-set metric, {rates}, and the study's step budget.")
 
 
 class IntrinsicDim(Measure):
     name = "intrinsic_dim"
-    tables = ("intrinsic_dim", "intrinsic_dim_summary")
+    tables = ("intrinsic_dim", "intrinsic_dim_summary", "intrinsic_dim_margins")
 
     def compute(self, ctx: Context) -> Dict[str, pd.DataFrame]:
         if not ctx.study.swept("d"):
             return {}
         table = intrinsic_table(ctx.study, ctx.table("runs"))
-        return {"intrinsic_dim": table, "intrinsic_dim_summary": summarize(table)}
+        summary = summarize(table)
+        return {"intrinsic_dim": table, "intrinsic_dim_summary": summary,
+                "intrinsic_dim_margins": target_margins(ctx.study, summary)}
 
     def figures(self, ctx: Context) -> Dict[str, object]:
         if not ctx.has("intrinsic_dim"):
@@ -328,12 +418,14 @@ class IntrinsicDim(Measure):
             "against d, the trainable numbers besides the head; d90 is the smallest tested d reaching 90 % of full "
             "finetuning's accuracy, d90-gain 90 % of its gain over the frozen base: values on the measured grid, "
             "each with the largest tested d that falls short and, labelled, an interpolation on log d.",
-            finding(ctx.table("intrinsic_dim_summary"), ctx.study.describe())],
+            finding(ctx.table("intrinsic_dim_summary"), ctx.study.describe(), ctx.table("intrinsic_dim_margins"),
+                    rates_phrase(ctx.table("runs")))],
             figure="intrinsic_dim" if ctx.drew("intrinsic_dim") else None, table="intrinsic_dim",
             caption="Where each variant's curve first reaches the dotted d90 target (90 % of full FT) and the "
                     "dash-dot d90-gain target, against LoRA's parameter counts on the same axis; scope: the subspace "
                     "runs (θ_d moving the D weights in scope, the head trained directly), the whole test split, "
-                    f"{seeds_phrase(ctx.table('intrinsic_dim').seed)} (error bars: std over seeds).",
+                    f"{seeds_phrase(ctx.table('intrinsic_dim').seed)} (error bars and band: 95 % intervals over test "
+                    "examples and seeds).",
             table_caption="d90 and d90-gain per variant: values on the measured grid, with the largest tested d that "
                           "falls short and, labelled, an interpolation on log d.")]
 
