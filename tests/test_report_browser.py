@@ -18,3 +18,15 @@ def test_report_fits_1280_px_and_shows_every_figure_near_natural_size(reported):
                                        or im["displayed_width"] >= MIN_DISPLAY_PX))]
     assert small == []
     assert all(im["passes"] for im in page["images"])
+
+
+def test_every_committed_report_fits_1280_px():
+    """The reports committed under results/reference/ (the default study's and each preset's), as a reader opens
+    them from the repository: no sideways overflow, every figure near its natural size."""
+    from pathlib import Path
+    pages = sorted((Path(__file__).resolve().parent.parent / "results" / "reference").rglob("report.html"))
+    assert len(pages) >= 5  # the default study and the four presets
+    for path in pages:
+        page = check_page(path, width=1280)
+        assert page["overflow_px"] == 0 and page["wide_tables"] == [], path
+        assert page["images"] and all(im["passes"] for im in page["images"]), path
