@@ -456,3 +456,9 @@ def test_learning_rate_evidence_from_either_key_and_none_without():
     t = lr_table(SimpleNamespace(index={"lr_evidence": shipped, "lr_search": {"grid": searched}}))
     assert list(dict.fromkeys(t.label)) == ["full FT", "subspace d=1000", "subspace d=100000"]
     assert t[t.label == "subspace d=1000"].set_index("lr").validation_score.to_dict() == {0.01: 0.66, 0.03: 0.67}
+    from analysis.measures.learning_rate import LearningRates, finding
+    mixed = lr_table(SimpleNamespace(index={"lr_evidence": grid, "lr_search": {"grid": searched}}))
+    assert "per method and d;" in finding(t) and "per method and rank or d;" in finding(mixed)
+    assert "per method and rank;" in finding(lr_table(SimpleNamespace(index={"lr_evidence": grid})))
+    assert "moves with d;" in LearningRates.caption("d")
+    assert "each rank's chosen rate" in LearningRates.caption("rank")

@@ -93,10 +93,16 @@ def heatmap(study: Study, t: pd.DataFrame):
     return plotting.finish(fig, study)
 
 
+def swept_word(t: pd.DataFrame) -> str:
+    """What the grid's rows sweep: 'rank' (LoRA's ranks, or nothing swept), 'd' (subspace dimensions), or both."""
+    axes = {m.group("axis") for m in map(KEY.match, map(str, t.key.unique())) if m}
+    return "d" if axes == {"d"} else "rank or d" if axes == {"r", "d"} else "rank"
+
+
 def finding(t: pd.DataFrame) -> str:
     best = t[t.best].sort_values("row")
-    text = ("Validation score (never the test split) of every learning rate tried, per method and rank; the best "
-            "of each row is boxed: " + ", ".join(f"{r.label} {r.lr:g} ({r.validation_score:.3f})"
+    text = (f"Validation score (never the test split) of every learning rate tried, per method and {swept_word(t)}; "
+            "the best of each row is boxed: " + ", ".join(f"{r.label} {r.lr:g} ({r.validation_score:.3f})"
                                                  for _, r in best.iterrows()) + ".")
     edge = [r.label for _, r in best.iterrows()
             if r.lr in (t[t.key == r.key].lr.min(), t[t.key == r.key].lr.max()) and (t.key == r.key).sum() > 2]
@@ -122,6 +128,10 @@ class LearningRates(Measure):
             return []
         return [Section("Were the learning rates fair? The validation sweep", [finding(ctx.table("learning_rates"))],
                         figure="lr_heatmap", level=3,
-                        caption="Whether each rank's chosen rate (boxed) is an interior optimum of its row and how "
-                                "the best rate moves with the rank; scope: the validation split, the learning-rate "
-                                "search's runs (first seed).")]
+                        caption=self.caption(swept_word(ctx.table("learning_rates"))))]
+
+    @staticmethod
+    def caption(word: str) -> str:
+        whose, moves = ("each rank's", "the rank") if word == "rank" else ("each row's", word)
+        return (f"Whether {whose} chosen rate (boxed) is an interior optimum of its row and how the best rate moves "
+                f"with {moves}; scope: the validation split, the learning-rate search's runs (first seed).")
