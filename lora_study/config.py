@@ -85,6 +85,8 @@ class RunConfig:
     save_delta: bool = opt(True, Free())
     save_spectrum: bool = opt(True, Free())
     save_model: bool = opt(False, Free())
+    # false: the test split is not evaluated (the learning-rate search's runs, scored on validation alone)
+    evaluate_test: bool = opt(True, Free())
     # full finetuning: the test metric with ΔW truncated to rank k (and k = 0) in each scope (post_training.SCOPES)
     truncation_ranks: List[int] = opt(rule=Each(POSITIVE_INT), factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     truncation_scopes: List[str] = opt(rule=Each(Choice(tuple(SCOPES))), factory=lambda: list(SCOPES))

@@ -15,7 +15,7 @@ rate to its neighbour (the grid's own spacing: 5e-4, 1.5e-3, 5e-3 continue with 
 ``study.lr_search_max_extensions`` rates are added per key (the lower one first when both edges tie for best).
 
 Choice. The chosen rate has the best validation score (accuracy; −perplexity for a perplexity-only task), the
-lower rate on a tie. The test split is never read. A run that diverged (the loss became NaN) counts as tried with no
+lower rate on a tie. The test split is never evaluated (``run.evaluate_test=false``). A run that diverged (the loss became NaN) counts as tried with no
 score, so it bounds the search on its side and is not a failure of the study. A chosen rate still on an edge of what
 was tried after the last extension is flagged (``on_edge``): the optimum was not bracketed, so it is not a searched
 optimum. ``study.json`` holds every tried rate's score (``lr_search.grid``, {key: {lr: score}}) and the choice.
@@ -31,7 +31,7 @@ from .artifacts import RunDir, StudyDir
 from .planning import Member, member_of
 
 # the search's runs are validation runs: nothing else is measured or saved
-SEARCH_EXTRA = ["run.latency=false", "run.truncation_ranks=[]", "run.save_delta=false", "run.save_spectrum=false",
+SEARCH_EXTRA = ["run.evaluate_test=false", "run.latency=false", "run.truncation_ranks=[]", "run.save_delta=false", "run.save_spectrum=false",
                 "run.intruder_scaling=false", "heldout.enabled=false"]
 Scores = Dict[str, Dict[float, Optional[float]]]  # key -> {lr: validation score, None when the run has none}
 

@@ -153,9 +153,11 @@ def _execute(cfg: Config, out: RunDir, device: Optional[torch.device]) -> Option
         if not main:
             return None
         prepared, model = (gathered[0] or prepared), gathered[1]
-    test = evaluate(model, enc["test"], cfg.train.eval_batch_size, device, precision, per_example=True)
-    predictions = {f"test.{k}": v for k, v in test.pop("per_example").items()}
-    logger.log({"step": result.steps, "split": "test", **test})
+    test, predictions = {}, {}
+    if cfg.run.evaluate_test:
+        test = evaluate(model, enc["test"], cfg.train.eval_batch_size, device, precision, per_example=True)
+        predictions = {f"test.{k}": v for k, v in test.pop("per_example").items()}
+        logger.log({"step": result.steps, "split": "test", **test})
     steady = result.step_times[1:] or result.step_times
     summary.update({
         "metrics": _metrics(test, result),
@@ -210,8 +212,9 @@ def _execute(cfg: Config, out: RunDir, device: Optional[torch.device]) -> Option
         summary["latency"], summary["merge"] = latency(
             model, enc["test"], cfg.train.max_length, list(cfg.run.latency_batches), cfg.run.latency_repeats, device,
             precision, merge=method.merge if method.mergeable else None)
-    out.write_predictions(predictions)
-    saved["predictions"] = True
+    if predictions:
+        out.write_predictions(predictions)
+        saved["predictions"] = True
     summary.update(status="complete", saved=saved, wall_time_s=time.time() - started)
     out.write_summary(summary)
     logger.finish(summary)
@@ -239,12 +242,12 @@ def _memory(result, model, per_device: Optional[Dict[str, list]]) -> Dict:
 
 
 def _metrics(test: Dict, result) -> Dict:
-    """Test and validation metrics; ``test_accuracy`` is None for perplexity-only LM tasks, and LM tasks add
-    the completion-token perplexities."""
+    """Test and validation metrics; ``test_accuracy`` is None for perplexity-only LM tasks and when the test split
+    was not evaluated (``run.evaluate_test=false``), and LM tasks add the completion-token perplexities."""
     val, best = result.last_validation or {}, result.best_validation or {}
-    m = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "validation_accuracy": val.get("accuracy"),
-         "best_validation_accuracy": best.get("accuracy")}
-    if "perplexity" in test:
-        m.update(test_perplexity=test["perplexity"], validation_perplexity=val.get("perplexity"),
+    m = {"test_accuracy": test.get("accuracy"), "test_loss": test.get("loss"),
+         "validation_accuracy": val.get("accuracy"), "best_validation_accuracy": best.get("accuracy")}
+    if "perplexity" in test or "perplexity" in best:
+        m.update(test_perplexity=test.get("perplexity"), validation_perplexity=val.get("perplexity"),
                  best_validation_perplexity=best.get("perplexity"))
     return m

@@ -143,6 +143,12 @@ def test_perplexity_task_records_no_accuracy(tmp_path):
     assert m["test_accuracy"] is None and m["best_validation_accuracy"] is None
     assert math.isfinite(m["test_perplexity"]) and m["test_perplexity"] == pytest.approx(math.exp(m["test_loss"]))
     assert s["task"] == "lm_bbc_business" and s["task_metric"] == "perplexity"
+    # a learning-rate search's run (run.evaluate_test=false) keeps the validation perplexity it is scored on
+    v, _ = run_tiny(tmp_path / "search", ["task=lm_bbc_business", "method=lora", "task.chunk_words=16",
+                                          "run.truncation_ranks=[]", "run.evaluate_test=false"], base=LM_TINY)
+    mv = v["metrics"]
+    assert mv["test_perplexity"] is None and mv["test_loss"] is None and not v["saved"]["predictions"]
+    assert mv["best_validation_perplexity"] == pytest.approx(m["best_validation_perplexity"], rel=1e-6)
 
 
 def test_heldout_lm_base_forgets_nothing_and_damage_is_positive_forgetting(tiny_lm):

@@ -228,6 +228,9 @@ def test_a_tiny_search_end_to_end(tmp_path):
             run = sdir.run(f"{key}_lr{lr}", "lr_search")
             assert isinstance(val, float) and val == run.summary()["metrics"]["best_validation_accuracy"]
             assert not run.file("delta.safetensors").exists()  # a validation run saves nothing else
+            metrics = run.summary()["metrics"]  # and never evaluates the test split
+            assert metrics["test_accuracy"] is None and metrics["test_loss"] is None
+            assert not run.file("predictions.safetensors").exists() and not run.summary()["saved"]["predictions"]
     for m in idx["members"]:
         key = "lora_r2" if m["method"] == "lora" else "none"
         c = search["chosen"][key]
