@@ -134,11 +134,11 @@ class StudyConfig:
         "subspace": [3e-3, 1e-2, 3e-2]})
     # the ranks a rank-swept arm's search trains at (other ranks take the nearest searched rank); all: every rank
     lr_search_ranks: Any = opt(rule=AllOr(Each(POSITIVE_INT, nonempty=True)), factory=lambda: [1, 8, 64])
-    # while a key's best rate is the smallest or largest tried, the search adds the next rate beyond it, one step of
-    # the grid's spacing there (this factor for a grid of one rate), at most lr_search_max_extensions per key
     # the dimensions d a subspace arm's search trains at (DID), each d of its sweep taking the rate searched at the
     # nearest of them on a log scale; empty: one search at the configured method.d
     lr_search_dims: List[int] = opt(rule=Each(POSITIVE_INT), factory=list)
+    # while a key's best rate is the smallest or largest tried, the search adds the next rate beyond it, one step of
+    # the grid's spacing there (this factor for a grid of one rate), at most lr_search_max_extensions per key
     lr_extend_factor: float = opt(3.0, Num(gt=1))
     lr_search_max_extensions: int = opt(3, NON_NEGATIVE_INT)
     # the validation grid that chose the shipped rates, {key: {lr: validation score}} as study.json's lr_search.grid
@@ -178,6 +178,13 @@ def validate(cfg: Any) -> None:
     method = method_registry.get(cfg.method.name)
     check_section(cfg.method, method.schema, "method")
     method.validate(cfg)
+    if not cfg.run.evaluate_test:
+        on_test = [k for k, on in (("run.truncation_ranks", method.truncates and bool(cfg.run.truncation_ranks)),
+                                   ("run.intruder_scaling", bool(cfg.run.intruder_scaling))) if on]
+        if on_test:
+            raise ConfigError(f"run.evaluate_test=false leaves no test split for {' and '.join(on_test)} to be "
+                              f"measured on; turn {'them' if len(on_test) > 1 else 'it'} off or evaluate the test "
+                              "split.")
     validate_model(cfg.model)
     tasks.get(cfg.task.family).validate(cfg.task)
     distributed.check(cfg)

@@ -4,8 +4,8 @@ grid, extended while the best rate is on an edge; the study's members then train
 Keys. A rank-swept arm is searched per rank of ``study.lr_search_ranks`` (``all``: every rank of the arm), keyed
 ``<arm>_r<rank>`` (``lora_r8``, ``lora_all_r16``); a subspace arm (swept over d) at each d of ``study.lr_search_dims``
 as DID, keyed ``<arm>_d<d>`` (``subspace_d10000``), or once at the configured d when that list is empty; other arms
-once, keyed by the arm (``full``). Runs are on the first
-seed with the main runs' budget, and measure nothing but validation (``SEARCH_EXTRA``).
+once, keyed by the arm (``full``). Runs are on the first seed with the main runs' budget, and measure nothing but
+validation (``SEARCH_EXTRA``).
 
 Rounds. The first round runs the arm's grid, ``study.lr_grid[arm]``, else ``study.lr_grid[method]``. After each
 round, a key whose best validation score is at the smallest or the largest rate tried gets the next rate beyond
@@ -14,11 +14,12 @@ rate to its neighbour (the grid's own spacing: 5e-4, 1.5e-3, 5e-3 continue with 
 ``study.lr_extend_factor`` when only one rate was tried, rounded to three significant digits. At most
 ``study.lr_search_max_extensions`` rates are added per key (the lower one first when both edges tie for best).
 
-Choice. The chosen rate has the best validation score (accuracy; −perplexity for a perplexity-only task), the
-lower rate on a tie. The test split is never evaluated (``run.evaluate_test=false``). A run that diverged (the loss became NaN) counts as tried with no
-score, so it bounds the search on its side and is not a failure of the study. A chosen rate still on an edge of what
-was tried after the last extension is flagged (``on_edge``): the optimum was not bracketed, so it is not a searched
-optimum. ``study.json`` holds every tried rate's score (``lr_search.grid``, {key: {lr: score}}) and the choice.
+Choice. The chosen rate has the best validation score (accuracy; −perplexity for a perplexity-only task), the lower rate
+on a tie. The test split is never evaluated (``run.evaluate_test=false``). A run that diverged (the loss became NaN)
+counts as tried with no score, so it bounds the search on its side and is not a failure of the study. A chosen rate
+still on an edge of what was tried after the last extension is flagged (``on_edge``): the optimum was not bracketed, so
+it is not a searched optimum. ``study.json`` holds every tried rate's score (``lr_search.grid``, {key: {lr: score}}) and
+the choice.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ from .artifacts import RunDir, StudyDir
 from .planning import Member, member_of
 
 # the search's runs are validation runs: nothing else is measured or saved
-SEARCH_EXTRA = ["run.evaluate_test=false", "run.latency=false", "run.truncation_ranks=[]", "run.save_delta=false", "run.save_spectrum=false",
-                "run.intruder_scaling=false", "heldout.enabled=false"]
+SEARCH_EXTRA = ["run.evaluate_test=false", "run.latency=false", "run.truncation_ranks=[]", "run.save_delta=false",
+                "run.save_spectrum=false", "run.intruder_scaling=false", "heldout.enabled=false"]
 Scores = Dict[str, Dict[float, Optional[float]]]  # key -> {lr: validation score, None when the run has none}
 
 

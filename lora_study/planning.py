@@ -7,9 +7,10 @@ one each) — and repeats them per seed. Each member is one run with its own ove
 (``hydra_plugins/lora_study_sweeper``) launches the members that are not complete.
 
 Learning rates of a member of arm A (method M), most specific first: the value a validation search chose
-(``lora_study.lr_search``; for a rank-swept arm the searched rank, else the nearest searched rank of A on a log
-scale; for a d-swept arm the nearest d of ``study.lr_search_dims``, DID and SAID alike), then ``study.lr_by_rank`` (rank-swept arms: A's own {rank: lr} if it has one, else the flat {rank: lr}),
-then ``study.lr[A]``, then ``study.lr[M]``. The test split is never read to choose a rate.
+(``lora_study.lr_search``; for a rank-swept arm the searched rank, else the nearest searched rank of A on a log scale;
+for a d-swept arm the nearest d of ``study.lr_search_dims``, DID and SAID alike), then ``study.lr_by_rank`` (rank-swept
+arms: A's own {rank: lr} if it has one, else the flat {rank: lr}), then ``study.lr[A]``, then ``study.lr[M]``. The test
+split is never read to choose a rate.
 """
 from __future__ import annotations
 

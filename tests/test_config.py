@@ -129,6 +129,8 @@ def test_every_field_has_a_rule_and_refuses_one_bad_value(section, schema, base,
     ("method=subspace method.projection=gaussian", "method.projection='gaussian' is not valid; choose one of fastfood"),
     ("task.family=vision", "task.family='vision' is not valid; choose one of classification, causal_lm"),
     ("study.method_options={adapter:{rank:2}}", "study.method_options={'adapter': {'rank': 2}} is not valid"),
+    ("method=full run.evaluate_test=false", "run.evaluate_test=false leaves no test split for run.truncation_ranks to"),
+    ("method=lora run.evaluate_test=false run.intruder_scaling=true", "no test split for run.intruder_scaling to"),
 ])
 def test_bad_values_give_one_sentence(override, needle):
     cfg = compose(override.split(), config_name="study")
@@ -136,6 +138,11 @@ def test_bad_values_give_one_sentence(override, needle):
         validate(cfg)
     msg = str(e.value)
     assert needle in msg and msg.count(". ") == 0 and msg.endswith("."), msg
+
+
+def test_a_run_without_the_test_split_is_valid_where_nothing_needs_it():
+    validate(compose(["method=lora", "run.evaluate_test=false"], config_name="study"))  # LoRA truncates nothing
+    validate(compose(["method=full", "run.evaluate_test=false", "run.truncation_ranks=[]"], config_name="study"))
 
 
 def test_method_options_must_name_fields_of_the_method():

@@ -186,3 +186,8 @@ def test_reaching_the_d90_target_is_a_paired_comparison_with_full_ft():
     assert m.loc[("DID", 1000.0)]["where"] == "d90" and m.loc[("DID", 100.0)]["where"] == "below"
     # SAID sits on the target: the interval covers 0
     assert m.loc[("SAID", 100.0)].verdict == "unresolved" and m.loc[("SAID", 100.0)].ci_low < 0 < m.loc[("SAID", 100.0)].ci_high
+    from analysis.measures.intrinsic_dim import _margins_phrase
+    text = _margins_phrase(m.reset_index())
+    assert "acc(d) − 0.9 × acc(full FT)" in text and "d = 1,000 +0.1" in text and "(not reached)" in text
+    assert "'Unresolved' means" in text  # the caveat comes with an unresolved comparison, and only then
+    assert "'Unresolved' means" not in _margins_phrase(m.reset_index().query("verdict != 'unresolved'"))

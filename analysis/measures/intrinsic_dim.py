@@ -189,10 +189,9 @@ def lora_param_counts(study: Study, ranks: Sequence[int] = LORA_RANKS,
 @plotting.styled
 def figure(study: Study, runs: pd.DataFrame, table: pd.DataFrame, metric: str = "test_accuracy"):
     """Metric vs d (log axis), DID and SAID with 95 % intervals over test examples and seeds; full FT (its interval as
-    a band), both thresholds and the
-    frozen base as horizontal lines; d90 (dotted) and d90-gain (dash-dot) as vertical lines; each rank-swept arm's
-    trainable parameter counts (head excluded, as d excludes it) as light ticks on the same axis (LoRA's computed
-    from ΔW's shapes when the study ran no rank-swept arm)."""
+    a band), both thresholds and the frozen base as horizontal lines; d90 (dotted) and d90-gain (dash-dot) as
+    vertical lines; each rank-swept arm's trainable parameter counts (head excluded, as d excludes it) as light ticks
+    on the same axis (LoRA's computed from ΔW's shapes when the study ran no rank-swept arm)."""
     fig, axes = plotting.subplots(width=8.0, height=5.4)
     ax = axes[0, 0]
     runs = with_roles(runs)
@@ -314,7 +313,7 @@ def rates_phrase(runs: pd.DataFrame) -> str:
     return "θ_d's learning rate by d (" + ", ".join(spans) + ")"
 
 
-def _margins_phrase(margins: Optional[pd.DataFrame]) -> str:
+def _margins_phrase(margins: Optional[pd.DataFrame], fraction: float = FRACTION) -> str:
     """Whether d90 and the d below it reach the target, as paired tests on the same test examples."""
     if margins is None or margins.empty:
         return ""
@@ -323,10 +322,12 @@ def _margins_phrase(margins: Optional[pd.DataFrame]) -> str:
         part = [f"d = {_d(r.d)} {r.margin:+.3f} {paired.fmt_interval((r.ci_low, r.ci_high))} ({r.verdict})"
                 for _, r in g.sort_values("d").iterrows()]
         parts.append(f"{variant} " + "; ".join(part))
-    return ("Reaching the target is itself a comparison on the same test examples: acc(d) − 0.9 × acc(full FT), "
-            "paired, with 95 % intervals, at d90 and at the largest tested d below it: " + "; ".join(parts) +
-            ". 'Unresolved' means the test set cannot tell whether that d reaches the target, so the grid value of "
-            "d90 is uncertain by at least one grid step.")
+    text = (f"Reaching the target is itself a comparison on the same test examples: acc(d) − {fraction:g} × acc(full "
+            "FT), paired, with 95 % intervals, at d90 and at the largest tested d below it: " + "; ".join(parts) + ".")
+    if (margins.verdict == "unresolved").any():
+        text += (" 'Unresolved' means the test set cannot tell whether that d reaches the target, so d90 may lie a "
+                 "grid step or more from its grid value.")
+    return text
 
 
 def finding(summary: pd.DataFrame, describe: Optional[dict] = None, margins: Optional[pd.DataFrame] = None,
@@ -340,8 +341,9 @@ def finding(summary: pd.DataFrame, describe: Optional[dict] = None, margins: Opt
              f"({FRACTION:.1f} × {first.full:.3f} = {first.target:.3f}), a value on the measured grid (with the "
              "largest tested d that does not reach it, and an interpolation on log d between the two, labelled as "
              "such): " + "; ".join(_state(r, "d90") for _, r in summary.iterrows()) + "."]
-    if _margins_phrase(margins):
-        parts.append(_margins_phrase(margins))
+    tested = _margins_phrase(margins)
+    if tested:
+        parts.append(tested)
     has_base = not summary.base.isna().all()
     if has_base and first.full <= first.base:
         parts.append(f"Full finetuning ({first.full:.3f}) does not beat the frozen base with a trained head "
@@ -354,7 +356,8 @@ def finding(summary: pd.DataFrame, describe: Optional[dict] = None, margins: Opt
                      "; ".join(_state(r, "d90_gain") for _, r in summary.iterrows()) + ".")
         if first.base >= first.target:
             parts.append("The frozen base with a trained head already reaches 90 % of full finetuning's accuracy, so "
-                         "d90 measures little beyond what the head alone does; d90-gain is the informative number here.")
+                         "d90 measures little beyond what the head alone does; d90-gain is the informative number "
+                         "here.")
     reached = summary[summary.d90_reached > 0].dropna(subset=["D"])
     if len(reached):
         much = bool((reached.d90_over_D < MUCH_SMALLER).all())
