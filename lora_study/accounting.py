@@ -42,6 +42,53 @@ def dir_bytes(path: Path) -> int:
 
 # -- peak memory -------------------------------------------------------------------------------
 
+class SavedActivations:
+    """The bytes autograd saves for backward in one forward pass (the activations), measured through
+    ``torch.autograd.graph.saved_tensors_hooks``: each saved tensor's storage counted once, the model's parameters
+    (which a linear layer saves to propagate its gradient) left out. ``peak`` is the most over the measured passes.
+    Deterministic for a given model, batch and data order, unlike a process's resident memory.
+
+        with saved.measure():
+            loss = model(**batch).loss
+        loss.backward()
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self._params = {self._key(p) for p in model.parameters()}
+        self.peak = 0
+
+    @staticmethod
+    def _key(t: torch.Tensor) -> tuple:
+        s = t.untyped_storage()
+        return s.device.type, s.data_ptr()
+
+    def measure(self):
+        seen: Dict[tuple, int] = {}
+
+        def pack(t: torch.Tensor):
+            try:
+                key = self._key(t)
+            except (RuntimeError, NotImplementedError):  # a tensor without storage (a sharded wrapper)
+                return t
+            if key not in self._params and key not in seen:
+                seen[key] = t.untyped_storage().nbytes()
+            return t
+
+        outer = self
+
+        class _Scope:
+            def __enter__(self):
+                self.hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+                self.hooks.__enter__()
+
+            def __exit__(self, *exc):
+                self.hooks.__exit__(*exc)
+                outer.peak = max(outer.peak, sum(seen.values()))
+                return False
+
+        return _Scope()
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

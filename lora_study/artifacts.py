@@ -129,9 +129,10 @@ def member_id(arm: str, seed: int, axis: Optional[str] = None, value: Optional[i
     return f"{arm_key(arm, axis, value)}_s{int(seed)}"
 
 
-def search_id(arm: str, lr: float, axis: Optional[str] = None, value: Optional[int] = None) -> str:
-    """``lora_r8_lr0.005``: one validation run of the learning-rate search."""
-    return f"{arm_key(arm, axis, value)}_lr{lr:g}"
+def search_id(arm: str, lr: float, axis: Optional[str] = None, value: Optional[int] = None,
+              seed: Optional[int] = None) -> str:
+    """``lora_r8_lr0.005_s1``: one validation run of the learning-rate search (at one seed)."""
+    return f"{arm_key(arm, axis, value)}_lr{lr:g}" + ("" if seed is None else f"_s{int(seed)}")
 
 
 def parse_member_id(member: str) -> Dict[str, Any]:

@@ -53,6 +53,10 @@ def run_task(cfg: DictConfig) -> dict:
     shown = [f"test {k[len('test_'):]} {metrics[k]:.4f}" for k in ("test_accuracy", "test_perplexity")
              if metrics.get(k) is not None]
     print(f"{summary['method']}: {', '.join(shown) or 'no test metric'} -> {out.path}")
+    learned = summary.get("learning") or {}
+    if learned.get("did_not_learn"):
+        from .learning import sentence
+        print(f"warning: {sentence(summary.get('member') or out.path.name, learned)}", file=sys.stderr)
     return {"member": summary.get("member"), "test_accuracy": metrics.get("test_accuracy")}
 
 

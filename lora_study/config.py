@@ -90,6 +90,8 @@ class RunConfig:
     # full finetuning: the test metric with ΔW truncated to rank k (and k = 0) in each scope (post_training.SCOPES)
     truncation_ranks: List[int] = opt(rule=Each(POSITIVE_INT), factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     truncation_scopes: List[str] = opt(rule=Each(Choice(tuple(SCOPES))), factory=lambda: list(SCOPES))
+    # truncation's many test passes read the test split's first examples only (null: all of them)
+    truncation_max_examples: Optional[int] = opt(None, POSITIVE_INT)
     # the matrices the like-for-like interventions act on for methods without targets of their own (full FT):
     # the LoRA arm's targets (a preset or module names), for truncation's targets_only scope and intruder scaling
     intervention_targets: Any = opt("attn_qv", Targets())
@@ -116,6 +118,11 @@ class StudyConfig:
     arms: Any = opt(None, ARMS)
     ranks: List[int] = opt(rule=Each(POSITIVE_INT, nonempty=True), factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     seeds: List[int] = opt(rule=Each(NON_NEGATIVE_INT, nonempty=True), factory=lambda: [0])
+    # equivalence margins, one per unit: accuracy-type scores (test accuracy, exact match, held-out probe accuracy)
+    # in accuracy points; perplexity as a relative change (log(1 + m) nats per token); KL to the base in nats per token
+    margin: float = opt(0.01, Num(gt=0, lt=1))
+    margin_perplexity: float = opt(0.01, Num(gt=0, lt=1))
+    margin_kl: float = opt(0.01, Num(gt=0, lt=1))
     alpha_rule: str = opt("two_r", Choice(ALPHA_RULES))  # two_r | fixed | rslora
     alpha: float = opt(16.0, POSITIVE)  # used by alpha_rule=fixed and rslora
     # per arm or method (an arm without its own takes its method's). Found by `lora-study-study
@@ -129,6 +136,8 @@ class StudyConfig:
     # intruder scaling), e.g. ["run.latency=true"]; they must not change what training computes
     first_seed_overrides: List[str] = opt(rule=Each(FirstSeed()), factory=list)
     lr_search: bool = opt(False, Free())
+    # the seeds every searched rate runs at (the study's first ones); a rate any of them does not learn at is out
+    lr_search_seeds: int = opt(2, POSITIVE_INT)
     lr_grid: Any = opt(rule=Values(Each(POSITIVE)), factory=lambda: {  # per arm or method, searched with lr_search=true
         "none": [1e-2, 3e-2, 1e-1, 3e-1], "full": [3e-5, 1e-4, 3e-4], "lora": [5e-4, 1.5e-3, 5e-3],
         "subspace": [3e-3, 1e-2, 3e-2]})

@@ -4,8 +4,9 @@ grid, extended while the best rate is on an edge; the study's members then train
 Keys. A rank-swept arm is searched per rank of ``study.lr_search_ranks`` (``all``: every rank of the arm), keyed
 ``<arm>_r<rank>`` (``lora_r8``, ``lora_all_r16``); a subspace arm (swept over d) at each d of ``study.lr_search_dims``
 as DID, keyed ``<arm>_d<d>`` (``subspace_d10000``), or once at the configured d when that list is empty; other arms
-once, keyed by the arm (``full``). Runs are on the first seed with the main runs' budget, and measure nothing but
-validation (``SEARCH_EXTRA``).
+once, keyed by the arm (``full``). Every rate runs at the study's first ``study.lr_search_seeds`` seeds (more seeds
+than the study has continue after its last), with the main runs' budget, and measures nothing but validation
+(``SEARCH_EXTRA``): a rate chosen on one seed can sit on that seed's side of a cliff and collapse on the next.
 
 Rounds. The first round runs the arm's grid, ``study.lr_grid[arm]``, else ``study.lr_grid[method]``. After each
 round, a key whose best validation score is at the smallest or the largest rate tried gets the next rate beyond
@@ -14,12 +15,15 @@ rate to its neighbour (the grid's own spacing: 5e-4, 1.5e-3, 5e-3 continue with 
 ``study.lr_extend_factor`` when only one rate was tried, rounded to three significant digits. At most
 ``study.lr_search_max_extensions`` rates are added per key (the lower one first when both edges tie for best).
 
-Choice. The chosen rate has the best validation score (accuracy; −perplexity for a perplexity-only task), the lower rate
-on a tie. The test split is never evaluated (``run.evaluate_test=false``). A run that diverged (the loss became NaN)
-counts as tried with no score, so it bounds the search on its side and is not a failure of the study. A chosen rate
+Choice. A rate's score is its mean validation score over the search seeds (accuracy; −perplexity for a perplexity-only
+task). A rate at which any seed's run diverged (the loss became NaN) or did not learn (``lora_study.learning``: one
+class, the majority's accuracy, an exploding loss) counts as tried with no score: it bounds the search on its side
+and is not a failure of the study. The chosen rate has the best mean score among the others, the lower rate on a
+tie. The test split is never evaluated (``run.evaluate_test=false``). A chosen rate
 still on an edge of what was tried after the last extension is flagged (``on_edge``): the optimum was not bracketed, so
-it is not a searched optimum. ``study.json`` holds every tried rate's score (``lr_search.grid``, {key: {lr: score}}) and
-the choice.
+it is not a searched optimum. ``study.json`` holds every tried rate's mean score (``lr_search.grid``, {key: {lr:
+score}}), each seed's score and which seeds did not learn (``lr_search.per_seed``, ``lr_search.collapsed``), and the
+choice.
 """
 from __future__ import annotations
 
@@ -42,11 +46,29 @@ def grid_rates(study, arm: Arm) -> List[float]:
     return [float(x) for x in grid.get(arm.name, grid.get(arm.method)) or []]
 
 
+def search_seeds(study) -> List[int]:
+    """The seeds every searched rate runs at: the study's first ``study.lr_search_seeds``, continued past its last."""
+    seeds = [int(s) for s in study.seeds][:int(study.lr_search_seeds)]
+    while len(seeds) < int(study.lr_search_seeds):
+        seeds.append(max(seeds) + 1)
+    return seeds
+
+
 def search_members(study) -> List[Member]:
-    """The first round: one run per (arm, searched value, rate of its grid), on the first seed."""
-    seed = int(study.seeds[0])
+    """The first round: one run per (arm, searched value, rate of its grid, search seed)."""
     return [member_of(arm, v, seed, lr, "lr_search", SEARCH_EXTRA) for arm in study_arms(study)
-            for v in arm_variants(study, arm, search=True) for lr in grid_rates(study, arm)]
+            for v in arm_variants(study, arm, search=True) for lr in grid_rates(study, arm)
+            for seed in search_seeds(study)]
+
+
+def at_seeds(study, m: Member, lr: float) -> List[Member]:
+    """``m``'s run at rate ``lr``, at every search seed."""
+    return [dataclasses.replace(m, lr=lr, seed=seed) for seed in search_seeds(study)]
+
+
+def collapsed(run: RunDir) -> bool:
+    """Whether a complete run was flagged as not having learned (``lora_study.learning``)."""
+    return run.check_complete() is None and bool((run.summary().get("learning") or {}).get("did_not_learn"))
 
 
 def score(run: RunDir) -> Optional[float]:
@@ -80,10 +102,24 @@ def diverged(sdir: StudyDir, m: Member) -> Optional[str]:
     return s.get("reason") if s.get("status") == "failed" and s.get("failed_step") is not None else None
 
 
-def scores(sdir: StudyDir, members: List[Member]) -> Scores:
-    out: Scores = {}
+def seed_scores(sdir: StudyDir, members: List[Member]) -> Dict[str, Dict[float, Dict[int, Dict[str, Any]]]]:
+    """{key: {lr: {seed: {score, collapsed}}}} of the search's runs (score None: not complete, or diverged)."""
+    out: Dict[str, Dict[float, Dict[int, Dict[str, Any]]]] = {}
     for m in members:
-        out.setdefault(m.search_key, {})[m.lr] = score(sdir.run(m.id, m.phase))
+        run = sdir.run(m.id, m.phase)
+        out.setdefault(m.search_key, {}).setdefault(m.lr, {})[m.seed] = {"score": score(run),
+                                                                          "collapsed": collapsed(run)}
+    return out
+
+
+def scores(sdir: StudyDir, members: List[Member]) -> Scores:
+    """{key: {lr: mean validation score over the search seeds}}; None where a seed's run has no score or did not
+    learn."""
+    out: Scores = {}
+    for key, by_lr in seed_scores(sdir, members).items():
+        for lr, by_seed in by_lr.items():
+            usable = all(v["score"] is not None and not v["collapsed"] for v in by_seed.values())
+            out.setdefault(key, {})[lr] = (sum(v["score"] for v in by_seed.values()) / len(by_seed)) if usable else None
     return out
 
 
@@ -135,7 +171,7 @@ def extensions(study, members: List[Member], found: Scores) -> List[Member]:
         left = budget - _added(study, first[key], tried)
         rates = sorted(tried)
         for edge in best[2][:max(0, left)]:
-            out.append(dataclasses.replace(first[key], lr=_beyond(rates, edge, float(study.lr_extend_factor))))
+            out += at_seeds(study, first[key], _beyond(rates, edge, float(study.lr_extend_factor)))
     return out
 
 
@@ -161,6 +197,18 @@ def choose(study, members: List[Member], found: Scores) -> Dict[str, Dict[str, A
 def grid_record(found: Scores) -> Dict[str, Dict[str, Optional[float]]]:
     """{key: {lr: score}} with the rates in increasing order, written as Hydra and JSON both read them back."""
     return {key: {f"{lr:g}": tried[lr] for lr in sorted(tried)} for key, tried in found.items()}
+
+
+def seed_record(sdir: StudyDir, members: List[Member]) -> Dict[str, Any]:
+    """``per_seed`` ({key: {lr: {seed: score}}}) and ``collapsed`` ({key: {lr: [seeds that did not learn]}})."""
+    per_seed, fell = {}, {}
+    for key, by_lr in seed_scores(sdir, members).items():
+        for lr in sorted(by_lr):
+            per_seed.setdefault(key, {})[f"{lr:g}"] = {str(s): v["score"] for s, v in sorted(by_lr[lr].items())}
+            seeds = [s for s, v in sorted(by_lr[lr].items()) if v["collapsed"]]
+            if seeds:
+                fell.setdefault(key, {})[f"{lr:g}"] = seeds
+    return {"per_seed": per_seed, "collapsed": fell}
 
 
 def evidence(study) -> Optional[Dict[str, Dict[str, Optional[float]]]]:

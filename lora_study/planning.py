@@ -49,7 +49,7 @@ class Member:
     def id(self) -> str:
         v = self.variant
         if self.phase == "lr_search":
-            return search_id(v.arm, self.lr, self.axis, v.value)
+            return search_id(v.arm, self.lr, self.axis, v.value, self.seed)
         return member_id(v.arm, self.seed, self.axis, v.value)
 
     @property

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from . import __version__, distributed as dist, methods, tasks
+from . import __version__, distributed as dist, learning, methods, tasks
 from .accounting import parameter_bytes
 from .artifacts import RunDir
 from .config import Config, validate
@@ -159,6 +159,10 @@ def _execute(cfg: Config, out: RunDir, device: Optional[torch.device]) -> Option
         predictions = {f"test.{k}": v for k, v in test.pop("per_example").items()}
         logger.log({"step": result.steps, "split": "test", **test})
     steady = result.step_times[1:] or result.step_times
+    split, examples = ("test", predictions_of(predictions, "test.")) if test else ("validation",
+                                                                                  result.validation_examples)
+    summary["learning"] = learning.check(split, examples, test or (result.last_validation or {}), task.num_labels,
+                                         result.losses)
     summary.update({
         "metrics": _metrics(test, result),
         "steps": result.steps,
@@ -187,13 +191,18 @@ def _execute(cfg: Config, out: RunDir, device: Optional[torch.device]) -> Option
         predictions.update({f"heldout.{k}": v for k, v in summary["heldout"].pop("per_example").items()})
         summary["heldout"]["seconds"] = time.perf_counter() - t0
         logger.log({"step": result.steps, "split": "heldout", **summary["heldout"]})
-    def test_outputs():
-        return evaluate(model, enc["test"], cfg.train.eval_batch_size, device, precision, per_example=True)
+    def test_outputs(data=enc["test"]):
+        return evaluate(model, data, cfg.train.eval_batch_size, device, precision, per_example=True)
     targets = prepared.targets or resolve_targets(model, cfg.run.intervention_targets)
     if truncating and deltas:
+        # truncation evaluates 1 + 3 scopes x (k = 0 and each rank) times: on the test split's first examples only
+        n_sub = cfg.run.truncation_max_examples
+        subset = enc["test"] if not n_sub or n_sub >= len(task.test) else \
+            family.encode(task.test.head(int(n_sub)), tok, cfg.train.max_length)
         summary["truncation"] = truncation(model, prepared.analysed, targets, w_pre, deltas, pretrained,
                                            list(cfg.run.truncation_ranks), list(cfg.run.truncation_scopes),
-                                           test_outputs, device)
+                                           lambda: test_outputs(subset), device)
+        summary["truncation"]["examples"] = len(subset)
         predictions.update({f"truncation.{k}": v for k, v in summary["truncation"].pop("per_example").items()})
     if cfg.run.intruder_scaling and deltas and all(t in w_pre for t in targets):
         def scaled_outputs():
@@ -227,12 +236,23 @@ def _rebuild(cfg: Config, method, family, task, device: torch.device):
     return prepared, method.to_device(prepared, device)
 
 
+def predictions_of(predictions: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in predictions.items() if k.startswith(prefix)}
+
+
 def _memory(result, model, per_device: Optional[Dict[str, list]]) -> Dict:
-    """Measured bytes. Over several processes: optimizer state and gradients summed over the devices, the peak
-    the largest device's, each device's values under ``per_device``; parameters of the gathered model."""
+    """Measured bytes. ``parts`` is the training memory counted deterministically — parameters, gradients,
+    optimizer state, and the activations autograd saved for backward at the largest micro-batch — and
+    ``training_bytes`` their sum, which reruns of one config reproduce; ``peak_bytes`` is the device's own peak
+    (CUDA's allocator, or the process's resident set on a CPU, which moves with the machine). Over several
+    processes: optimizer state and gradients summed over the devices, the peak the largest device's, each device's
+    values under ``per_device``; parameters of the gathered model."""
+    parts = {"parameters": parameter_bytes(model), "gradients": result.gradient_bytes,
+             "optimizer_state": result.optimizer_state_bytes, "activations": result.activation_bytes}
     memory = {"optimizer_state_bytes": result.optimizer_state_bytes, "gradient_bytes": result.gradient_bytes,
-              "parameter_bytes": parameter_bytes(model), "peak_bytes": result.peak_memory.get("bytes"),
-              "peak_kind": result.peak_memory.get("kind")}
+              "parameter_bytes": parts["parameters"], "activation_bytes": result.activation_bytes,
+              "parts": parts, "training_bytes": sum(parts.values()),
+              "peak_bytes": result.peak_memory.get("bytes"), "peak_kind": result.peak_memory.get("kind")}
     if per_device:
         peaks = [b for b in per_device["peak_bytes"] if b is not None]
         memory.update(optimizer_state_bytes=sum(per_device["optimizer_state_bytes"]),

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed as dist
-from .accounting import gradient_bytes, optimizer_state_bytes, peak_memory, reset_peak_memory
+from .accounting import SavedActivations, gradient_bytes, optimizer_state_bytes, peak_memory, reset_peak_memory
 from .config import OptimConfig, TrainConfig
 from .device import autocast, to_device
 
@@ -41,6 +41,9 @@ class TrainResult:
     peak_memory: Dict[str, object] = field(default_factory=dict)
     best_validation: Optional[Dict[str, float]] = None
     last_validation: Optional[Dict[str, float]] = None
+    losses: List[float] = field(default_factory=list)  # the training loss of every step
+    activation_bytes: int = 0  # the most bytes autograd saved for backward in one micro-batch (activations)
+    validation_examples: Optional[Dict[str, object]] = None  # per-example outputs of the last validation
 
 
 def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -77,8 +80,9 @@ def train(model, train_data, val_data, cfg: TrainConfig, optim_cfg: OptimConfig,
     params = [p for p in model.parameters() if p.requires_grad]
     result = TrainResult(steps=0)
     if not params:  # the frozen base without a head (or a causal LM with method=none): evaluation only
-        result.last_validation = result.best_validation = evaluate_fn(dist.unwrap(model), val_data,
-                                                                       cfg.eval_batch_size, device, precision)
+        val = evaluate_fn(dist.unwrap(model), val_data, cfg.eval_batch_size, device, precision, per_example=True)
+        result.validation_examples = val.pop("per_example", None)
+        result.last_validation = result.best_validation = val
         log({"step": 0, "split": "validation", **result.last_validation})
         return result
     optimizer = make_optimizer(param_groups(params, group_lrs), optim_cfg)
@@ -86,6 +90,7 @@ def train(model, train_data, val_data, cfg: TrainConfig, optim_cfg: OptimConfig,
     batches = train_data.train_batches(cfg.batch_size * dist.world_size(), cfg.seed)
     model.train()
     reset_peak_memory(device)
+    saved = SavedActivations(model)
     bar = tqdm(range(1, cfg.max_steps + 1), desc="train", dynamic_ncols=True, mininterval=2.0,
                disable=not dist.is_main())
     for step in bar:
@@ -94,13 +99,14 @@ def train(model, train_data, val_data, cfg: TrainConfig, optim_cfg: OptimConfig,
         for _ in range(cfg.grad_accum):
             batch = to_device(dist.shard_batch(next(batches)), device)
             result.tokens += int(batch["attention_mask"].sum())
-            with autocast(device, precision):
+            with saved.measure(), autocast(device, precision):
                 loss = model(**batch).loss / cfg.grad_accum
             loss.backward()
             loss_total += float(loss.detach())
         loss_total = dist.mean(loss_total)  # every process sees the same loss, so all stop together on a NaN
         if not math.isfinite(loss_total):
             raise Diverged(step, loss_total)
+        result.losses.append(loss_total)
         if step == 1:
             result.gradient_bytes = gradient_bytes(model)
         if optim_cfg.max_grad_norm > 0:
@@ -116,7 +122,10 @@ def train(model, train_data, val_data, cfg: TrainConfig, optim_cfg: OptimConfig,
             log({"step": step, "split": "train", "loss": loss_total, "lr": schedule.get_last_lr()[0]})
             bar.set_postfix(loss=f"{loss_total:.3f}")
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            val = evaluate_fn(dist.unwrap(model), val_data, cfg.eval_batch_size, device, precision)
+            last = step == cfg.max_steps  # the last validation keeps its per-example outputs (did the run learn?)
+            val = evaluate_fn(dist.unwrap(model), val_data, cfg.eval_batch_size, device, precision, per_example=last)
+            if last:
+                result.validation_examples = val.pop("per_example", None)
             log({"step": step, "split": "validation", **val})
             bar.set_postfix(loss=f"{loss_total:.3f}", val=f"{validation_score(val):.3f}")
             result.last_validation = val
@@ -126,6 +135,7 @@ def train(model, train_data, val_data, cfg: TrainConfig, optim_cfg: OptimConfig,
             log({"step": step, "split": "heldout", **probe()})
             model.train()
     result.peak_memory = peak_memory(device)
+    result.activation_bytes = saved.peak
     result.optimizer_state_bytes = optimizer_state_bytes(optimizer)
     del optimizer
     return result

@@ -16,14 +16,16 @@ def study(*overrides):
     return compose(list(overrides), "study").study
 
 
-def complete(sdir, m, val, test=0.5):
-    """A completed (fake) search run of member ``m`` with validation accuracy ``val`` and test accuracy ``test``."""
+def complete(sdir, m, val, test=0.5, learned=True):
+    """A completed (fake) search run of member ``m`` with validation accuracy ``val`` and test accuracy ``test``
+    (``learned=False``: flagged as a run that did not learn)."""
     run = sdir.run(m.id, m.phase)
     (run.path / ".hydra").mkdir(parents=True)
     (run.path / ".hydra" / "config.yaml").write_text("{}")
     (run.path / "metrics.jsonl").write_text("")
     run.write_summary({"status": "complete", "lr": m.lr, "seed": m.seed, "saved": {},
-                       "metrics": {"best_validation_accuracy": val, "test_accuracy": test}})
+                       "metrics": {"best_validation_accuracy": val, "test_accuracy": test},
+                       "learning": {"did_not_learn": not learned, "reasons": [] if learned else ["one class"]}})
 
 
 def diverge(sdir, m):
@@ -35,6 +37,7 @@ def diverge(sdir, m):
 
 def lora_r4(*grid, **kw):
     extra = [f"study.{k}={v}" for k, v in kw.items()]
+    extra = extra if any(e.startswith("study.lr_search_seeds=") for e in extra) else ["study.lr_search_seeds=1", *extra]
     return study("study.methods=[lora]", "study.lr_search=true", "study.lr_search_ranks=[4]",
                  f"study.lr_grid.lora=[{','.join(map(str, grid))}]", *extra)
 
@@ -49,7 +52,7 @@ def search_round(sdir, st, members, val, new=None):
 def test_lr_choice_reads_validation_never_test(tmp_path):
     st = lora_r4(1e-4, 3e-4, 1e-3)
     members = L.search_members(st)
-    assert [m.id for m in members] == ["lora_r4_lr0.0001", "lora_r4_lr0.0003", "lora_r4_lr0.001"]
+    assert [m.id for m in members] == ["lora_r4_lr0.0001_s0", "lora_r4_lr0.0003_s0", "lora_r4_lr0.001_s0"]
     sdir = StudyDir(tmp_path)
     # the middle rate has the best validation accuracy and the worst test accuracy
     for m, val, test in zip(members, (0.7, 0.8, 0.6), (0.95, 0.1, 0.95)):
@@ -71,7 +74,7 @@ def test_a_best_rate_on_an_edge_is_extended_by_the_grids_step_until_bracketed(tm
     members = L.search_members(st)
     new = search_round(sdir, st, members, val)
     assert [m.lr for m in new] == [1.67e-2]  # 5e-3 × (5e-3 / 1.5e-3), to three significant digits
-    assert new[0].id == "lora_r4_lr0.0167" and new[0].phase == "lr_search"
+    assert new[0].id == "lora_r4_lr0.0167_s0" and new[0].phase == "lr_search"
     members += new
     new = search_round(sdir, st, members, val, new)
     assert [m.lr for m in new] == [5.58e-2]  # still the best on the high edge: one more step (×3.34)
@@ -117,6 +120,33 @@ def test_a_single_rate_extends_both_ways_and_a_diverged_rate_bounds_the_search(t
     assert L.diverged(sdir, new[1]) == "the training loss became nan at step 3" and L.diverged(sdir, new[0]) is None
     assert L.choose(st, members, found)["lora_r4"]["lr"] == 1e-3
     assert member_status(sdir, new[1]) is not None  # not complete: the sweeper skips it as diverged, not as done
+
+
+def test_every_rate_runs_at_two_seeds_and_a_rate_one_seed_does_not_learn_at_is_out(tmp_path):
+    st = lora_r4(1e-3, 3e-3, 1e-2, lr_search_seeds=2)
+    members = L.search_members(st)
+    assert [m.id for m in members] == [f"lora_r4_lr{lr:g}_s{s}" for lr in (1e-3, 3e-3, 1e-2) for s in (0, 1)]
+    sdir = StudyDir(tmp_path)
+    # seed 0 alone would choose 1e-2 (0.82); at seed 1 that rate collapses to the majority class
+    scores = {(1e-3, 0): 0.70, (1e-3, 1): 0.72, (3e-3, 0): 0.78, (3e-3, 1): 0.76, (1e-2, 0): 0.82, (1e-2, 1): 0.58}
+    for m in members:
+        complete(sdir, m, scores[m.lr, m.seed], learned=(m.lr, m.seed) != (1e-2, 1))
+    found = L.scores(sdir, members)
+    assert found == {"lora_r4": {1e-3: pytest.approx(0.71), 3e-3: pytest.approx(0.77), 1e-2: None}}
+    assert L.extensions(st, members, found) == []  # bracketed above by the collapsed rate
+    assert L.choose(st, members, found)["lora_r4"]["lr"] == 3e-3
+    rec = L.seed_record(sdir, members)
+    assert rec["collapsed"] == {"lora_r4": {"0.01": [1]}}
+    assert rec["per_seed"]["lora_r4"]["0.003"] == {"0": 0.78, "1": 0.76}
+    # an extension runs at every search seed
+    st3 = lora_r4(1e-3, lr_search_seeds=2, lr_extend_factor=10)
+    first = L.search_members(st3)
+    for m in first:
+        complete(StudyDir(tmp_path / "x"), m, 0.7)
+    new = L.extensions(st3, first, L.scores(StudyDir(tmp_path / "x"), first))
+    assert sorted((m.lr, m.seed) for m in new) == [(1e-4, 0), (1e-4, 1), (1e-2, 0), (1e-2, 1)]
+    # more search seeds than the study has continue past its last seed
+    assert L.search_seeds(study("study.seeds=[3]", "study.lr_search_seeds=3")) == [3, 4, 5]
 
 
 def test_ties_choose_the_lower_rate_and_extend_every_tied_edge(tmp_path):
@@ -203,7 +233,7 @@ def test_a_subspace_search_at_several_d_gives_each_d_the_nearest_searched_rate(t
     sdir = StudyDir(tmp_path / "fake")
     for key, per in search["grid"].items():  # each search run trained DID at its own d
         for lr in per:
-            s = sdir.run(f"{key}_lr{lr}", "lr_search").summary()
+            s = sdir.run(f"{key}_lr{lr}_s0", "lr_search").summary()
             assert (s["d"], s["said"]) == (int(key.split("_d")[1]), False)
     # d = 10 and 100 take d = 100's rate, 10^4 its own, and 1000 (a tie on the log scale) the smaller d's; SAID as DID
     lrs = {m["id"]: m["lr"] for m in idx["members"]}
@@ -211,28 +241,31 @@ def test_a_subspace_search_at_several_d_gives_each_d_the_nearest_searched_rate(t
                    for d, lr in ((10, 3e-3), (100, 3e-3), (1000, 3e-3), (10000, 1e-2))}
 
 
-def test_a_tiny_search_end_to_end(tmp_path):
-    """Real runs of the tiny model, 4 steps: one rate per key, extended once each way, into study.json."""
-    args = [*TINY, "train.max_steps=4", "train.eval_every=2", "heldout=none", "study.methods=[none,lora]",
-            "study.ranks=[2]", "study.lr_search=true", "study.lr_search_ranks=all", "study.lr_grid.none=[0.01]",
-            "study.lr_grid.lora=[0.005]", "study.lr_search_max_extensions=2", f"study.root={tmp_path}",
-            "study.name=tiny"]
+def test_a_tiny_search_end_to_end(tmp_path, cue_task):
+    """Real runs of the tiny model on the cue task: full finetuning learns it at 0.01 and is extended once each way
+    (the factor 3), where the lower rate does not learn within the budget; LoRA r = 2 at 0.05 does not learn either,
+    so it has no searched rate and trains at the study's configured one. Into study.json, the test split never read."""
+    args = [*TINY, *cue_task, "train.max_steps=40", "train.batch_size=16", "train.eval_every=40", "heldout=none",
+            "study.methods=[full,lora]", "study.ranks=[2]", "study.lr_search=true", "study.lr_search_ranks=all",
+            "study.lr_grid.full=[0.01]", "study.lr_grid.lora=[0.05]", "study.lr_search_max_extensions=2",
+            "study.lr={full:0.01,lora:0.02}", f"study.root={tmp_path}", "study.name=tiny", "study.lr_search_seeds=1"]
     assert study_in_process(*args) == 0
     idx = json.loads((tmp_path / "tiny" / "study.json").read_text())
     search = idx["lr_search"]
     assert {k: list(map(float, v)) for k, v in search["grid"].items()} == \
-        {"none": [0.00333, 0.01, 0.03], "lora_r2": [0.00167, 0.005, 0.015]}  # the factor 3 each way
+        {"full": [0.00333, 0.01, 0.03], "lora_r2": [0.05]}
     sdir = StudyDir(tmp_path / "tiny")
-    for key, per in search["grid"].items():
-        for lr, val in per.items():
-            run = sdir.run(f"{key}_lr{lr}", "lr_search")
-            assert isinstance(val, float) and val == run.summary()["metrics"]["best_validation_accuracy"]
+    for key, per in search["per_seed"].items():
+        for lr, by_seed in per.items():
+            run = sdir.run(f"{key}_lr{lr}_s0", "lr_search")
+            learned = not run.summary()["learning"]["did_not_learn"]
+            assert by_seed["0"] == run.summary()["metrics"]["best_validation_accuracy"]
+            assert search["grid"][key][lr] == (by_seed["0"] if learned else None)  # a collapsed rate has no score
+            assert learned == (lr not in search["collapsed"].get(key, {}))
             assert not run.file("delta.safetensors").exists()  # a validation run saves nothing else
             metrics = run.summary()["metrics"]  # and never evaluates the test split
             assert metrics["test_accuracy"] is None and metrics["test_loss"] is None
             assert not run.file("predictions.safetensors").exists() and not run.summary()["saved"]["predictions"]
-    for m in idx["members"]:
-        key = "lora_r2" if m["method"] == "lora" else "none"
-        c = search["chosen"][key]
-        assert m["lr"] == c["lr"] and m["status"] == "complete"
-        assert c["validation_score"] == max(search["grid"][key].values())
+    assert search["chosen"]["full"]["lr"] == 0.01 and search["chosen"]["lora_r2"]["lr"] is None
+    assert search["collapsed"]["lora_r2"] == {"0.05": [0]} and search["seeds"] == [0]
+    assert {m["id"]: m["lr"] for m in idx["members"]} == {"full_s0": 0.01, "lora_r2_s0": 0.02}

@@ -70,7 +70,10 @@ class StudySweeper(Sweeper):
                 search = search + new
             best = L.choose(cfg.study, search, found)
             chosen = {k: v["lr"] for k, v in best.items() if v["lr"] is not None}
-            index["lr_search"] = {"metric": L.metric(sdir, search), "rounds": rounds, "grid": L.grid_record(found),
+            index["lr_search"] = {"metric": L.metric(sdir, search), "rounds": rounds, "seeds": L.search_seeds(cfg.study),
+                                  "rule": "the best mean validation score over the seeds among rates at which no seed "
+                                          "diverged or did not learn; the lower rate on a tie",
+                                  "grid": L.grid_record(found), **L.seed_record(sdir, search),
                                   "chosen": best, "members": [m.record() for m in search]}
             for key, c in best.items():
                 tried = ", ".join(f"{lr} -> {'no score' if v is None else format(v, '.4g')}"
@@ -88,6 +91,10 @@ class StudySweeper(Sweeper):
         sdir.write_index(index)
         done = sum(e["status"] == "complete" for e in index["members"])
         print(f"study {cfg.study.name}: {done}/{len(members)} runs complete in {sdir.path}")
+        for e in index["members"]:
+            if e.get("did_not_learn"):
+                print(f"warning: run {e['id']} did not learn: {'; '.join(e.get('learning_reasons') or [])}.",
+                      file=sys.stderr)
         if failures:
             print("error: these runs failed: " + "; ".join(failures), file=sys.stderr)
             sys.exit(1)
@@ -99,6 +106,11 @@ class StudySweeper(Sweeper):
         rec = {**m.record(), "dir": sdir.subdir(m.id, m.phase), "status": "complete" if reason is None else "failed"}
         if reason is not None:
             rec["reason"] = reason
+        else:
+            learned = sdir.run(m.id, m.phase).summary().get("learning") or {}
+            rec["did_not_learn"] = bool(learned.get("did_not_learn"))
+            if rec["did_not_learn"]:
+                rec["learning_reasons"] = list(learned.get("reasons") or [])
         return rec
 
     def _launch(self, sdir, members: Sequence, index: dict, planned: Optional[Sequence] = None) -> List[str]:
