@@ -1,0 +1,265 @@
+"""Inference for scores of a (seeds × examples) design: every training seed scored on the same test examples.
+
+The score (or the paired difference of two methods' scores) of seed s on example e is modelled with crossed random
+effects, since both the seeds and the test examples are samples of what a result should generalise over:
+
+    d[s, e] = mu + u_s + v_e + w_se,   u_s ~ (0, var_seed), v_e ~ (0, var_example), w_se ~ (0, var_residual)
+
+so the mean over S seeds and N examples has
+
+    Var(mean) = var_seed / S + var_example / N + var_residual / (S N).
+
+The components come from the two-way ANOVA without replication (expected mean squares
+E[MS_seed] = var_res + N var_seed, E[MS_example] = var_res + S var_example, E[MS_res] = var_res), each clipped at 0:
+
+    V = (MS_seed + max(MS_example - MS_res, 0)) / (S N)
+
+(MS_seed / (S N) is unbiased for var_seed / S + var_residual / (S N) and is not clipped: clipping it when the seeds
+happen to agree would trade the seeds' S - 1 degrees of freedom for the examples' and under-cover)
+
+with Satterthwaite's degrees of freedom df = (sum c_i MS_i)^2 / sum (c_i MS_i)^2 / df_i over the mean squares that
+enter V (df_seed = S - 1, df_example = N - 1, df_res = (S - 1)(N - 1)). Intervals are mean ± t_{df} sqrt(V). When the
+seeds dominate, df falls towards S - 1 (three seeds: t_{0.975, 2} = 4.30, not 1.96); when the examples dominate, it
+rises towards N - 1. A percentile bootstrap over three seeds has only 27 distinct seed resamples and under-covers in
+the first regime; counting every seed's example noise as independent over-covers in the second; this estimator is
+right in both (``tests/test_crossed.py`` simulates both). With one seed V is the examples' variance / N (df = N - 1),
+which leaves the training noise out: a verdict then needs more seeds (``MIN_SEEDS``).
+
+Tests (alpha = 0.05 unless given):
+
+    difference       two-sided t test of mu = 0: "different" when the (1 - alpha) interval excludes 0
+    equivalence      TOST against +-m: "equivalent" when the (1 - 2 alpha) interval lies inside (-m, +m)
+    power            at a true difference of 0, TOST reaches power P when m >= (t_{1-alpha,df} + t_{(1+P)/2,df}) SE;
+                     with alpha = 0.05, P = 0.8 and large df that is 2.93 SE (the anchor's (1.645 + 1.28) SE)
+    fixed sequence   several ranks, one claim ("the smallest rank equivalent to the reference"): test from the
+                     largest rank down, each at alpha, and stop at the first that is not equivalent; the ranks shown
+                     equivalent are those before the stop, so the family-wise error of the claim stays at alpha and
+                     the answer is monotone (no rank is called equivalent above one that is not)
+    alpha spending   looks k = 1..K at information t_k = seeds_k / max_seeds (Lan & DeMets 1983, Pocock type):
+                     alpha(t) = alpha ln(1 + (e - 1) t); look k tests at its increment alpha(t_k) - alpha(t_{k-1}),
+                     which by the union bound keeps each error (a false "equivalent", a false "different") across
+                     all looks <= alpha, whatever the looks' correlation
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+EQUIVALENT, DIFFERENT, UNRESOLVED = "equivalent within the margin", "different", "unresolved"
+MIN_SEEDS = 3
+
+
+@dataclass(frozen=True)
+class Components:
+    """Variance components of a (seeds × examples) array and what they give its mean."""
+    mean: float
+    var_seed: float
+    var_example: float
+    var_residual: float
+    seeds: int
+    examples: int
+    se: float  # standard error of the mean
+    df: float  # Satterthwaite's degrees of freedom
+
+    def interval(self, level: float = 0.95) -> tuple:
+        h = t_quantile((1 + level) / 2, self.df) * self.se
+        return self.mean - h, self.mean + h
+
+    def share_of_seeds(self) -> float:
+        """The seeds' share of the mean's variance (0 with one seed, where it cannot be told apart)."""
+        v = self.se ** 2
+        return 0.0 if v == 0 else (self.var_seed / self.seeds) / v
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def t_quantile(q: float, df: float) -> float:
+    return float(sps.t.ppf(q, df)) if math.isfinite(df) and df > 0 else float(sps.norm.ppf(q))
+
+
+def _array(x, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a rectangular numeric array, got ragged or non-numeric input.") from None
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"{name} must be a non-empty (seeds x examples) array, got shape {a.shape}.")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must hold finite numbers only, got NaN or infinity.")
+    return a
+
+
+def components(x) -> Components:
+    """The crossed random-effects decomposition of a (seeds × examples) array (a 1-D array is one seed)."""
+    d = _array(x, "x")
+    S, N = d.shape
+    mean = float(d.mean())
+    if N < 2:
+        raise ValueError(f"x must hold at least two examples per seed, got {N}.")
+    col = d.mean(axis=0)
+    ms_e = S * float(((col - mean) ** 2).sum()) / (N - 1)
+    if S == 1:
+        return Components(mean, 0.0, ms_e, 0.0, 1, N, math.sqrt(ms_e / N), float(N - 1))
+    row = d.mean(axis=1)
+    ms_s = N * float(((row - mean) ** 2).sum()) / (S - 1)
+    resid = d - row[:, None] - col[None, :] + mean
+    ms_r = float((resid ** 2).sum()) / ((S - 1) * (N - 1))
+    var_s, var_e = max(ms_s - ms_r, 0.0) / N, max(ms_e - ms_r, 0.0) / S
+    # MS_seed / (S N) estimates var_seed / S + var_residual / (S N) without a clip (clipping it when the seeds happen to
+    # agree would swap the seeds' few degrees of freedom for the examples' many and under-cover); the examples'
+    # shared part, max(MS_example - MS_res, 0) / (S N), is added when there is one
+    terms = [(ms_s, 1.0, S - 1)] + ([(ms_e, 1.0, N - 1), (ms_r, -1.0, (S - 1) * (N - 1))] if var_e > 0 else [])
+    total = sum(c * ms for ms, c, _ in terms)
+    den = sum((c * ms) ** 2 / df for ms, c, df in terms)
+    df = total ** 2 / den if den > 0 else float("inf")
+    var = max(total, 0.0) / (S * N)
+    return Components(mean, var_s, var_e, ms_r if S > 1 else 0.0, S, N, math.sqrt(var), float(df))
+
+
+def difference(a, b) -> Components:
+    """The components of the paired difference a - b (same seeds in the same rows, same examples in the same
+    columns)."""
+    a, b = _array(a, "a"), _array(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must score the same seeds and examples (same shape), got {a.shape} and {b.shape}.")
+    return components(a - b)
+
+
+def _positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
+            not math.isfinite(float(value)) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    return float(value)
+
+
+def _alpha(alpha: float) -> float:
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"alpha must lie strictly between 0 and 0.5, got {alpha}.")
+    return float(alpha)
+
+
+def verdict(c: Components, margin: float, alpha: float = 0.05) -> str:
+    """equivalent within the margin (the (1 - 2 alpha) interval inside +-margin), else different (the (1 - alpha)
+    interval excludes 0), else unresolved."""
+    margin, alpha = _positive(margin, "margin"), _alpha(alpha)
+    lo90, hi90 = c.interval(1 - 2 * alpha)
+    if -margin < lo90 and hi90 < margin:
+        return EQUIVALENT
+    lo95, hi95 = c.interval(1 - alpha)
+    return DIFFERENT if lo95 > 0 or hi95 < 0 else UNRESOLVED
+
+
+def compare(a, b, margin: float, alpha: float = 0.05) -> dict:
+    """Everything a report needs of mean(a) - mean(b): the difference, its (1 - alpha) and (1 - 2 alpha)
+    intervals, the two-sided p of the difference and TOST's p, the verdict, the variance components, and the
+    smallest margin this design resolves with 80 % power."""
+    margin, alpha = _positive(margin, "margin"), _alpha(alpha)
+    c = difference(a, b)
+    t = c.mean / c.se if c.se > 0 else (math.inf if c.mean else 0.0)
+    p_diff = float(2 * sps.t.sf(abs(t), c.df)) if c.se > 0 else (0.0 if c.mean else 1.0)
+    if c.se > 0:
+        p_tost = float(max(sps.t.sf((c.mean + margin) / c.se, c.df), sps.t.sf((margin - c.mean) / c.se, c.df)))
+    else:
+        p_tost = 0.0 if abs(c.mean) < margin else 1.0
+    v = verdict(c, margin, alpha)
+    return {"diff": c.mean, "ci95": c.interval(1 - alpha), "ci90": c.interval(1 - 2 * alpha), "p_difference": p_diff,
+            "p_tost": p_tost, "verdict": v, "equivalent": v == EQUIVALENT, "different": v == DIFFERENT,
+            "margin": margin, "se": c.se, "df": c.df, "n_seeds": c.seeds, "n_examples": c.examples,
+            "components": c.as_dict(), "resolvable_margin": resolvable_margin(c.se, c.df, alpha=alpha),
+            "method": "crossed random effects (seeds x examples), t on Satterthwaite's df" if c.seeds > 1 else
+                      "paired over examples, t on N - 1 df (one seed: no training noise)"}
+
+
+# ------------------------------------------------------------------ power and design
+
+def resolvable_margin(se: float, df: float, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest margin TOST resolves with ``power`` at a true difference of 0."""
+    return (t_quantile(1 - alpha, df) + t_quantile((1 + power) / 2, df)) * se
+
+
+def design_se(c: Components, seeds: int, examples: int) -> tuple:
+    """(standard error, df) of the mean at another design, from the measured components (df by Satterthwaite on
+    the expected mean squares)."""
+    S, N = int(seeds), int(examples)
+    ms_r = c.var_residual if c.seeds > 1 else 0.0
+    if c.seeds == 1:  # one seed: the example and residual parts cannot be told apart; treat all as examples'
+        ms_r = 0.0
+    ms_s, ms_e = ms_r + N * c.var_seed, ms_r + S * c.var_example
+    terms = [(ms_s, S - 1), (ms_e, N - 1), (ms_r, (S - 1) * (N - 1))]
+    total = ms_s + ms_e - ms_r
+    den = sum(ms ** 2 / df for ms, df in terms if df > 0 and ms > 0)
+    df = total ** 2 / den if den > 0 else float("inf")
+    return math.sqrt(max(total, 0.0) / (S * N)), df
+
+
+def examples_needed(c: Components, margin: float, seeds: int, power: float = 0.8, alpha: float = 0.05,
+                    most: int = 10 ** 6) -> Optional[int]:
+    """The fewest test examples at ``seeds`` seeds for TOST at ``margin`` to reach ``power`` at a true difference of
+    0; None when even ``most`` examples do not (the seeds' own variance is too large for that many seeds)."""
+    def ok(n: int) -> bool:
+        se, df = design_se(c, seeds, n)
+        return resolvable_margin(se, df, power, alpha) <= margin
+    if not ok(most):
+        return None
+    lo, hi = 2, most
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def seeds_needed(c: Components, margin: float, examples: int, power: float = 0.8, alpha: float = 0.05,
+                 most: int = 200) -> Optional[int]:
+    """The fewest seeds (at least 2) at ``examples`` examples for TOST at ``margin`` to reach ``power``; None past
+    ``most``."""
+    for s in range(2, most + 1):
+        se, df = design_se(c, s, examples)
+        if resolvable_margin(se, df, power, alpha) <= margin:
+            return s
+    return None
+
+
+# ------------------------------------------------------------------ several ranks, one claim
+
+def fixed_sequence(verdicts: Mapping[int, str]) -> dict:
+    """The ranks shown equivalent by fixed-sequence testing from the largest rank down (see the module docstring):
+    {smallest: the smallest of them or None, equivalent: them in increasing order, stopped_at: the first rank
+    that was not equivalent, or None}."""
+    shown: List[int] = []
+    stopped = None
+    for rank in sorted(verdicts, reverse=True):
+        if verdicts[rank] != EQUIVALENT:
+            stopped = rank
+            break
+        shown.append(rank)
+    return {"smallest": min(shown) if shown else None, "equivalent": sorted(shown), "stopped_at": stopped}
+
+
+# ------------------------------------------------------------------ looks while seeds are added
+
+def spent(alpha: float, t: float) -> float:
+    """Lan-DeMets Pocock-type alpha spent by information fraction ``t`` in (0, 1]: alpha ln(1 + (e - 1) t)."""
+    if not 0 < t <= 1:
+        raise ValueError(f"the information fraction must lie in (0, 1], got {t}.")
+    return float(alpha * math.log(1 + (math.e - 1) * t))
+
+
+def look_alphas(seeds_at_looks: Sequence[int], max_seeds: int, alpha: float = 0.05) -> List[float]:
+    """The alpha each look tests at: the increments of the spending function over t_k = seeds_k / max_seeds (the
+    last look, at max_seeds, spends what is left, so the increments sum to alpha)."""
+    out, before = [], 0.0
+    for s in seeds_at_looks:
+        now = spent(alpha, min(1.0, s / max_seeds))
+        out.append(max(now - before, 1e-12))
+        before = now
+    return out
