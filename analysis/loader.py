@@ -6,9 +6,11 @@
     st.delta("lora_r8_s0", "bert.encoder.layer.5.attention.self.value")
     st.spectrum("full_s0")                 # {module: singular values}
 
-What a run's method is to the analyses comes from the method registry (``lora_study.methods``), never from its
-name: its label, whether it is the baseline (the frozen base) or the reference (full finetuning), and the axis
-it is swept over (LoRA's rank, subspace training's d). Runs that are incomplete or corrupt are listed in
+What a run is to the analyses comes from its placement in the study index (``lora_study.artifacts.PLACEMENT``),
+never from its name or from the code that trained it: its family, arm, title and label, whether it is the baseline
+(the frozen base) or the reference (full finetuning), and the axis it is swept over (LoRA's rank, subspace
+training's d) with its value there. A study written by an older version is migrated on read, and a run of a method
+this installation does not have is analysed like any other. Runs that are incomplete or corrupt are listed in
 ``st.skipped`` with the reason, never silently dropped.
 """
 from __future__ import annotations
@@ -19,11 +21,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pandas as pd
-import torch
 
-from lora_study import methods
-from lora_study.artifacts import ArtifactError, BaseWeights, RunDir, StudyDir, member_id
-from lora_study.models.structure import module_kind, module_layer
+from lora_study.artifacts import (BASELINE, REFERENCE, ArtifactError, BaseWeights, RunDir, StudyDir, member_id,
+                                  module_kind, module_layer, placement)
 
 
 @dataclass
@@ -39,10 +39,6 @@ class Run:
         return self.record["method"]
 
     @property
-    def spec(self) -> methods.Method:
-        return methods.get(self.method)
-
-    @property
     def seed(self) -> int:
         return int(self.record["seed"])
 
@@ -51,19 +47,31 @@ class Run:
         return float(self.record["lr"])
 
     @property
+    def family(self) -> str:
+        return self.record["family"]
+
+    @property
     def arm(self) -> str:
-        return self.record.get("arm") or self.method
+        return self.record["arm"]
+
+    @property
+    def title(self) -> str:
+        """The arm's title: 'LoRA', 'LoRA (all linear)', 'full FT'."""
+        return self.record["title"]
+
+    @property
+    def label(self) -> str:
+        """The member's name in tables: 'LoRA r=8', 'subspace SAID d=1000', 'full FT'."""
+        return self.record["label"]
 
     @property
     def axis(self) -> Optional[str]:
-        return self.spec.axis
+        return self.record["axis"]
 
     @property
     def value(self) -> Optional[int]:
         """The swept value: the rank of a rank-swept method, d of a d-swept one, None for the others."""
-        v = self.record.get("value")
-        if v is None and self.axis is not None:
-            v = self.record.get(self.axis)
+        v = self.record["value"]
         return None if v is None else int(v)
 
     @property
@@ -75,24 +83,29 @@ class Run:
         return self.value if self.axis == "d" else None
 
     @property
+    def role(self) -> str:
+        return self.record["role"]
+
+    @property
     def is_baseline(self) -> bool:
-        return self.spec.is_baseline
+        return self.role == BASELINE
 
     @property
     def is_reference(self) -> bool:
-        return self.spec.is_reference
-
-    @property
-    def label(self) -> str:
-        return self.spec.label({**self.record, **(self.summary.get(self.method) or {})})  # the method's own section
+        return self.role == REFERENCE
 
     @property
     def variant(self) -> Optional[str]:
-        """The part of the label between the method and the swept value ('SAID', 'DID'), if any."""
-        if self.axis != "d":
-            return None
-        words = self.label.split()
-        return words[1] if len(words) > 2 else None
+        """The member's variant within its arm ('SAID', 'DID'), if any."""
+        return self.record.get("variant")
+
+    @property
+    def order(self) -> int:
+        return int(self.record.get("order") or 0)
+
+    @property
+    def did_not_learn(self) -> bool:
+        return bool((self.summary.get("learning") or {}).get("did_not_learn"))
 
     @property
     def saved(self) -> Dict[str, bool]:
@@ -108,12 +121,14 @@ class Run:
 
 
 def label_key(run_or_row) -> tuple:
-    """Sort key: registry order of the method, then its arm and variant, then the swept value numerically
-    (so r=2 comes before r=16)."""
+    """Sort key: the baseline, the reference, then the arms in the study's order, each by variant and then the swept
+    value numerically (so r=2 comes before r=16)."""
     get = run_or_row.get if isinstance(run_or_row, dict) else lambda k, d=None: getattr(run_or_row, k, d)
     value = get("value")
-    return (methods.order(get("method")), str(get("arm") or ""), str(get("variant") or ""),
-            -1 if value is None or value != value else float(value))
+    role = get("role") or (BASELINE if get("baseline") else REFERENCE if get("reference") else "treatment")
+    order = get("order")
+    return ({BASELINE: 0, REFERENCE: 1}.get(role, 2), 0 if order is None or order != order else int(order),
+            str(get("arm") or ""), str(get("variant") or ""), -1 if value is None or value != value else float(value))
 
 
 class Study:
@@ -124,10 +139,9 @@ class Study:
         self.runs: List[Run] = []
         self.skipped: Dict[str, str] = {}
         for m in self.index.get("members", []):
+            placement(m)  # a member without its placement is a damaged index: one sentence, before any work
             run = RunDir(self.path / m["dir"])
             reason = run.check_complete()
-            if reason is None and m.get("method") not in methods.names():
-                reason = f"its method {m.get('method')!r} is not registered in this suite"
             if reason is not None:
                 self.skipped[m["id"]] = reason
                 continue
@@ -182,10 +196,17 @@ class Study:
         """Runs of methods swept over ``axis`` ("rank" or "d")."""
         return [r for r in self.runs if r.axis == axis]
 
-    def arms(self, axis: str) -> List[str]:
-        """The arms swept over ``axis``, in registry order."""
-        return sorted({r.arm for r in self.swept(axis)}, key=lambda a: label_key({"method": self.arm_method(a),
-                                                                                    "arm": a}))
+    def arms(self, axis: str, family: Optional[str] = None) -> List[str]:
+        """The arms swept over ``axis`` (of one family, when given), in the study's order."""
+        firsts = {}
+        for r in self.swept(axis):
+            if family is None or r.family == family:
+                firsts.setdefault(r.arm, r)
+        return [a for a, _ in sorted(firsts.items(), key=lambda kv: (kv[1].order, kv[0]))]
+
+    def did_not_learn(self) -> List[str]:
+        """The members flagged as runs that did not learn (complete, but collapsed), in study order."""
+        return [r.member for r in self.runs if r.did_not_learn]
 
     def arm_method(self, arm: str) -> Optional[str]:
         return next((r.method for r in self.runs if r.arm == arm), None)
@@ -198,9 +219,10 @@ class Study:
         for r in self.runs:
             s = r.summary
             rows.append({
-                "member": r.member, "method": r.method, "arm": r.arm, "label": r.label, "axis": r.axis,
-                "value": r.value, "rank": r.rank, "d": r.d, "seed": r.seed, "variant": r.variant, "lr": r.lr,
-                "baseline": r.is_baseline, "reference": r.is_reference,
+                "member": r.member, "method": r.method, "family": r.family, "arm": r.arm, "title": r.title,
+                "label": r.label, "axis": r.axis, "value": r.value, "rank": r.rank, "d": r.d, "seed": r.seed,
+                "variant": r.variant, "order": r.order, "role": r.role, "lr": r.lr,
+                "baseline": r.is_baseline, "reference": r.is_reference, "did_not_learn": r.did_not_learn,
                 "test_accuracy": s["metrics"]["test_accuracy"],
                 "validation_accuracy": s["metrics"].get("validation_accuracy"),
                 "n_test": (s.get("examples") or {}).get("test"),
@@ -211,7 +233,7 @@ class Study:
                 "mean_step_s": s["time"]["mean_step_s"], "tokens_per_s": s["time"]["tokens_per_s"],
                 "storage_bytes": s["storage"]["bytes"], "wall_time_s": s.get("wall_time_s"),
                 **_heldout_columns(s.get("heldout")),
-                **{f"latency_{k[:-2]}_s": v for k, v in (s.get("latency") or {}).items()},
+                **{f"latency_{k[:-2]}_s": v for k, v in (s.get("latency") or {}).items() if k.endswith("_s")},
                 **{k: v for k, v in (s.get("merge") or {}).items()},
             })
         df = pd.DataFrame(rows)
@@ -236,10 +258,10 @@ class Study:
         return pd.DataFrame({"module": names, "layer": [module_layer(n) for n in names],
                              "kind": [module_kind(n) for n in names]})
 
-    def delta(self, member: str, module: str) -> torch.Tensor:
+    def delta(self, member: str, module: str):
         return self.run(member).dir.delta(module)
 
-    def spectrum(self, member: str) -> Dict[str, torch.Tensor]:
+    def spectrum(self, member: str) -> Dict[str, Any]:
         return self.run(member).dir.spectra()
 
     def _base_weights(self) -> BaseWeights:
@@ -248,7 +270,7 @@ class Study:
             self._base = BaseWeights(src.get("path"), src.get("name"))
         return self._base
 
-    def base_weight(self, module: str) -> torch.Tensor:
+    def base_weight(self, module: str):
         return _cached_base(self._base_weights(), module)
 
     def check_deltas(self) -> None:
@@ -280,7 +302,7 @@ def _heldout_columns(h: Optional[dict]) -> Dict[str, float]:
 
 
 @lru_cache(maxsize=64)
-def _cached_base(base: BaseWeights, module: str) -> torch.Tensor:
+def _cached_base(base: BaseWeights, module: str):
     return base.get(module)
 
 

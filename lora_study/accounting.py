@@ -6,7 +6,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -134,6 +134,40 @@ def median_latency(fn: Callable[[], object], device: torch.device, repeats: int,
         _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+@torch.no_grad()
+def interleaved_latency(arms: Dict[str, tuple], device: torch.device, repeats: int, warmup: int = 1
+                        ) -> Dict[str, list]:
+    """Wall times in seconds of several forward passes timed in turn, ``repeats`` rounds, the order rotated every
+    round so that no arm always runs first: {arm: [time per round]}. ``arms`` maps a name to (fn, before, after):
+    ``before()`` and ``after()`` (or None) run untimed around the arm's call (to swap weights in and out). Timing
+    arms side by side in one process lets them share whatever load the machine is under, so their per-round ratios
+    hold where absolute times drift between runs."""
+    names = list(arms)
+
+    def call(name: str, timed: bool) -> Optional[float]:
+        fn, before, after = arms[name]
+        if before:
+            before()
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        took = time.perf_counter() - t0
+        if after:
+            after()
+        return took if timed else None
+
+    for name in names:
+        for _ in range(warmup):
+            call(name, False)
+    times: Dict[str, list] = {n: [] for n in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(call(name, True))
+    return times
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:

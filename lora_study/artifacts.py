@@ -1,11 +1,15 @@
 """The run directory: the one contract between the runs (``lora_study``) and the analyses (``analysis``).
 
-This module alone builds paths inside a run or study directory. Layout, schema version 1::
+This module alone builds paths inside a run or study directory, and it is all the analyses import of the training
+side (with the pure linear algebra of ``lora_study.linalg``): it imports no torch, no transformers, no peft, and
+no method registry, so a study copied to a laptop is read with nothing but this file's dependencies. Layout,
+schema version 2::
 
     <run>/
       .hydra/                     the composed config (written by Hydra)
       metrics.jsonl               one JSON object per logged step / evaluation
-      summary.json                final metrics, accounting, probes; written last, with status
+      summary.json                final metrics, accounting, probes, and ``placement`` (below); written last,
+                                  with status
       delta.safetensors           fp32 ΔW per analysed 2-D weight, keyed by module path (save_delta)
       spectrum.safetensors        singular values of every ΔW, same keys (save_spectrum)
       predictions.safetensors     per-example outputs in split order, for paired tests: ``test.correct``,
@@ -16,11 +20,21 @@ This module alone builds paths inside a run or study directory. Layout, schema v
       model/                      full FT with run.save_model=true only
 
     <study>/
-      study.json                  index: shared settings, members (arm, title, options, lr), their status, the
-                                  learning-rate search (every tried rate's validation score, the choice) and
-                                  the evidence behind shipped rates (study.lr_evidence)
+      study.json                  index: shared settings, members (each with its placement and options, lr), their
+                                  status, the learning-rate search (every tried rate's validation score, the choice)
+                                  and the evidence behind shipped rates (study.lr_evidence)
       runs/<member>/              one run directory per member
       lr_search/<member>/         the learning-rate search's validation runs (study.lr_search=true)
+
+A member's **placement** (``PLACEMENT``) is everything the analyses need to place a run without the code that
+trained it: its method and the method's **family** (what claims about "LoRA" read: a rank-swept method of another
+family gets rows of its own), its **arm** and the arm's **title**, its display **label**, the **axis** it is swept
+over ("rank", "d" or none) and its **value** there, its **role** ("baseline": the frozen base gains are measured
+from; "reference": full finetuning, what others are compared with; "treatment": the rest), its **variant** (DID or
+SAID for subspace training), the arm's **order** in the study, and (in a run's summary) **delta_scope**, what its
+saved ΔW covers. The planner writes it into every member of ``study.json``, each run into its ``summary.json``.
+Schema 1 directories, written before placements existed, are migrated on read (``migrate_member``): the built-in
+methods' placements are known here, and any other method is a treatment of a family of its own.
 
 Member ids name a study's runs: ``<arm>[_<axis><value>]_s<seed>`` (``full_s0``, ``lora_r8_s0``,
 ``lora_all_r16_s0``, ``subspace_did_d100_s0``); ``member_id`` builds them and ``parse_member_id`` reads them back.
@@ -28,6 +42,8 @@ Member ids name a study's runs: ``<arm>[_<axis><value>]_s<seed>`` (``full_s0``, 
 Every file is written atomically (temporary file, then rename), so a killed run never leaves a file
 that looks whole; ``summary.json`` with ``status: complete`` is written last and is what marks a run
 as done (``check_complete`` then verifies that every other expected file is present and readable).
+Tensors are read and written through safetensors; torch is imported when a tensor is, never by importing this
+module.
 """
 from __future__ import annotations
 
@@ -39,11 +55,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READS = (1, 2)  # schema versions this suite reads (1 migrated on read)
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 DELTA = "delta.safetensors"
@@ -87,14 +102,15 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, w)
 
 
-def write_tensors(path: Path, tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> None:
+def write_tensors(path: Path, tensors: Dict[str, Any], metadata: Optional[Dict[str, str]] = None) -> None:
+    from safetensors.torch import save_file
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {"schema_version": str(SCHEMA_VERSION), **(metadata or {})}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def _jsonable(o: Any) -> Any:
-    if isinstance(o, torch.Tensor):
+    if hasattr(o, "tolist") and hasattr(o, "detach"):  # a torch tensor
         return o.tolist()
     if isinstance(o, Path):
         return str(o)
@@ -145,6 +161,99 @@ def parse_member_id(member: str) -> Dict[str, Any]:
         raise ArtifactError(f"{member!r} has an unknown axis letter {m.group('prefix')!r}.")
     return {"arm": m.group("arm"), "axis": axis, "value": int(m.group("value")) if m.group("value") else None,
             "seed": int(m.group("seed"))}
+
+
+# -- placements ----------------------------------------------------------------------------------
+
+BASELINE, REFERENCE, TREATMENT = "baseline", "reference", "treatment"
+ROLES = (BASELINE, REFERENCE, TREATMENT)
+# what a study index's member record says of its run, and a run's summary under "placement"
+PLACEMENT = ("family", "method", "arm", "title", "label", "axis", "value", "role", "variant", "order")
+# the built-in methods as schema 1 wrote them (no placement): what migration fills in
+_V1 = {"none": ("none", BASELINE, None, "frozen base"), "full": ("full", REFERENCE, None, "full FT"),
+       "lora": ("lora", TREATMENT, "rank", "LoRA"), "qlora": ("lora", TREATMENT, "rank", "QLoRA"),
+       "subspace": ("subspace", TREATMENT, "d", "subspace")}
+
+
+def label_of(title: str, axis: Optional[str], value: Optional[int], variant: Optional[str] = None) -> str:
+    """How tables name a member: 'full FT', 'LoRA r=8', 'LoRA (all linear) r=16', 'subspace SAID d=1000'."""
+    if axis is None or value is None:
+        return title
+    return f"{title}{f' {variant}' if variant else ''} {AXIS_PREFIX.get(axis, axis)}={int(value)}"
+
+
+def migrate_member(record: Dict[str, Any], order: int = 0) -> Dict[str, Any]:
+    """A schema 1 member record with its placement filled in: the built-in methods' from the table above, any other
+    method's as a treatment of a family of its own, swept over the rank or d it recorded."""
+    method = record.get("method")
+    family, role, axis, title = _V1.get(method) or (method, TREATMENT, "rank" if record.get("rank") is not None else
+                                                    "d" if record.get("d") is not None else None, method)
+    axis = record.get("axis", axis) if method not in _V1 else axis
+    value = record.get("value")
+    if value is None and axis is not None:
+        value = record.get(axis)
+    variant = ("SAID" if record.get("said") else "DID") if family == "subspace" else None
+    title = record.get("title") or title
+    if family == "subspace":
+        title = title.split(" (")[0] if record.get("title") is None else title
+    return {**record, "family": family, "role": role, "axis": axis, "value": None if value is None else int(value),
+            "title": title, "variant": variant, "order": record.get("order", order),
+            "label": label_of(title, axis, value, variant)}
+
+
+def migrate_index(index: Dict[str, Any]) -> Dict[str, Any]:
+    """A schema 1 study index read as schema 2: every member's placement filled in (arms in order of appearance)."""
+    arms: Dict[str, int] = {}
+    members = []
+    for m in index.get("members", []):
+        arm = m.get("arm") or m.get("method")
+        arms.setdefault(arm, len(arms))
+        members.append(migrate_member({**m, "arm": arm}, arms[arm]))
+    return {**index, "members": members, "schema_version": SCHEMA_VERSION, "migrated_from": index.get("schema_version")}
+
+
+def placement(record: Dict[str, Any]) -> Dict[str, Any]:
+    """The placement fields of a member record, checked: ArtifactError naming the member when one is missing."""
+    missing = [k for k in PLACEMENT if k not in record]
+    if missing or record.get("role") not in ROLES:
+        raise ArtifactError(f"member {record.get('id')!r} of the study index lacks its placement "
+                            f"({', '.join(missing) or 'role'}); the index is damaged or was not written by this suite.")
+    return {k: record[k] for k in PLACEMENT}
+
+
+# -- module names ---------------------------------------------------------------------------------
+
+_KINDS = [  # (regex on the module path, kind)
+    (r"attention\.self\.query$|self_attn\.q_proj$|attn\.q_proj$", "query"),
+    (r"attention\.self\.key$|self_attn\.k_proj$|attn\.k_proj$", "key"),
+    (r"attention\.self\.value$|self_attn\.v_proj$|attn\.v_proj$", "value"),
+    (r"attention\.output\.dense$|self_attn\.o_proj$|attn\.o_proj$", "attn_out"),
+    (r"intermediate\.dense$|mlp\.up_proj$|mlp\.fc1$", "ffn_in"),
+    (r"mlp\.gate_proj$", "ffn_gate"),
+    (r"(?<!attention\.)output\.dense$|mlp\.down_proj$|mlp\.fc2$", "ffn_out"),
+]
+MODULE_KINDS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_gate", "ffn_out")
+
+
+def module_kind(name: str) -> Optional[str]:
+    """The role of a linear module inside a transformer block, or None for anything else (the key of ΔW files)."""
+    for pattern, kind in _KINDS:
+        if re.search(pattern, name):
+            return kind
+    return None
+
+
+def module_layer(name: str) -> Optional[int]:
+    m = re.search(r"\.(?:layer|layers|h|blocks)\.(\d+)\.", name)
+    return int(m.group(1)) if m else None
+
+
+# the scopes a full finetune's truncated ΔW is evaluated in (``summary.truncation.scopes``)
+SCOPES = {
+    "finetuned_rest": "every analysed ΔW truncated to rank k; every other parameter finetuned",
+    "pretrained_rest": "every analysed ΔW truncated to rank k; every other parameter but the head at W_pre",
+    "targets_only": "only the intervention targets carry trunc_k(ΔW); everything else but the head at W_pre",
+}
 
 
 # -- runs ----------------------------------------------------------------------------------------
@@ -214,14 +323,16 @@ class RunDir:
     def write_summary(self, summary: Dict[str, Any]) -> None:
         write_json(self.path / SUMMARY, {"schema_version": SCHEMA_VERSION, **summary})
 
-    def write_delta(self, deltas: Dict[str, torch.Tensor]) -> None:
+    def write_delta(self, deltas: Dict[str, Any]) -> None:
         write_tensors(self.path / DELTA, {k: v.float() for k, v in deltas.items()})
 
-    def write_spectrum(self, spectra: Dict[str, torch.Tensor]) -> None:
+    def write_spectrum(self, spectra: Dict[str, Any]) -> None:
         write_tensors(self.path / SPECTRUM, {k: v.float() for k, v in spectra.items()})
 
     def write_predictions(self, arrays: Dict[str, Any]) -> None:
         """Per-example outputs (numpy arrays or tensors; booleans stored as uint8)."""
+        import torch
+
         def tensor(a):
             t = torch.as_tensor(a)
             return t.to(torch.uint8) if t.dtype == torch.bool else t
@@ -230,9 +341,9 @@ class RunDir:
     # reading
     def summary(self) -> Dict[str, Any]:
         s = read_json(self.path / SUMMARY)
-        if s.get("schema_version") != SCHEMA_VERSION:
-            raise ArtifactError(
-                f"{self.path / SUMMARY} has schema version {s.get('schema_version')}, this suite reads {SCHEMA_VERSION}.")
+        if s.get("schema_version") not in READS:
+            raise ArtifactError(f"{self.path / SUMMARY} has schema version {s.get('schema_version')}, this suite reads "
+                                f"{', '.join(map(str, READS))}.")
         return s
 
     def metrics(self) -> List[Dict[str, Any]]:
@@ -291,7 +402,7 @@ class RunDir:
     def delta_names(self) -> List[str]:
         return self._tensor_keys(DELTA)
 
-    def delta(self, name: str) -> torch.Tensor:
+    def delta(self, name: str):
         """ΔW of one module, read lazily (one matrix in memory at a time)."""
         with safe_open(str(self.path / DELTA), "pt") as f:
             if name not in f.keys():
@@ -303,7 +414,7 @@ class RunDir:
             for n in names or list(f.keys()):
                 yield n, f.get_tensor(n)
 
-    def spectra(self) -> Dict[str, torch.Tensor]:
+    def spectra(self) -> Dict[str, Any]:
         keys = self._tensor_keys(SPECTRUM)
         with safe_open(str(self.path / SPECTRUM), "pt") as f:
             return {k: f.get_tensor(k) for k in keys}
@@ -315,12 +426,12 @@ class RunDir:
             out = {k: f.get_tensor(k).numpy() for k in keys}
         return {k: v.astype(bool) if k.endswith("correct") else v for k, v in out.items()}
 
-    def adapter_factors(self) -> Dict[str, Dict[str, torch.Tensor]]:
+    def adapter_factors(self) -> Dict[str, Dict[str, Any]]:
         """{module path: {"A": lora_A (r × d_in), "B": lora_B (d_out × r)}} from the saved peft adapter."""
         path = self.path / ADAPTER_DIR / "adapter_model.safetensors"
         if not path.exists():
             raise ArtifactError(f"{path} does not exist (only LoRA runs save an adapter).")
-        out: Dict[str, Dict[str, torch.Tensor]] = {}
+        out: Dict[str, Dict[str, Any]] = {}
         with safe_open(str(path), "pt") as f:
             for key in f.keys():
                 m = re.match(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$", key)
@@ -334,7 +445,7 @@ class RunDir:
     def model_dir(self) -> Path:
         return self.path / MODEL_DIR
 
-    def base_weight(self, name: str) -> torch.Tensor:
+    def base_weight(self, name: str):
         """W_pre of a module, read from the base model's own files (never copied into the run)."""
         base = self.summary().get("base_model", {})
         return BaseWeights(base.get("path"), base.get("name")).get(name)
@@ -373,7 +484,7 @@ class BaseWeights:
                     return stored
         raise ArtifactError(f"module {module} has no weight in the base model at {self.path}.")
 
-    def get(self, module: str) -> torch.Tensor:
+    def get(self, module: str):
         stored = self.key(module)
         with safe_open(str(self._index[stored]), "pt") as f:
             return f.get_tensor(stored).float()
@@ -421,13 +532,17 @@ class StudyDir:
         return self.index_path.exists()
 
     def index(self) -> Dict[str, Any]:
+        """The study index, its members' placements filled in when it was written at schema version 1."""
         if not self.index_path.exists():
             raise ArtifactError(f"{self.path} is not a study directory (it has no {STUDY_INDEX}).")
         idx = read_json(self.index_path)
-        if idx.get("schema_version") != SCHEMA_VERSION:
-            raise ArtifactError(
-                f"{self.index_path} has schema version {idx.get('schema_version')}, this suite reads {SCHEMA_VERSION}.")
-        return idx
+        version = idx.get("schema_version")
+        if version not in READS:
+            raise ArtifactError(f"{self.index_path} has schema version {version}, this suite reads "
+                                f"{', '.join(map(str, READS))}.")
+        if version == SCHEMA_VERSION:
+            return idx
+        return migrate_index(idx)
 
     def write_index(self, index: Dict[str, Any]) -> None:
         write_json(self.index_path, {**index, "schema_version": SCHEMA_VERSION})

@@ -105,6 +105,11 @@ class RunConfig:
     latency_repeats: int = opt(10, POSITIVE_INT)
     latency_batches: List[int] = opt(rule=Each(POSITIVE_INT, nonempty=True), factory=lambda: [1, 32])
     member: Optional[str] = opt(None, Free())  # set by the study sweeper
+    # the study arm the run belongs to, its title and place among the arms (set by the study sweeper; a run outside
+    # a study is its method's own arm): written into summary.json's placement
+    arm: Optional[str] = opt(None, Free())
+    arm_title: Optional[str] = opt(None, Free())
+    arm_order: int = opt(0, NON_NEGATIVE_INT)
 
 
 @dataclass

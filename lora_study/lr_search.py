@@ -56,7 +56,7 @@ def search_seeds(study) -> List[int]:
 
 def search_members(study) -> List[Member]:
     """The first round: one run per (arm, searched value, rate of its grid, search seed)."""
-    return [member_of(arm, v, seed, lr, "lr_search", SEARCH_EXTRA) for arm in study_arms(study)
+    return [member_of(arm, v, seed, lr, "lr_search", SEARCH_EXTRA, order=k) for k, arm in enumerate(study_arms(study))
             for v in arm_variants(study, arm, search=True) for lr in grid_rates(study, arm)
             for seed in search_seeds(study)]
 

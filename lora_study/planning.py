@@ -44,6 +44,7 @@ class Member:
     arm: Optional[str] = None  # the study arm it belongs to (None: its method's own)
     title: Optional[str] = None  # how reports name its arm (None: the method's title)
     options: Dict[str, Any] = field(default_factory=dict)  # the arm's options
+    order: int = 0  # the arm's place among the study's arms
 
     @property
     def id(self) -> str:
@@ -60,18 +61,30 @@ class Member:
             self.variant.value is not None else self.arm or self.method
 
     def overrides(self) -> List[str]:
+        title = [f"run.arm_title={_quoted(self.title)}"] if self.title else []
         return [f"method={self.method}", f"train.seed={self.seed}", f"optim.lr={self.lr:g}", f"run.member={self.id}",
+                f"run.arm={self.variant.arm}", f"run.arm_order={self.order}", *title,
                 f"hydra.sweep.subdir={StudyDir.subdir(self.id, self.phase)}"] + self.variant.overrides + self.extra
 
     def record(self) -> Dict[str, Any]:
-        return {"id": self.id, "method": self.method, "arm": self.variant.arm, "title": self.title,
-                "options": dict(self.options), "axis": self.axis, "value": self.variant.value, "rank": None,
-                "alpha": None, "d": None, **self.variant.record, "seed": self.seed, "lr": self.lr, "phase": self.phase}
+        """The member's entry in study.json: its id, placement (``lora_study.artifacts.PLACEMENT``), options, the
+        swept fields of its method, seed, rate and phase."""
+        fields = {"rank": None, "alpha": None, "d": None, **self.variant.record}
+        place = methods.get(self.method).placement({**fields, "value": self.variant.value}, self.variant.arm,
+                                                   self.title, self.order)
+        return {"id": self.id, **place, "options": dict(self.options), **fields, "seed": self.seed, "lr": self.lr,
+                "phase": self.phase}
 
 
-def member_of(arm: Arm, variant: Variant, seed: int, lr: float, phase: str = "main", extra: List[str] = ()) -> Member:
+def _quoted(text: str) -> str:
+    """A string as a quoted value of Hydra's override grammar."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def member_of(arm: Arm, variant: Variant, seed: int, lr: float, phase: str = "main", extra: List[str] = (),
+              order: int = 0) -> Member:
     return Member(arm.method, int(seed), float(lr), variant, arm.spec.axis, phase, arm.overrides() + list(extra),
-                  arm.name, arm.title, dict(arm.options))
+                  arm.name, arm.title, dict(arm.options), order)
 
 
 def method_options(study, method: str) -> List[str]:
@@ -157,8 +170,8 @@ def main_members(study, chosen: Dict[str, float]) -> List[Member]:
     seed suffices for, such as latency, which do not change what training computes)."""
     arms = study_arms(study)
     once = [str(o) for o in (study.first_seed_overrides or [])]
-    return [member_of(arm, v, int(seed), lr_for(arm, v, study, chosen), extra=once if i == 0 else [])
-            for i, seed in enumerate(study.seeds) for arm in arms for v in arm_variants(study, arm)]
+    return [member_of(arm, v, int(seed), lr_for(arm, v, study, chosen), extra=once if i == 0 else [], order=k)
+            for i, seed in enumerate(study.seeds) for k, arm in enumerate(arms) for v in arm_variants(study, arm)]
 
 
 def member_threads(cfg) -> Optional[int]:

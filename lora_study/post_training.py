@@ -4,22 +4,16 @@ down (forgetting and the target metric again), and inference latency (unmerged a
 merge) with the merge's fidelity."""
 from __future__ import annotations
 
+import statistics
 from typing import Callable, Dict, List, Optional
 
 import torch
 
-from .accounting import max_abs_diff, median_latency
+from .accounting import interleaved_latency, max_abs_diff, median_latency
+from .artifacts import SCOPES
 from .device import autocast, to_device
 from .linalg import max_cosines, top_factors
 from .models.structure import base_module
-
-
-# truncation scopes: which matrices carry trunc_k(ΔW), and what every other parameter but the head holds
-SCOPES = {
-    "finetuned_rest": "every analysed ΔW truncated to rank k; every other parameter finetuned",
-    "pretrained_rest": "every analysed ΔW truncated to rank k; every other parameter but the head at W_pre",
-    "targets_only": "only the intervention targets carry trunc_k(ΔW); everything else but the head at W_pre",
-}
 
 
 @torch.no_grad()
@@ -93,31 +87,60 @@ def intruder_scaling(model, names: List[str], w_pre: Dict[str, torch.Tensor], de
 
 @torch.no_grad()
 def latency(model, test, width: int, batches: List[int], repeats: int, device, precision: str,
-            merge: Optional[Callable] = None):
-    """Median inference latency (one forward pass) at each batch size on inputs of exactly ``width`` tokens.
-    With ``merge`` (methods whose update merges into the base weights): unmerged, then merged, and the largest
-    |logit difference| between the two at the largest batch (the run ends here, so the merge is not undone)."""
+            merge: Optional[Callable] = None, w_pre: Optional[Dict[str, torch.Tensor]] = None):
+    """Inference latency (one forward pass) at each batch size on inputs of exactly ``width`` tokens.
+
+    Without ``merge``: the plain model, ``repeats`` times; the median per batch size. With ``merge`` (methods whose
+    update merges into the base weights): the unmerged model first; then, after merging, three arms timed in turn
+    over ``repeats`` rounds (``accounting.interleaved_latency``): the merged model, the merged model again (an A/A
+    control: its ratio to the first is the timing noise), and the base (the merged model with the matrices the
+    merge changed back at W_pre, ``w_pre``: the base's architecture and weights). Their per-round times are kept
+    (``samples``) so the analysis can put an interval on merged / base and on the A/A ratio; and the largest
+    |logit difference| between unmerged and merged at the largest batch (the run ends here: the merge stays)."""
     model.eval()
     sizes = sorted({int(b) for b in batches})
     inputs = {b: to_device({k: v for k, v in test.fixed_width(b, width).items() if k != "labels"}, device)
               for b in sizes}
     big = sizes[-1]
 
-    def timings(m, tag):
+    def medians(m, tag):
         return {f"{tag}_batch{b}_s": median_latency(lambda: m(**inputs[b]), device, repeats) for b in sizes}
 
     if merge is None:
-        return timings(model, "plain"), None
-    lat = timings(model, "unmerged")
+        return medians(model, "plain"), None
+    lat = medians(model, "unmerged")
     ref = model(**inputs[big]).logits.float()
     ref_bf16 = None
     if precision == "bf16":
         with autocast(device, precision):
             ref_bf16 = model(**inputs[big]).logits.float()
     merged_model = merge(model)
-    lat.update(timings(merged_model, "merged"))
     fidelity = {"max_abs_logit_diff_fp32": max_abs_diff(ref, merged_model(**inputs[big]).logits.float())}
     if ref_bf16 is not None:
         with autocast(device, precision):
             fidelity["max_abs_logit_diff_bf16"] = max_abs_diff(ref_bf16, merged_model(**inputs[big]).logits.float())
+    modules = dict(merged_model.named_modules())
+    weights = {n: (modules[n] if n in modules else base_module(merged_model, n)).weight for n in (w_pre or {})}
+    merged_w = {n: w.detach().clone() for n, w in weights.items()}
+
+    def to_base():
+        for n, w in weights.items():
+            w.copy_(w_pre[n].to(w.device, w.dtype))
+
+    def to_merged():
+        for n, w in weights.items():
+            w.copy_(merged_w[n])
+
+    samples = {}
+    for b in sizes:
+        fn = (lambda b=b: merged_model(**inputs[b]))  # noqa: E731
+        arms = {"merged": (fn, None, None), "merged_again": (fn, None, None)}
+        if weights:
+            arms["base"] = (fn, to_base, to_merged)
+        times = interleaved_latency(arms, device, repeats)
+        samples[f"batch{b}"] = times
+        lat[f"merged_batch{b}_s"] = statistics.median(times["merged"])
+        if "base" in times:
+            lat[f"base_batch{b}_s"] = statistics.median(times["base"])
+    lat["samples"] = samples
     return lat, fidelity

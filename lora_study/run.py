@@ -110,8 +110,10 @@ def _execute(cfg: Config, out: RunDir, device: Optional[torch.device]) -> Option
     if main:
         out.clear_outputs()
     logger = make_logger(cfg, out) if main else Logger(None)
+    fields = {**method.summary(cfg.method), **{k: cfg.method.get(k) for k in ("said", "alpha") if k in cfg.method}}
     summary: Dict[str, Any] = {
         "status": "running", "member": cfg.run.member, "method": method.name, **method.summary(cfg.method),
+        "placement": method.placement(fields, cfg.run.arm or method.name, cfg.run.arm_title, cfg.run.arm_order),
         "seed": int(cfg.train.seed), "lr": float(cfg.optim.lr),
         "model": loaded.name, "family": family.name, "task": task.name, "num_labels": task.num_labels,
         "task_metric": task.metric,
@@ -174,6 +176,7 @@ def _execute(cfg: Config, out: RunDir, device: Optional[torch.device]) -> Option
     })
     saved = {"delta": False, "spectrum": False, "adapter": False, "model": False, "predictions": False}
     deltas = method.deltas(prepared, model, w_pre)
+    summary["placement"]["delta_scope"] = _delta_scope(deltas, prepared)
     if deltas:
         summary["delta_norms"] = {n: float(d.norm()) for n, d in deltas.items()}
         if cfg.run.save_delta:
@@ -220,7 +223,8 @@ def _execute(cfg: Config, out: RunDir, device: Optional[torch.device]) -> Option
     if cfg.run.latency:
         summary["latency"], summary["merge"] = latency(
             model, enc["test"], cfg.train.max_length, list(cfg.run.latency_batches), cfg.run.latency_repeats, device,
-            precision, merge=method.merge if method.mergeable else None)
+            precision, merge=method.merge if method.mergeable else None,
+            w_pre={n: w for n, w in w_pre.items() if n in set(prepared.targets or [])})
     if predictions:
         out.write_predictions(predictions)
         saved["predictions"] = True
@@ -234,6 +238,14 @@ def _rebuild(cfg: Config, method, family, task, device: torch.device):
     """A plain copy of the prepared model on ``device`` (FSDP's gathered weights are loaded into it)."""
     prepared = _prepare(cfg, method, family, task, device, keep=False)[3]
     return prepared, method.to_device(prepared, device)
+
+
+def _delta_scope(deltas: Dict[str, torch.Tensor], prepared) -> Dict[str, Any]:
+    """What the saved ΔW covers: the adapted targets, every block linear, or nothing; and the module names."""
+    names = sorted(deltas)
+    kind = "none" if not names else "targets" if prepared.targets and set(names) == set(prepared.targets) else \
+        "block_linears" if set(names) == set(prepared.analysed) else "modules"
+    return {"kind": kind, "modules": names}
 
 
 def predictions_of(predictions: Dict[str, Any], prefix: str) -> Dict[str, Any]:

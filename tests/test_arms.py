@@ -42,7 +42,9 @@ def test_the_all_linear_preset():
     assert methods.get("lora").label(rec) == "LoRA (all linear) r=16"
     assert methods.get("lora").label(members["lora_all_r1_s0"].record()) == "LoRA (all linear) r=1"
     full = members["full_s0"].record()
-    assert full["title"] is None and methods.get("full").label(full) == "full FT"
+    assert full["title"] == "full FT" and methods.get("full").label(full) == full["label"] == "full FT"
+    assert (full["role"], full["family"], rec["role"], rec["family"], rec["label"], rec["value"]) == \
+        ("reference", "full", "treatment", "lora", "LoRA (all linear) r=16", 16)
     assert cfg.run.intervention_targets == "all_linear"  # full FT's interventions act on the arm's matrices
     # ids parse back into the arm, with its underscore
     assert parse_member_id("lora_all_r16_s0") == {"arm": "lora_all", "axis": "rank", "value": 16, "seed": 0}

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional
 
 import pandas as pd
 
-from lora_study.models.structure import module_kind, module_layer
+from lora_study.artifacts import module_kind, module_layer
 
 from ..loader import Run, Study
 from ..subspace import amplification

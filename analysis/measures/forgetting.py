@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .. import paired, plotting, stats
-from ..loader import Study
+from ..loader import Study, label_key
 from ..roles import ROLE_COLUMNS, arm_title, finetuned, ordered_labels, with_roles
 from ..paired import fmt_interval
 from .base import Context, Measure, Section, seeds_phrase
@@ -95,8 +95,7 @@ def forgetting_paired(study: Study, runs_frame: pd.DataFrame) -> pd.DataFrame:
         rows.append({"arm": "reference", "title": refs[0].label, "value": None, "tasks": scope,
                      "forgetting": float(fx.mean()), "ci_low": stats.mean_interval(fx)[0],
                      "ci_high": stats.mean_interval(fx)[1], "seeds": len(seeds)})
-        for (arm, value), runs in sorted(groups.items(), key=lambda kv: (kv[1][0].spec.name, str(kv[0][0]),
-                                                                         kv[0][1] or 0)):
+        for (arm, value), runs in sorted(groups.items(), key=lambda kv: label_key(kv[1][0])):
             own = forgetting_scores(runs, ts)
             c = paired.compare(own, full, m) if own else None
             if c is None:

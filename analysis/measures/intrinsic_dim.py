@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 from safetensors import safe_open
 
-from lora_study.artifacts import DELTA
-from lora_study.models.structure import module_kind
+from lora_study.artifacts import module_kind, DELTA
 
 from .. import paired, plotting, stats
 from ..dimension import FRACTION, PUBLISHED_D90, crossing, grid_crossing, published_range

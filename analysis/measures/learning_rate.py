@@ -13,33 +13,38 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Rectangle
 
-from lora_study import methods
-
 from .. import plotting
-from ..loader import Study
+from ..loader import Study, label_key
 from .base import Context, Measure, Section
 
-KEY = re.compile(r"^(?P<method>.+?)_(?P<axis>[rd])(?P<value>\d+)$")
+KEY = re.compile(r"^(?P<arm>.+?)_(?P<axis>[rd])(?P<value>\d+)$")
 
 
 def evidence(study: Study) -> Optional[dict]:
-    """The study's {key: {lr: score}}: ``lr_evidence`` with ``lr_search.grid``'s keys over it; None without either."""
+    """The study's {key: {lr: score}}: ``lr_evidence`` with ``lr_search.grid``'s keys over it, keeping only the keys
+    of this study's arms (a preset's shipped evidence may carry another study's keys); None without any."""
     shipped = study.index.get("lr_evidence")
     searched = (study.index.get("lr_search") or {}).get("grid")
     grid = {**(shipped if isinstance(shipped, dict) else {}), **(searched if isinstance(searched, dict) else {})}
+    arms = {r.arm for r in study.runs} | {m.get("arm") for m in (study.index.get("lr_search") or {}).get("members", [])}
+    grid = {k: v for k, v in grid.items() if _arm_of(str(k)) in arms}
     return grid or None
 
 
-def _row_name(key: str) -> tuple:
-    """(sort key, label) of a grid key: 'lora_r8' -> LoRA r=8, 'subspace_d1000' -> subspace d=1000, 'full' -> full
-    FT; unknown names as written."""
+def _arm_of(key: str) -> str:
     m = KEY.match(key)
-    method, axis, rank = (m.group("method"), m.group("axis"), int(m.group("value"))) if m else (key, None, None)
-    if method in methods.names():
-        title, order = methods.get(method).title, methods.order(method)
-    else:
-        title, order = method, len(methods.names())
-    return (order, method, rank or 0), title + (f" {axis}={rank}" if rank is not None else "")
+    return m.group("arm") if m else key
+
+
+def _row_name(study: Study, key: str) -> tuple:
+    """(sort key, label) of a grid key: 'lora_r8' -> LoRA r=8, 'subspace_d1000' -> subspace d=1000, 'full' -> full
+    FT, each arm by its title and place in the study."""
+    m = KEY.match(key)
+    arm, axis, value = (m.group("arm"), m.group("axis"), int(m.group("value"))) if m else (key, None, None)
+    run = next((r for r in study.runs if r.arm == arm), None)
+    title = run.title if run is not None else arm
+    order = label_key(run)[:3] if run is not None else (3, 0, arm)
+    return (*order, value or 0), title + (f" {axis}={value}" if value is not None else "")
 
 
 def lr_table(study: Study) -> pd.DataFrame:
@@ -49,7 +54,7 @@ def lr_table(study: Study) -> pd.DataFrame:
         return pd.DataFrame()
     rows = []
     for key, scores in grid.items():
-        order, label = _row_name(str(key))
+        order, label = _row_name(study, str(key))
         vals = {float(lr): float(v) for lr, v in (scores or {}).items() if v is not None}
         best = max(vals, key=vals.get) if vals else None
         for lr, v in sorted(vals.items()):
@@ -58,7 +63,7 @@ def lr_table(study: Study) -> pd.DataFrame:
     t = pd.DataFrame(rows)
     if t.empty:
         return t
-    keys = sorted(grid, key=lambda k: _row_name(str(k))[0])
+    keys = sorted(grid, key=lambda k: _row_name(study, str(k))[0])
     t["row"] = t.key.map({k: i for i, k in enumerate(keys)})
     return t.sort_values(["row", "lr"]).drop(columns="order").reset_index(drop=True)
 

@@ -23,9 +23,8 @@ from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
 
-from lora_study.artifacts import ArtifactError
+from lora_study.artifacts import module_kind, module_layer, ArtifactError
 from lora_study.linalg import thin_svd
-from lora_study.models.structure import module_kind, module_layer
 
 from .. import plotting, stats
 from ..loader import Run, Study

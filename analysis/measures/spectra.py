@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from lora_study.linalg import singular_values
-from lora_study.models.structure import module_kind, module_layer
+from lora_study.artifacts import module_kind, module_layer
 
 from .. import plotting
 from ..loader import Run, Study, label_key

@@ -16,7 +16,7 @@ from typing import Dict, List
 
 import pandas as pd
 
-from lora_study.post_training import SCOPES
+from lora_study.artifacts import SCOPES
 
 from .. import paired, plotting, stats
 from ..loader import Study

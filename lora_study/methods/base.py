@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Dict, List, Optional
 import torch
 
 from ..accounting import tensor_bytes
+from ..artifacts import BASELINE, REFERENCE, TREATMENT, label_of
 from ..models.structure import base_module, block_linears
 from ..schema import ConfigError, Free, opt
 
@@ -47,6 +48,9 @@ class Method:
 
     name: ClassVar[str]
     title: ClassVar[str]  # how reports name it: "LoRA", "full FT"
+    # what claims about a kind of method read ("LoRA forgets less": family lora); default: the method's own name, so
+    # a new rank-swept method gets rows of its own and is never pooled into another family's
+    family: ClassVar[str] = ""
     schema: ClassVar[type] = MethodConfig
     axis: ClassVar[Optional[str]] = None  # the study axis it is swept over: "rank", "d", or None
     is_baseline: ClassVar[bool] = False  # the frozen base: what finetuning gains are measured from
@@ -122,6 +126,30 @@ class Method:
     def label(self, record: Dict[str, Any]) -> str:
         """A member's name in tables and figures, from its study-index record (its arm's title when it has one)."""
         return record.get("title") or self.title
+
+    # -- its placement in the artifacts (lora_study.artifacts.PLACEMENT) ---------------------------
+    @property
+    def family_name(self) -> str:
+        return self.family or self.name
+
+    @property
+    def role(self) -> str:
+        return BASELINE if self.is_baseline else REFERENCE if self.is_reference else TREATMENT
+
+    def variant_name(self, record: Dict[str, Any]) -> Optional[str]:
+        """A member's variant within its arm (subspace training: DID or SAID), or None."""
+        return None
+
+    def placement(self, record: Dict[str, Any], arm: str, title: Optional[str], order: int = 0) -> Dict[str, Any]:
+        """The placement of a member of this method (``record``: its study-index fields: rank, d, said, ...) in arm
+        ``arm`` whose title is ``title`` (None: the method's own)."""
+        title = title or self.title
+        value = record.get("value", record.get(self.axis) if self.axis else None)
+        variant = self.variant_name(record)
+        return {"family": self.family_name, "method": self.name, "arm": arm, "title": title,
+                "label": label_of(title, self.axis, value, variant), "axis": self.axis,
+                "value": None if value is None else int(value), "role": self.role, "variant": variant,
+                "order": int(order)}
 
 
 def set_trainable(model: torch.nn.Module, head: List[str], on: bool) -> None:

@@ -320,5 +320,8 @@ class Subspace(Method):
     def label(self, record: Dict[str, Any]) -> str:
         return f"subspace {'SAID' if record.get('said') else 'DID'} d={record.get('d')}"
 
+    def variant_name(self, record: Dict[str, Any]) -> Optional[str]:
+        return "SAID" if record.get("said") else "DID"
+
 
 register(Subspace())

@@ -95,6 +95,7 @@ def alpha_for(rank: int, study) -> float:
 class Lora(Method):
     name = "lora"
     title = "LoRA"
+    family = "lora"
     schema = LoraConfig
     axis = "rank"
     mergeable = True

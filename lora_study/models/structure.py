@@ -4,41 +4,20 @@ wrapper. Encoder (BERT, RoBERTa) and decoder (Llama, Qwen) names are both unders
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
 from ..schema import ConfigError
 
-_KINDS = [  # (regex on the module path, kind)
-    (r"attention\.self\.query$|self_attn\.q_proj$|attn\.q_proj$", "query"),
-    (r"attention\.self\.key$|self_attn\.k_proj$|attn\.k_proj$", "key"),
-    (r"attention\.self\.value$|self_attn\.v_proj$|attn\.v_proj$", "value"),
-    (r"attention\.output\.dense$|self_attn\.o_proj$|attn\.o_proj$", "attn_out"),
-    (r"intermediate\.dense$|mlp\.up_proj$|mlp\.fc1$", "ffn_in"),
-    (r"mlp\.gate_proj$", "ffn_gate"),
-    (r"(?<!attention\.)output\.dense$|mlp\.down_proj$|mlp\.fc2$", "ffn_out"),
-]
-MODULE_KINDS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_gate", "ffn_out")
+from ..artifacts import MODULE_KINDS, module_kind, module_layer  # noqa: F401 - the names ΔW files are keyed by
+
 # named selections of block linears (LoRA targets, intervention scopes)
 PRESETS = {
     "attn_qv": ("query", "value"),
     "attn": ("query", "key", "value", "attn_out"),
     "all_linear": ("query", "key", "value", "attn_out", "ffn_in", "ffn_gate", "ffn_out"),
 }
-
-
-def module_kind(name: str) -> Optional[str]:
-    """The role of a linear module inside a transformer block, or None for anything else."""
-    for pattern, kind in _KINDS:
-        if re.search(pattern, name):
-            return kind
-    return None
-
-
-def module_layer(name: str) -> Optional[int]:
-    m = re.search(r"\.(?:layer|layers|h|blocks)\.(\d+)\.", name)
-    return int(m.group(1)) if m else None
 
 
 def block_linears(model: torch.nn.Module) -> Dict[str, torch.nn.Linear]:
