@@ -1,12 +1,14 @@
-"""Per-example scores of a study's runs, aligned for paired comparisons (``analysis.stats``).
+"""Per-example scores of a study's runs, aligned for paired comparisons (``analysis.crossed``).
 
 Every run saves its per-example outputs (``predictions.safetensors``: test correctness and losses, held-out probe
 correctness, the same for its truncated and intruder-scaled variants). Two groups of runs — e.g. LoRA at rank 8
 and full finetuning — are compared on the seeds both have: a (seeds × examples) array each, row s the runs of
-seed s, every row over the same examples in the same order. The difference of their means is then tested with
-the hierarchical bootstrap (seeds, then examples) or, with one seed and 0/1 scores, McNemar's exact test.
+seed s, every row over the same examples in the same order. The difference of their means is tested through the
+crossed random-effects model of seeds and examples (``analysis.crossed``: a t interval on Satterthwaite's degrees
+of freedom, right whether the seeds or the examples dominate), so no verdict depends on a bootstrap's seed.
 
-The equivalence margin is the study's ``study.margin`` (default one accuracy point).
+The equivalence margins are the study's (``study.margin`` for accuracy-type scores, ``study.margin_perplexity``
+for perplexity, ``study.margin_kl`` for KL to the base), recorded in study.json; one accuracy point each by default.
 """
 from __future__ import annotations
 
@@ -16,16 +18,19 @@ import numpy as np
 
 from lora_study.artifacts import ArtifactError
 
-from . import stats
+from . import crossed
 from .loader import Run, Study
 
 DEFAULT_MARGIN = 0.01  # one accuracy point
-N_BOOT = 2000
+N_BOOT = 2000  # bootstrap replicates, for the statistics without a closed form (a ratio's percentile interval)
 
 
-def margin(study: Study) -> float:
-    """The study's equivalence margin (``study.margin``), one accuracy point unless it says otherwise."""
-    m = (study.index.get("study") or {}).get("margin")
+def margin(study: Study, unit: str = "accuracy") -> float:
+    """The study's equivalence margin for ``unit``: accuracy-type scores (``study.margin``), perplexity as a relative
+    change (``study.margin_perplexity``), KL in nats per token (``study.margin_kl``); one point unless it says
+    otherwise."""
+    key = {"accuracy": "margin", "perplexity": "margin_perplexity", "kl": "margin_kl"}[unit]
+    m = (study.index.get("study") or {}).get(key)
     return float(m) if m else DEFAULT_MARGIN
 
 
@@ -53,36 +58,50 @@ def aligned(*groups: Dict[int, np.ndarray]) -> Tuple[List[int], List[np.ndarray]
     return seeds, arrays
 
 
-def compare(a: Dict[int, np.ndarray], b: Dict[int, np.ndarray], m: float, relative: bool = False,
-            seed: int = 0) -> Optional[dict]:
-    """``stats.compare`` of mean(a) − mean(b) on their common seeds (None without one), with each side's mean,
-    its interval and the seeds used."""
+def compare(a: Dict[int, np.ndarray], b: Dict[int, np.ndarray], m: float, seed: int = 0) -> Optional[dict]:
+    """``crossed.compare`` of mean(a) − mean(b) on their common seeds (None without one), with each side's mean and
+    its interval, the seeds used, and the variance components flattened (``var_seed``, ``var_example``,
+    ``var_residual``, ``se``, ``df``, ``seed_share``) for the design table."""
     seeds, arrays = aligned(a, b)
     if not seeds:
         return None
     x, y = arrays
-    r = stats.compare(x, y, m, n_boot=N_BOOT, seed=seed, relative=relative)
-    r.update(seeds=seeds, mean_a=float(x.mean()), mean_b=float(y.mean()),
-             ci_a=stats.mean_interval(x, N_BOOT, seed), ci_b=stats.mean_interval(y, N_BOOT, seed))
+    r = crossed.compare(x, y, m)
+    c = r["components"]
+    r.update(seeds=seeds, mean_a=float(x.mean()), mean_b=float(y.mean()), ci_a=mean_interval(x),
+             ci_b=mean_interval(y), var_seed=c["var_seed"], var_example=c["var_example"],
+             var_residual=c["var_residual"], seed_share=crossed.Components(**c).share_of_seeds(),
+             p_difference_method=r["method"])
     return r
 
 
+def mean_interval(x: np.ndarray, level: float = 0.95) -> tuple:
+    """The interval of one group's mean score over its (seeds × examples) array (``crossed.components``); one
+    column is a t interval over the rows; (nan, nan) for a single value."""
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    if x.shape[1] < 2:
+        x = x.T
+    if x.shape[1] < 2:
+        return float("nan"), float("nan")
+    return crossed.components(x).interval(level)
+
+
 def ratio_interval(num_a: Dict[int, np.ndarray], num_b: Dict[int, np.ndarray], den_a: Dict[int, np.ndarray],
-                   den_b: Dict[int, np.ndarray], seed: int = 0) -> Optional[tuple]:
-    """(point, 95 % interval) of (mean(num_a) − mean(num_b)) / (mean(den_a) − mean(den_b)) on the common seeds,
-    every mean resampled together (e.g. the share of full finetuning's gain over the base that a method keeps:
-    (method − base) / (full − base)); None without a common seed."""
+                   den_b: Dict[int, np.ndarray], level: float = 0.95) -> Optional[tuple]:
+    """(point, interval) of g = (mean(num_a) − mean(num_b)) / (mean(den_a) − mean(den_b)) on the common seeds (e.g.
+    the share of full finetuning's gain over the base that a method keeps: (method − base) / (full − base)), by
+    the delta method through the crossed model: z = (num_a − num_b) − g (den_a − den_b) per seed and example has
+    mean 0 at the true g, so Var(g) ≈ Var(mean z) / (mean(den_a − den_b))². None without a common seed or a gain."""
     seeds, arrays = aligned(num_a, num_b, den_a, den_b)
     if not seeds:
         return None
-    den = arrays[2].mean() - arrays[3].mean()
-    if den == 0:  # no gain to keep a share of
+    num, den = arrays[0] - arrays[1], arrays[2] - arrays[3]
+    if den.mean() == 0:  # no gain to keep a share of
         return None
-    reps = stats.replicate_means(dict(zip("abcd", arrays)), N_BOOT, seed)
-    point = (arrays[0].mean() - arrays[1].mean()) / den
-    with np.errstate(divide="ignore", invalid="ignore"):
-        samples = (reps["a"] - reps["b"]) / (reps["c"] - reps["d"])
-    return float(point), stats.interval(samples)
+    g = float(num.mean() / den.mean())
+    c = crossed.components(num - g * den)
+    h = crossed.t_quantile((1 + level) / 2, c.df) * c.se / abs(float(den.mean()))
+    return g, (g - h, g + h)
 
 
 def fmt_interval(ci: Optional[Sequence[float]], digits: int = 3, signed: bool = True) -> str:

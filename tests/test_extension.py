@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import pandas as pd
 import pytest
-from hydra.core.config_store import ConfigStore
 
 from conftest import STUDY_ARGS, study_in_process
 from lora_study import methods
@@ -33,8 +32,7 @@ class FrozenA(Lora):
 
 @pytest.fixture()
 def toy_method():
-    methods.register(FrozenA())
-    ConfigStore.instance().store(group="method", name="frozena", node=FrozenAConfig(name="frozena"))
+    methods.register(FrozenA())  # its config group option comes with it: no YAML, nothing stored by hand
     yield "frozena"
     methods.unregister("frozena")
 

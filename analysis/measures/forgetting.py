@@ -93,8 +93,8 @@ def forgetting_paired(study: Study, runs_frame: pd.DataFrame) -> pd.DataFrame:
             continue
         seeds, (fx,) = paired.aligned(full)
         rows.append({"arm": "reference", "title": refs[0].label, "value": None, "tasks": scope,
-                     "forgetting": float(fx.mean()), "ci_low": stats.mean_interval(fx)[0],
-                     "ci_high": stats.mean_interval(fx)[1], "seeds": len(seeds)})
+                     "forgetting": float(fx.mean()), "ci_low": paired.mean_interval(fx)[0],
+                     "ci_high": paired.mean_interval(fx)[1], "seeds": len(seeds)})
         for (arm, value), runs in sorted(groups.items(), key=lambda kv: label_key(kv[1][0])):
             own = forgetting_scores(runs, ts)
             c = paired.compare(own, full, m) if own else None

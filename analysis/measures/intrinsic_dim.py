@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from lora_study.artifacts import module_kind, DELTA
 
-from .. import paired, plotting, stats
+from .. import crossed, paired, plotting, stats
 from ..dimension import FRACTION, PUBLISHED_D90, crossing, grid_crossing, published_range
 from ..loader import Study
 from ..roles import arm_title, arms, baselines, references, swept, with_roles
@@ -132,20 +132,20 @@ def _variant_scores(study: Study, variant: str, d: float) -> Dict[int, np.ndarra
 
 
 def point_intervals(study: Study) -> Dict[tuple, tuple]:
-    """{(variant, d): 95 % interval of its mean test score over examples and seeds} (hierarchical bootstrap)."""
+    """{(variant, d): 95 % interval of its mean test score over examples and seeds} (``analysis.crossed``)."""
     out = {}
     for r in study.swept("d"):
         key = (r.variant, int(r.value))
         if key not in out:
             seeds, arrays = paired.aligned(_variant_scores(study, *key))
             if seeds:
-                out[key] = stats.mean_interval(arrays[0], paired.N_BOOT)
+                out[key] = paired.mean_interval(arrays[0])
     return out
 
 
 def target_margins(study: Study, summary: pd.DataFrame, fraction: float = FRACTION) -> pd.DataFrame:
     """Per variant, at its grid d90 and at the largest tested d below it: acc(d) − fraction · acc(full FT) on the
-    same test examples and seeds, with its 95 % interval (hierarchical bootstrap, every mean resampled together),
+    same test examples and seeds, with its 95 % interval (``analysis.crossed``, paired on seeds and examples),
     and whether the interval lies above 0 ('reached'), below 0 ('not reached') or covers it ('unresolved')."""
     full = scores(study.references())[0]
     rows = []
@@ -156,9 +156,8 @@ def target_margins(study: Study, summary: pd.DataFrame, fraction: float = FRACTI
             seeds, arrays = paired.aligned(_variant_scores(study, r.variant, d), full)
             if not seeds:
                 continue
-            reps = stats.replicate_means({"a": arrays[0], "f": arrays[1]}, paired.N_BOOT)
-            point = float(arrays[0].mean() - fraction * arrays[1].mean())
-            lo, hi = stats.interval(reps["a"] - fraction * reps["f"])
+            c = crossed.difference(arrays[0], fraction * arrays[1])
+            point, (lo, hi) = c.mean, c.interval(0.95)
             rows.append({"variant": r.variant, "where": where, "d": float(d), "seeds": len(seeds), "margin": point,
                          "ci_low": lo, "ci_high": hi,
                          "verdict": "reached" if lo > 0 else "not reached" if hi < 0 else "unresolved"})
@@ -210,7 +209,7 @@ def figure(study: Study, runs: pd.DataFrame, table: pd.DataFrame, metric: str = 
         ax.axhline(f, color=plotting.REFERENCE_COLOR, lw=1.1, label=f"full FT ({f:.3f})")
         seeds_f, arrays_f = paired.aligned(scores(study.references())[0])
         if seeds_f:
-            lo, hi = stats.mean_interval(arrays_f[0], paired.N_BOOT)
+            lo, hi = paired.mean_interval(arrays_f[0])
             ax.axhspan(lo, hi, color=plotting.REFERENCE_COLOR, alpha=0.12, lw=0, label="full FT, 95 % interval")
         ax.axhline(FRACTION * f, color="0.45", ls=":", lw=1, label=f"d90 target: 90 % of full FT ({FRACTION * f:.3f})")
         if len(base):

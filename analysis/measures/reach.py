@@ -52,7 +52,7 @@ def reach_table(study: Study, runs_frame: pd.DataFrame) -> pd.DataFrame:
         if s:
             seeds, (x,) = paired.aligned(s)
             rows.append({"arm": role, "title": runs_of[0].label, "rank": None, "score": what, "mean": float(x.mean()),
-                         "ci_low": stats.mean_interval(x)[0], "ci_high": stats.mean_interval(x)[1],
+                         "ci_low": paired.mean_interval(x)[0], "ci_high": paired.mean_interval(x)[1],
                          "seeds": len(seeds)})
     for arm in study.arms("rank"):
         for rank in study.values(arm):

@@ -26,7 +26,7 @@ import pandas as pd
 from lora_study.artifacts import module_kind, module_layer, ArtifactError
 from lora_study.linalg import thin_svd
 
-from .. import plotting, stats
+from .. import paired, plotting, stats
 from ..loader import Run, Study
 from ..plotting import KIND_TITLES
 from ..roles import arm_title
@@ -98,14 +98,14 @@ def similarity_table(study: Study) -> pd.DataFrame:
 
 
 def pooled(sim: pd.DataFrame, column: str = "phi_1_1") -> pd.DataFrame:
-    """Per arm, basis, comparison and pair: the mean of ``column`` over seeds and modules with a 95 % interval from
-    a bootstrap over seed pairs then modules (the modules are the same in every seed pair)."""
+    """Per arm, basis, comparison and pair: the mean of ``column`` over seeds and modules with a 95 % interval from the
+    crossed model of seed pairs and modules (``analysis.crossed``; the modules are the same in every seed pair)."""
     rows = []
     for key, g in sim.groupby(["arm", "basis", "compares", "small", "large"], sort=False):
         modules = g.module.notna().any()
         x = (g.set_index(["seed_a", "seed_b", "module"])[column].unstack("module") if modules
              else g.set_index(["seed_a", "seed_b"])[[column]]).to_numpy(dtype=float)
-        lo, hi = stats.mean_interval(x) if np.isfinite(x).all() else (np.nan, np.nan)
+        lo, hi = paired.mean_interval(x) if np.isfinite(x).all() else (np.nan, np.nan)
         rows.append(dict(zip(["arm", "basis", "compares", "small", "large"], key),
                          mean=float(np.nanmean(x)), ci_low=lo, ci_high=hi, seed_pairs=x.shape[0],
                          modules=x.shape[1] if modules else 0))

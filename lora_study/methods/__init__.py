@@ -4,9 +4,10 @@
 - ``lora``: LoRA through peft (rsLoRA, DoRA and initialisations as options) and QLoRA, LoRA on a 4-bit base;
 - ``intrinsic``: subspace training for intrinsic dimension (DID and SAID), its projections in ``projections``.
 
-A new method is a ``Method`` subclass passed to ``register``: its schema becomes the config option
-``method=<name>`` (through Hydra's ConfigStore, as ``<name>_schema`` for YAML files to extend), studies plan its
-members, runs train it, and the analyses find it, with no other file edited.
+A new method is one module: a ``Method`` subclass (with its schema) passed to ``register``, plus its line in the
+import list at the bottom of this file. Its schema becomes the config option ``method=<name>`` through Hydra's
+ConfigStore (a method with defaults of its own sets ``config_file`` and keeps them in ``conf/method/<name>.yaml``,
+which extends ``<name>_schema``), studies plan its members, runs train it, and the analyses place its runs by their recorded family and arm, with no other file edited.
 """
 from __future__ import annotations
 
@@ -19,10 +20,16 @@ _METHODS: Dict[str, Method] = {}
 
 
 def register(method: Method) -> Method:
-    """Add ``method`` to the registry and its schema to Hydra's ConfigStore (group ``method``)."""
+    """Add ``method`` to the registry and its config group option to Hydra's ConfigStore: ``method=<name>`` is its
+    schema with its defaults (no YAML file needed), and ``<name>_schema`` the schema for a YAML file of its own to
+    extend. A ``conf/method/<name>.yaml`` comes first in Hydra's search path, so a method that wants other defaults
+    (or a comment showing its command) keeps them there."""
     from hydra.core.config_store import ConfigStore
     _METHODS[method.name] = method
-    ConfigStore.instance().store(group="method", name=f"{method.name}_schema", node=method.schema)
+    store = ConfigStore.instance()
+    store.store(group="method", name=f"{method.name}_schema", node=method.schema)
+    if not method.config_file:
+        store.store(group="method", name=method.name, node=method.schema(name=method.name))
     return method
 
 

@@ -51,6 +51,9 @@ class Method:
     # what claims about a kind of method read ("LoRA forgets less": family lora); default: the method's own name, so
     # a new rank-swept method gets rows of its own and is never pooled into another family's
     family: ClassVar[str] = ""
+    # True when conf/method/<name>.yaml gives its defaults (extending <name>_schema); else method=<name> is the
+    # schema with its own defaults, stored by the registry
+    config_file: ClassVar[bool] = False
     schema: ClassVar[type] = MethodConfig
     axis: ClassVar[Optional[str]] = None  # the study axis it is swept over: "rank", "d", or None
     is_baseline: ClassVar[bool] = False  # the frozen base: what finetuning gains are measured from

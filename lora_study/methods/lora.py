@@ -161,6 +161,7 @@ class QLora(Lora):
     name = "qlora"
     title = "QLoRA"
     schema = QLoraConfig
+    config_file = True  # conf/method/qlora.yaml: rank 16 on every linear layer
     base_tag = "nf4"
 
     def check_device(self, cfg, device: torch.device) -> None:
