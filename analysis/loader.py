@@ -22,8 +22,18 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-from lora_study.artifacts import (BASELINE, REFERENCE, ArtifactError, BaseWeights, RunDir, StudyDir, member_id,
-                                  module_kind, module_layer, placement)
+from lora_study.artifacts import (
+    BASELINE,
+    REFERENCE,
+    ArtifactError,
+    BaseWeights,
+    RunDir,
+    StudyDir,
+    member_id,
+    module_kind,
+    module_layer,
+    placement,
+)
 
 
 @dataclass

@@ -18,7 +18,13 @@ from collections.abc import Sequence
 
 import torch
 
-from lora_study.linalg import as_matrices, max_cosines, positive_int, singular_values, thin_svd
+from lora_study.linalg import (
+    as_matrices,
+    max_cosines,
+    positive_int,
+    singular_values,
+    thin_svd,
+)
 
 DEFAULT_EPS_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 

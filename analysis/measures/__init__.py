@@ -24,8 +24,8 @@ from .similarity import Similarity
 from .spectra import Spectra
 from .tradeoff import MergeLatency, Tradeoff
 from .training_length import TrainingLength
-from .verdicts import Verdicts
 from .truncation import Truncation
+from .verdicts import Verdicts
 
 MEASURES: List[Measure] = [
     Verdicts(),  # every claim: measured value, interval, published value, verdict

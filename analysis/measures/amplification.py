@@ -10,9 +10,9 @@ import pandas as pd
 from lora_study.artifacts import module_kind, module_layer
 
 from ..loader import Run, Study
-from ..subspace import amplification
 from ..plotting import KIND_TITLES
 from ..roles import arm_title
+from ..subspace import amplification
 from .base import Context, Measure, Section, delta_runs, per_run, seeds_phrase
 
 DEFAULT_RANKS = (4, 64)  # Hu et al.'s, for full finetuning when the study sweeps no rank

@@ -19,8 +19,8 @@ import pandas as pd
 
 from .. import paired, plotting, stats
 from ..loader import Study, label_key
-from ..roles import ROLE_COLUMNS, arm_title, finetuned, ordered_labels, with_roles
 from ..paired import fmt_interval
+from ..roles import ROLE_COLUMNS, arm_title, finetuned, ordered_labels, with_roles
 from .base import Context, Measure, Section, seeds_phrase
 
 

@@ -14,10 +14,16 @@ import numpy as np
 import pandas as pd
 from safetensors import safe_open
 
-from lora_study.artifacts import module_kind, DELTA
+from lora_study.artifacts import DELTA, module_kind
 
-from .. import crossed, paired, plotting, stats
-from ..dimension import FRACTION, PUBLISHED_D90, crossing, grid_crossing, published_range
+from .. import crossed, paired, plotting
+from ..dimension import (
+    FRACTION,
+    PUBLISHED_D90,
+    crossing,
+    grid_crossing,
+    published_range,
+)
 from ..loader import Study
 from ..roles import arm_title, arms, baselines, references, swept, with_roles
 from .base import Context, Measure, Section, seeds_phrase

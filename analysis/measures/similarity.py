@@ -19,18 +19,23 @@ from __future__ import annotations
 import itertools
 from typing import Dict, List, Optional, Tuple
 
-from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-from lora_study.artifacts import module_kind, module_layer, ArtifactError
+from lora_study.artifacts import ArtifactError, module_kind, module_layer
 from lora_study.linalg import thin_svd
 
-from .. import paired, plotting, stats
+from .. import paired, plotting
 from ..loader import Run, Study
 from ..plotting import KIND_TITLES
 from ..roles import arm_title
-from ..subspace import energy_in_subspace, random_subspace_control, subspace_similarity_grid, top_singular_vectors
+from ..subspace import (
+    energy_in_subspace,
+    random_subspace_control,
+    subspace_similarity_grid,
+    top_singular_vectors,
+)
 from .base import Context, Measure, Section, per_run, seeds_phrase
 
 PAIR, SEEDS, RANDOM = "ranks", "seeds", "random"  # what a row compares

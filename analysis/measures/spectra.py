@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lora_study.linalg import singular_values
 from lora_study.artifacts import module_kind, module_layer
+from lora_study.linalg import singular_values
 
 from .. import plotting
 from ..loader import Run, Study, label_key

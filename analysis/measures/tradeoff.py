@@ -19,7 +19,15 @@ import numpy as np
 import pandas as pd
 
 from ..loader import label_key
-from ..roles import ROLE_COLUMNS, arm_title, arms, baselines, references, swept, with_roles
+from ..roles import (
+    ROLE_COLUMNS,
+    arm_title,
+    arms,
+    baselines,
+    references,
+    swept,
+    with_roles,
+)
 from .base import Context, Measure, Section
 from .intrinsic_dim import at_d90
 from .truncation import LIKE_FOR_LIKE
