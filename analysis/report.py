@@ -25,7 +25,7 @@ import pandas as pd
 from lora_study import __version__
 from lora_study.artifacts import ArtifactError, write_json
 
-from . import plotting
+from . import claims, plotting
 from .analyze import TIMINGS, analyze
 from .loader import Study, label_key, load_study
 from .measures import Context, Section
@@ -187,7 +187,8 @@ def write_tables(ctx: Context, tables_fmt: Dict[str, pd.DataFrame], out: Path) -
             write_formatted(df, out, name, caption=f"{name}: {caption}")
 
 
-REPORT_FILES = ("report.md", "report.html", TIMINGS)
+CLAIMS, FINDINGS = "claims.json", "findings.md"
+REPORT_FILES = ("report.md", "report.html", TIMINGS, CLAIMS, FINDINGS)
 REPORT_DIRS = ("figures", "tables")
 
 
@@ -214,6 +215,8 @@ def report(study: Study, out: Path) -> Path:
     for m in ctx.measures:
         tables_fmt.update(m.formatted(ctx))
     write_tables(ctx, tables_fmt, out / "tables")
+    claims.write(ctx.claims(), out / CLAIMS)
+    (out / FINDINGS).write_text(claims.findings_markdown(ctx.claims(), study.name))
     sections = build_sections(ctx)
     write_markdown(study, sections, tables_fmt, out)
     write_html(study, sections, tables_fmt, out)

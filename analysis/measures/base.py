@@ -116,6 +116,22 @@ class Context:
     def drew(self, figure: str) -> bool:
         return figure in self.figures
 
+    def claims(self) -> list:
+        """Every claim of the study (``analysis.claims.Claim``), built once from the measures' tables."""
+        if not hasattr(self, "_claims"):
+            from .verdicts import all_claims
+            self._claims = all_claims(self)
+        return self._claims
+
+    def claim(self, key: str):
+        """The claim with ``key``, or None when the study has none."""
+        return next((c for c in self.claims() if c.key == key), None)
+
+    def sentences(self, *prefixes: str) -> List[str]:
+        """The sentences of the claims whose key starts with one of ``prefixes`` (each as its record renders it),
+        leaving out those the study could not measure."""
+        return [c.sentence() for c in self.claims() if c.key.startswith(prefixes) and c.verdict != "not measured"]
+
 
 def seeds_phrase(seeds) -> str:
     """'seed 0' or 'seeds 0, 1, 2': the seeds a figure or table covers, for its caption."""

@@ -40,30 +40,79 @@ def forgetting_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 FORGETS_LESS, FORGETS_MORE = "forgets less", "forgets more"
 NO_MORE = "forgets no more than full FT within the margin"
+# the units forgetting is measured in, each pooled only with itself: {unit: (what it is, how a value reads)}
+UNITS = {
+    "accuracy": ("held-out accuracy drop (base − finetuned)", lambda x: f"{x:+.3f}"),
+    "perplexity": ("held-out cross-entropy increase (finetuned − base, nats per token)", lambda x: f"{x:+.3f} nats"),
+    "kl": ("KL(base ‖ finetuned) on held-out text (nats per token)", lambda x: f"{x:+.4f} nats"),
+}
+# per-example keys of a held-out task in each unit: (unit, the key that marks it)
+_MARKS = (("accuracy", ".base_correct"), ("perplexity", ".base_nll"), ("kl", ".finetuned_kl_sum"))
+
+
+def heldout_tasks(study: Study) -> Dict[str, str]:
+    """{held-out task: its unit}, from the per-example outputs the runs saved."""
+    tasks: Dict[str, str] = {}
+    for r in study.runs:
+        if not r.saved.get("predictions") or r.is_baseline:
+            continue
+        for key in r.predictions():
+            for unit, mark in _MARKS:
+                if key.startswith("heldout.") and key.endswith(mark):
+                    tasks[key[len("heldout."):-len(mark)]] = unit
+        if tasks:
+            break
+    return dict(sorted(tasks.items()))
 
 
 def accuracy_tasks(study: Study) -> List[str]:
     """Held-out tasks scored by accuracy (per-example correctness saved for base and finetuned probes)."""
-    tasks = []
-    for r in study.runs:
-        if not r.saved.get("predictions"):
-            continue
-        for key in r.predictions():
-            if key.startswith("heldout.") and key.endswith(".base_correct"):
-                tasks.append(key[len("heldout."):-len(".base_correct")])
-        if tasks:
-            break
-    return sorted(set(tasks))
+    return [t for t, unit in heldout_tasks(study).items() if unit == "accuracy"]
 
 
-def forgetting_scores(runs, tasks: List[str], prefix: str = "heldout") -> Dict[int, np.ndarray]:
-    """{seed: per-example forgetting (base correct − finetuned correct) over ``tasks``, concatenated}."""
-    base = [paired.per_seed(runs, f"{prefix}.{t}.base_correct") for t in tasks]
-    if prefix != "heldout":  # an intervention's variant keeps the run's own base predictions
+def informative(study: Study, task: str) -> tuple:
+    """(whether an accuracy task can show forgetting, why not). Not when the base's probe sits at chance (its 95 %
+    interval reaches the majority class's share, which a probe that learned nothing scores) or when every run and
+    the base are at the floor (0) or the ceiling (1): no drop can be measured from there."""
+    base = paired.per_seed(study.runs, f"heldout.{task}.base_correct")
+    ft = paired.per_seed(study.runs, f"heldout.{task}.finetuned_correct")
+    if not base:
+        return False, "no per-example outputs"
+    b = next(iter(base.values()))
+    p, n = float(b.mean()), len(b)
+    chance = next((((r.summary.get("heldout") or {}).get("tasks") or {}).get(task, {}).get("chance")
+                   for r in study.runs if r.summary.get("heldout")), None)
+    means = [p] + [float(v.mean()) for v in ft.values()]
+    if all(m == 0 for m in means) or all(m == 1 for m in means):
+        return False, f"every run scores {means[0]:.0f} on {task} (the {'floor' if means[0] == 0 else 'ceiling'})"
+    if chance is not None and p - 1.96 * np.sqrt(p * (1 - p) / n) <= chance:
+        return False, (f"the base scores {p:.3f} on {task}, within its interval of chance ({chance:.3f}, the "
+                       f"majority class's share of {n} examples)")
+    return True, ""
+
+
+def forgetting_scores(runs, tasks: List[str], prefix: str = "heldout", unit: str = "accuracy") -> Dict[int, np.ndarray]:
+    """{seed: per-example forgetting over ``tasks``, concatenated}: base correct − finetuned correct (accuracy),
+    finetuned − base cross-entropy per token (perplexity), or the finetuned model's KL to the base per token
+    (kl). ``prefix``: an intervention's variant (``intruder_scaled.heldout``) against the run's own base."""
+    if unit == "accuracy":
         base = [paired.per_seed(runs, f"heldout.{t}.base_correct") for t in tasks]
-    ft = [paired.per_seed(runs, f"{prefix}.{t}.finetuned_correct") for t in tasks]
+        ft = [paired.per_seed(runs, f"{prefix}.{t}.finetuned_correct") for t in tasks]
+    elif unit == "perplexity":
+        base = [_per_token(runs, f"heldout.{t}.base") for t in tasks]
+        ft = [_per_token(runs, f"{prefix}.{t}.finetuned") for t in tasks]
+        base, ft = ft, base  # finetuned − base: more cross-entropy is more forgetting
+    else:
+        ft = [{s: np.zeros_like(v) for s, v in _per_token(runs, f"{prefix}.{t}.finetuned", "kl_sum").items()}
+              for t in tasks]
+        base = [_per_token(runs, f"{prefix}.{t}.finetuned", "kl_sum") for t in tasks]
     seeds = set.intersection(*(set(g) for g in base + ft)) if tasks else set()
     return {s: np.concatenate([b[s] - f[s] for b, f in zip(base, ft)]) for s in sorted(seeds)}
+
+
+def _per_token(runs, prefix: str, what: str = "nll") -> Dict[int, np.ndarray]:
+    total, tokens = paired.per_seed(runs, f"{prefix}_{what}"), paired.per_seed(runs, f"{prefix}_tokens")
+    return {s: total[s] / np.maximum(tokens[s], 1) for s in total if s in tokens}
 
 
 def _verdict(c: dict, m: float) -> str:
@@ -74,67 +123,96 @@ def _verdict(c: dict, m: float) -> str:
     return NO_MORE if c["ci90"][1] < m else stats.UNRESOLVED
 
 
+def unit_margin(study: Study, unit: str) -> float:
+    """The margin of a unit: accuracy points; log(1 + m) nats per token for a relative perplexity margin m; nats
+    per token for KL."""
+    return {"accuracy": paired.margin(study), "perplexity": float(np.log1p(paired.margin(study, "perplexity"))),
+            "kl": paired.margin(study, "kl")}[unit]
+
+
 def forgetting_paired(study: Study, runs_frame: pd.DataFrame) -> pd.DataFrame:
-    """Per finetuned method (and rank) and task scope (``mean`` over the accuracy tasks, then each task): mean
-    forgetting with its interval and its paired difference from full finetuning's, with a verdict."""
-    tasks = accuracy_tasks(study)
+    """Per finetuned method (and rank), unit and task scope (``mean`` over the unit's informative tasks, then each
+    task): mean forgetting with its interval and its paired difference from full finetuning's, with a verdict. A
+    task that cannot show forgetting (``informative``) keeps its rows, marked, and stays out of the pooled one."""
+    units = heldout_tasks(study)
     refs = study.references()
-    if not tasks or not refs:
+    if not units or not refs:
         return pd.DataFrame()
-    m = paired.margin(study)
     groups = {}
     for r in study.runs:
         if not r.is_baseline and not r.is_reference:
             groups.setdefault((r.arm, r.value), []).append(r)
     rows = []
-    for scope, ts in [("mean", tasks)] + [(t, [t]) for t in tasks]:
-        full = forgetting_scores(refs, ts)
-        if not full:
+    for unit in UNITS:
+        tasks = [t for t, u in units.items() if u == unit]
+        if not tasks:
             continue
-        seeds, (fx,) = paired.aligned(full)
-        rows.append({"arm": "reference", "title": refs[0].label, "value": None, "tasks": scope,
-                     "forgetting": float(fx.mean()), "ci_low": paired.mean_interval(fx)[0],
-                     "ci_high": paired.mean_interval(fx)[1], "seeds": len(seeds)})
-        for (arm, value), runs in sorted(groups.items(), key=lambda kv: label_key(kv[1][0])):
-            own = forgetting_scores(runs, ts)
-            c = paired.compare(own, full, m) if own else None
-            if c is None:
+        flags = {t: informative(study, t) if unit == "accuracy" else (True, "") for t in tasks}
+        kept = [t for t in tasks if flags[t][0]]
+        m = unit_margin(study, unit)
+        scopes = ([("mean", kept)] if kept else []) + [(t, [t]) for t in tasks]
+        for scope, ts in scopes:
+            full = forgetting_scores(refs, ts, unit=unit)
+            if not full:
                 continue
-            rows.append({"arm": arm, "title": arm_title(runs_frame, arm) if runs[0].axis else runs[0].label,
-                         "axis": runs[0].axis, "value": value, "tasks": scope, "forgetting": c["mean_a"],
-                         "ci_low": c["ci_a"][0], "ci_high": c["ci_a"][1], "minus_full": c["diff"],
-                         "minus_full_low": c["ci95"][0], "minus_full_high": c["ci95"][1], "ci90_low": c["ci90"][0],
-                         "ci90_high": c["ci90"][1], "margin": m, "verdict": _verdict(c, m), "seeds": len(c["seeds"]),
-                         "examples": int(len(next(iter(own.values()))))})
+            seeds, (fx,) = paired.aligned(full)
+            info = {"unit": unit, "tasks": scope, "task_list": ", ".join(ts),
+                    "informative": scope == "mean" or flags[scope][0],
+                    "why_uninformative": "" if scope == "mean" else flags[scope][1]}
+            lo, hi = paired.mean_interval(fx)
+            rows.append({"arm": "reference", "title": refs[0].label, "value": None, **info,
+                         "forgetting": float(fx.mean()), "ci_low": lo, "ci_high": hi, "seeds": len(seeds),
+                         "examples": int(fx.shape[1])})
+            for (arm, value), runs in sorted(groups.items(), key=lambda kv: label_key(kv[1][0])):
+                own = forgetting_scores(runs, ts, unit=unit)
+                c = paired.compare(own, full, m) if own else None
+                if c is None:
+                    continue
+                rows.append({"arm": arm, "title": arm_title(runs_frame, arm) if runs[0].axis else runs[0].label,
+                             "family": runs[0].family, "axis": runs[0].axis, "value": value, **info,
+                             "forgetting": c["mean_a"], "ci_low": c["ci_a"][0], "ci_high": c["ci_a"][1],
+                             "minus_full": c["diff"], "minus_full_low": c["ci95"][0], "minus_full_high": c["ci95"][1],
+                             "ci90_low": c["ci90"][0], "ci90_high": c["ci90"][1], "margin": m,
+                             "verdict": _verdict(c, m), "seeds": len(c["seeds"]),
+                             "examples": int(len(next(iter(own.values())))), "se": c["se"], "df": c["df"],
+                             "var_seed": c["var_seed"], "var_example": c["var_example"],
+                             "var_residual": c["var_residual"], "seed_share": c["seed_share"],
+                             "resolvable_margin": c["resolvable_margin"]})
     return pd.DataFrame(rows)
 
 
 # -- figures --------------------------------------------------------------------------------------
 
+YLABELS = {"accuracy": "forgetting: base − finetuned\nheld-out accuracy", "perplexity": "cross-entropy increase\n"
+           "(nats per token)", "kl": "KL(base ‖ finetuned)\n(nats per token)"}
+
+
 @plotting.styled
 def forgetting_vs_rank(study: Study, table: pd.DataFrame):
-    """Mean forgetting (pooled over the accuracy tasks) of each rank-swept arm by rank, with 95 % intervals, beside
-    full finetuning's (line and band)."""
-    fig, axes = plotting.subplots(width=6.6, height=3.9)
-    ax = axes[0, 0]
-    t = table[table.tasks == "mean"]
-    ref = t[t.arm == "reference"]
-    if len(ref):
-        r = ref.iloc[0]
-        ax.axhspan(r.ci_low, r.ci_high, color="0.85", zorder=0, label=f"{r.title}: 95 % interval")
-        ax.axhline(r.forgetting, color=plotting.REFERENCE_COLOR, lw=1.2, label=f"{r.title} ({r.forgetting:+.3f})")
-    swept_rows = t[t.axis == "rank"] if "axis" in t else t.iloc[0:0]
-    for i, (arm, g) in enumerate(swept_rows.groupby("arm", sort=False)):
-        plotting.errorbar(ax, g.value, g.forgetting, g.ci_low, g.ci_high, ms=5, lw=1.2, **plotting.arm_style(i),
-                          label=f"{g.title.iloc[0]} (95 % interval)")
-    ax.axhline(0, color=plotting.GUIDE_COLOR, ls=":", lw=0.8, label="no forgetting (frozen base)")
-    ax.set_xscale("log", base=2)
-    xs = sorted(swept_rows.value.dropna().unique())
-    if xs:
-        ax.set_xticks(xs, [str(int(x)) for x in xs])
-        ax.minorticks_off()
-    ax.set_xlabel("rank r")
-    ax.set_ylabel("forgetting: base − finetuned\nprobe accuracy")
+    """One panel per unit: mean forgetting (pooled over that unit's informative tasks) of each rank-swept arm by rank,
+    with 95 % intervals, beside full finetuning's (line and band)."""
+    units = [u for u in UNITS if ((table.tasks == "mean") & (table.unit == u)).any()]
+    fig, axes = plotting.subplots(1, len(units), width=1.6 + 4.4 * len(units), height=3.9, squeeze=False)
+    for ax, unit in zip(axes[0], units):
+        t = table[(table.tasks == "mean") & (table.unit == unit)]
+        ref = t[t.arm == "reference"]
+        if len(ref):
+            r = ref.iloc[0]
+            ax.axhspan(r.ci_low, r.ci_high, color="0.85", zorder=0, label=f"{r.title}: 95 % interval")
+            ax.axhline(r.forgetting, color=plotting.REFERENCE_COLOR, lw=1.2, label=f"{r.title}")
+        swept_rows = t[t.axis == "rank"] if "axis" in t else t.iloc[0:0]
+        for i, (arm, g) in enumerate(swept_rows.groupby("arm", sort=False)):
+            plotting.errorbar(ax, g.value, g.forgetting, g.ci_low, g.ci_high, ms=5, lw=1.2, **plotting.arm_style(i),
+                              label=f"{g.title.iloc[0]} (95 % interval)")
+        ax.axhline(0, color=plotting.GUIDE_COLOR, ls=":", lw=0.8, label="no forgetting (frozen base)")
+        ax.set_xscale("log", base=2)
+        xs = sorted(swept_rows.value.dropna().unique())
+        if xs:
+            ax.set_xticks(xs, [str(int(x)) for x in xs])
+            ax.minorticks_off()
+        ax.set_xlabel("rank r")
+        ax.set_ylabel(YLABELS[unit])
+        ax.set_title(t.task_list.iloc[0] if len(t) else unit, fontsize=plotting.LABEL)
     plotting.figure_legend(fig, axes, ncol=2)
     return plotting.finish(fig, study)
 
@@ -144,7 +222,7 @@ def pareto_points(forget: pd.DataFrame, table: pd.DataFrame, reach: pd.DataFrame
     and ``forgetting_vs_full``; the mean over seeds without an interval where those lack the method), the frozen
     base at forgetting 0 (its features are the base's by construction)."""
     forget = with_roles(forget)
-    t = table[table.tasks == "mean"] if not table.empty else table
+    t = table[(table.tasks == "mean") & (table.unit == "accuracy")] if not table.empty else table
     rows = []
     for label in ordered_labels(forget):
         g = forget[forget.label == label]
@@ -153,7 +231,7 @@ def pareto_points(forget: pd.DataFrame, table: pd.DataFrame, reach: pd.DataFrame
         value = None if pd.isna(first["value"]) else first["value"]
         row = {"label": label, "arm": arm, "axis": first.axis, "value": value, "seeds": g.seed.nunique(),
                "score": g.test_accuracy.mean(), "score_low": np.nan, "score_high": np.nan,
-               "forgetting": 0.0 if first.baseline else g.forgetting_mean.mean(), "forgetting_low": np.nan,
+               "forgetting": 0.0 if first.baseline else np.nan, "forgetting_low": np.nan,
                "forgetting_high": np.nan}
         if not reach.empty:
             key = (reach.arm == arm) & ((reach["rank"] == value) if value is not None else reach["rank"].isna())
@@ -207,74 +285,62 @@ def pareto(study: Study, points: pd.DataFrame):
     return plotting.finish(fig, study)
 
 
+def _method(r) -> str:
+    return r.title + ("" if pd.isna(r.value) else f" r={int(r.value)}")
+
+
 def per_task_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Forgetting per held-out task and method, with its 95 % interval and its difference from full FT's."""
+    """Forgetting per held-out task and method, in the task's unit, with its 95 % interval, its difference from full
+    FT's, and whether the task can show forgetting at all."""
     t = table[table.tasks != "mean"]
     rows = []
     for _, r in t.iterrows():
-        rows.append({"task": r.tasks, "method": r.title + ("" if pd.isna(r.value) else f" r={int(r.value)}"),
-                     "forgetting [95 %]": f"{r.forgetting:+.3f} {fmt_interval((r.ci_low, r.ci_high))}",
+        fmt = UNITS[r.unit][1]
+        rows.append({"task": r.tasks, "unit": r.unit, "method": _method(r),
+                     "forgetting [95 %]": f"{fmt(r.forgetting)} {fmt_interval((r.ci_low, r.ci_high))}",
                      "minus full FT [95 %]": "—" if pd.isna(r.get("minus_full")) else
-                     f"{r.minus_full:+.3f} {fmt_interval((r.minus_full_low, r.minus_full_high))}",
-                     "verdict": r.verdict if isinstance(r.get("verdict"), str) else "—"})
+                     f"{fmt(r.minus_full)} {fmt_interval((r.minus_full_low, r.minus_full_high))}",
+                     "verdict": (r.verdict if isinstance(r.get("verdict"), str) else "—") if r.informative else
+                     "uninformative"})
     return pd.DataFrame(rows)
 
 
 def mean_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per unit: each method's forgetting pooled over the unit's informative tasks, minus full FT's, the verdict."""
     t = table[table.tasks == "mean"]
     return pd.DataFrame([{
-        "method": r.title + ("" if pd.isna(r.value) else f" r={int(r.value)}"),
-        "mean forgetting [95 %]": f"{r.forgetting:+.3f} {fmt_interval((r.ci_low, r.ci_high))}",
+        "unit": r.unit, "method": _method(r),
+        "forgetting [95 %]": f"{UNITS[r.unit][1](r.forgetting)} {fmt_interval((r.ci_low, r.ci_high))}",
         "minus full FT [95 %]": "—" if pd.isna(r.get("minus_full")) else
-        f"{r.minus_full:+.3f} {fmt_interval((r.minus_full_low, r.minus_full_high))}",
+        f"{UNITS[r.unit][1](r.minus_full)} {fmt_interval((r.minus_full_low, r.minus_full_high))}",
         "verdict": r.verdict if isinstance(r.get("verdict"), str) else "—",
-        "seeds": int(r.seeds)} for _, r in t.iterrows()])
+        "seeds": int(r.seeds), "examples": int(r.examples)} for _, r in t.iterrows()])
 
 
 # -- finding --------------------------------------------------------------------------------------
 
 def forgetting_finding(forget: pd.DataFrame, table: pd.DataFrame) -> List[str]:
+    """What was measured, unit by unit (the verdicts are the claims'): the pooled tasks and their size, full FT's
+    forgetting, the tasks left out, and CKA."""
     if forget.empty:
         return ["Not measured in this study: its runs carry no held-out probes, so the claim that LoRA forgets less "
                 "is neither supported nor refuted here."]
-    parts = []
-    forget = with_roles(forget)
-    metrics = {c[len("metric_"):]: forget[c].dropna().iloc[0] for c in forget.columns
-               if c.startswith("metric_") and forget[c].notna().any()}
-    if any(m == "perplexity" for m in metrics.values()):  # units differ between tasks: each on its own
-        by = finetuned(forget)
-        for task, metric in metrics.items():
-            col = f"forgetting_{task}"
-            if col in by:
-                v = by.groupby("label")[col].mean()
-                unit = "perplexity, finetuned − base" if metric == "perplexity" else f"{metric}, base − finetuned"
-                parts.append(f"{task} ({unit}, mean over seeds): " +
-                             ", ".join(f"{k} {v[k]:+.3g}" for k in ordered_labels(by)) + ".")
     if table.empty:
-        return parts or ["The runs saved no per-example probe outputs, so forgetting is not compared pairwise."]
-    t = table[table.tasks == "mean"]
-    ref = t[t.arm == "reference"].iloc[0]
-    n = t.examples.dropna()
-    parts.insert(0, f"Mean forgetting over the accuracy-scored held-out tasks (base probe accuracy − finetuned, "
-                    f"{int(n.iloc[0]) if len(n) else '?'} probe examples per seed, {int(ref.seeds)} seed(s); 95 % "
-                    f"intervals): {ref.title} {ref.forgetting:+.3f} {fmt_interval((ref.ci_low, ref.ci_high))}. Each "
-                    "method minus full finetuning, paired on the same probe examples: " + "; ".join(
-                        f"{r.title}{'' if pd.isna(r.value) else f' r={int(r.value)}'} {r.minus_full:+.3f} "
-                        f"{fmt_interval((r.minus_full_low, r.minus_full_high))} ({r.verdict})"
-                        for _, r in t[t.arm != "reference"].iterrows()) + ".")
-    less = t[t.verdict == FORGETS_LESS]
-    more = t[t.verdict == FORGETS_MORE]
-    unresolved = t[t.verdict == stats.UNRESOLVED]
-    summary = []
-    if len(less):
-        summary.append(f"{len(less)} forget{'s' if len(less) == 1 else ''} measurably less than full finetuning")
-    if len(more):
-        summary.append(f"{len(more)} forget{'s' if len(more) == 1 else ''} measurably more")
-    if len(unresolved):
-        summary.append(f"{len(unresolved)} {'is' if len(unresolved) == 1 else 'are'} unresolved (neither a difference "
-                       "nor non-inferiority within the margin is shown)")
-    if summary:
-        parts.append("Of the compared runs, " + "; ".join(summary) + ".")
+        return ["The runs saved no per-example held-out outputs, so forgetting is not compared pairwise."]
+    parts = []
+    for unit, (what, fmt) in UNITS.items():
+        t = table[(table.tasks == "mean") & (table.unit == unit)]
+        ref = t[t.arm == "reference"]
+        if ref.empty:
+            continue
+        r = ref.iloc[0]
+        parts.append(f"{what[0].upper()}{what[1:]}, pooled over {r.task_list} ({int(r.examples)} examples per seed, "
+                     f"{int(r.seeds)} seed(s), 95 % intervals, paired on the same examples): {r.title} "
+                     f"{fmt(r.forgetting)} {fmt_interval((r.ci_low, r.ci_high))}.")
+    left = table[(table.tasks != "mean") & ~table.informative.astype(bool)].drop_duplicates("tasks")
+    for _, r in left.iterrows():
+        parts.append(f"{r.tasks} is left out of the pooled rows: {r.why_uninformative}.")
+    forget = with_roles(forget)
     if "cka" in forget and forget.cka.notna().any():
         fin = finetuned(forget)
         c = fin.groupby("label").cka.mean()
@@ -305,15 +371,16 @@ class Forgetting(Measure):
     def sections(self, ctx: Context) -> List[Section]:
         forget, table = ctx.table("forgetting"), ctx.table("forgetting_vs_full")
         seeds = seeds_phrase(forget.seed) if not forget.empty else ""
-        tasks = ", ".join(accuracy_tasks(ctx.study)) or "the held-out tasks"
+        kept = table[(table.tasks != "mean") & table.informative.astype(bool)] if not table.empty else table
+        tasks = ", ".join(dict.fromkeys(kept.tasks)) if len(kept) else "the held-out tasks"
         out = [Section("Does LoRA forget less? Forgetting on held-out tasks",
-                       forgetting_finding(forget, table),
+                       forgetting_finding(forget, table) + ctx.sentences("forgetting_less:", "forgetting_bound:"),
                        figure="forgetting_vs_rank" if ctx.drew("forgetting_vs_rank") else None,
                        table="forgetting_vs_full" if not table.empty else None,
-                       caption="Whether each rank's interval lies below full FT's band (forgets less) or inside it; "
-                               f"scope: linear probes on {tasks}, pooled, {seeds}, 95 % intervals from a bootstrap "
-                               "over seeds and probe examples.",
-                       table_caption="Mean forgetting over the accuracy-scored held-out tasks and its paired "
+                       caption="Whether each rank's interval lies below full FT's band (forgets less) or inside it, "
+                               f"one panel per unit; scope: the informative held-out tasks ({tasks}), pooled within "
+                               f"a unit, {seeds}, 95 % t intervals over seeds and examples.",
+                       table_caption="Forgetting pooled over each unit's informative held-out tasks and its paired "
                                      "difference from full FT's, with the verdict.")]
         if ctx.drew("pareto"):
             out.append(Section("Learning vs forgetting", [
@@ -329,8 +396,8 @@ class Forgetting(Measure):
             out.append(Section("Forgetting per held-out task", [
                 "The pooled verdict above can hide a task that moves against the others."],
                 table="forgetting_per_task", level=3,
-                table_caption="Forgetting per held-out task (base − finetuned probe accuracy) with 95 % intervals "
-                              "and its paired difference from full FT."))
+                table_caption="Forgetting per held-out task, in its unit, with 95 % intervals and its paired "
+                              "difference from full FT; a task that cannot show forgetting is marked uninformative."))
         return out
 
     def formatted(self, ctx: Context) -> Dict[str, pd.DataFrame]:

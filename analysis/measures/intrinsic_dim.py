@@ -150,24 +150,30 @@ def point_intervals(study: Study) -> Dict[tuple, tuple]:
 
 
 def target_margins(study: Study, summary: pd.DataFrame, fraction: float = FRACTION) -> pd.DataFrame:
-    """Per variant, at its grid d90 and at the largest tested d below it: acc(d) − fraction · acc(full FT) on the
-    same test examples and seeds, with its 95 % interval (``analysis.crossed``, paired on seeds and examples),
-    and whether the interval lies above 0 ('reached'), below 0 ('not reached') or covers it ('unresolved')."""
+    """Per variant and target, at its grid d90 (d90-gain) and at the largest tested d below it: acc(d) minus the
+    target on the same test examples and seeds — fraction · acc(full FT) for d90, acc(base) + fraction · (acc(full
+    FT) − acc(base)) for d90-gain — with its 95 % interval (``analysis.crossed``, paired on seeds and examples), and
+    whether the interval lies above 0 ('reached'), below 0 ('not reached') or covers it ('unresolved')."""
     full = scores(study.references())[0]
+    base = scores(study.baselines())[0]
     rows = []
     for _, r in summary.iterrows():
-        for where, d in (("d90", r.d90_mean), ("below", r.d90_below)):
-            if np.isnan(d) or (where == "d90" and r.seeds > 1 and r.d90_std > 0):
-                continue  # no such d, or seeds that reached d90 at different d (no one d to compare at)
-            seeds, arrays = paired.aligned(_variant_scores(study, r.variant, d), full)
-            if not seeds:
-                continue
-            c = crossed.difference(arrays[0], fraction * arrays[1])
-            point, (lo, hi) = c.mean, c.interval(0.95)
-            rows.append({"variant": r.variant, "where": where, "d": float(d), "seeds": len(seeds), "margin": point,
-                         "ci_low": lo, "ci_high": hi,
-                         "verdict": "reached" if lo > 0 else "not reached" if hi < 0 else "unresolved"})
-    return pd.DataFrame(rows, columns=["variant", "where", "d", "seeds", "margin", "ci_low", "ci_high", "verdict"])
+        for target, col in (("accuracy", "d90"), ("gain", "d90_gain")):
+            for where, d in ((col, r[f"{col}_mean"]), ("below", r[f"{col}_below"])):
+                if np.isnan(d) or (where == col and r.seeds > 1 and r[f"{col}_std"] > 0):
+                    continue  # no such d, or seeds that reached it at different d (no one d to compare at)
+                groups = [_variant_scores(study, r.variant, d), full] + ([base] if target == "gain" else [])
+                seeds, arrays = paired.aligned(*groups)
+                if not seeds:
+                    continue
+                goal = fraction * arrays[1] + ((1 - fraction) * arrays[2] if target == "gain" else 0)
+                c = crossed.difference(arrays[0], goal)
+                point, (lo, hi) = c.mean, c.interval(0.95)
+                rows.append({"variant": r.variant, "target": target, "where": "d90" if where == col else where,
+                             "d": float(d), "seeds": len(seeds), "margin": point, "ci_low": lo, "ci_high": hi,
+                             "verdict": "reached" if lo > 0 else "not reached" if hi < 0 else "unresolved"})
+    return pd.DataFrame(rows, columns=["variant", "target", "where", "d", "seeds", "margin", "ci_low", "ci_high",
+                                       "verdict"])
 
 
 LORA_RANKS = (1, 2, 4, 8, 16, 32, 64)
@@ -322,12 +328,13 @@ def _margins_phrase(margins: Optional[pd.DataFrame], fraction: float = FRACTION)
     if margins is None or margins.empty:
         return ""
     parts = []
-    for variant, g in margins.groupby("variant", sort=True):
+    for (variant, target), g in margins.groupby(["variant", "target"], sort=True):
         part = [f"d = {_d(r.d)} {r.margin:+.3f} {paired.fmt_interval((r.ci_low, r.ci_high))} ({r.verdict})"
                 for _, r in g.sort_values("d").iterrows()]
-        parts.append(f"{variant} " + "; ".join(part))
-    text = (f"Reaching the target is itself a comparison on the same test examples: acc(d) − {fraction:g} × acc(full "
-            "FT), paired, with 95 % intervals, at d90 and at the largest tested d below it: " + "; ".join(parts) + ".")
+        parts.append(f"{variant}, {'d90' if target == 'accuracy' else 'd90-gain'}: " + "; ".join(part))
+    text = (f"Reaching a target is itself a comparison on the same test examples: acc(d) − {fraction:g} × acc(full "
+            f"FT) for d90, acc(d) − (acc(base) + {fraction:g} × (acc(full FT) − acc(base))) for d90-gain, paired, "
+            "with 95 % intervals, at the grid value and at the largest tested d below it: " + "; ".join(parts) + ".")
     if (margins.verdict == "unresolved").any():
         text += (" 'Unresolved' means the test set cannot tell whether that d reaches the target, so d90 may lie a "
                  "grid step or more from its grid value.")

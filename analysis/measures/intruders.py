@@ -11,7 +11,7 @@ control is W_pre plus a random perturbation of the same rank and Frobenius norm 
 Tables: ``intruders`` (run × scope × ε: intruders, vectors examined, rate, mean relative update size; the random
 controls as rows of their own), ``intruder_scaling`` (Shuttleworth et al.'s causal test, run inside each run:
 intruders' singular values scaled by λ, then the target metric and forgetting again, paired with the unscaled
-model). The Spearman correlation between intruder rate and forgetting, with a bootstrap interval over runs, is
+model). The Spearman correlation between intruder rate and forgetting, with an interval by Fisher's z, is
 recorded in analysis.json and the finding."""
 from __future__ import annotations
 
@@ -21,15 +21,16 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats as sps
 
 from lora_study.linalg import thin_svd
 
-from .. import paired, plotting, stats
+from .. import paired, plotting
 from ..loader import Run, Study
 from ..paired import fmt_interval
 from ..roles import arm_title, run_columns
 from .base import Context, Measure, Section, delta_runs, per_run, seeds_phrase
-from .forgetting import accuracy_tasks, forgetting_scores
+from .forgetting import accuracy_tasks, forgetting_scores, informative
 from .reach import scores
 
 EPS_GRID = tuple(round(x, 1) for x in np.arange(0.1, 0.91, 0.1))
@@ -109,34 +110,42 @@ def correlation_points(study: Study, intr: pd.DataFrame, scope: Optional[str] = 
         return pd.DataFrame(columns=["member", "label", "rank", "reference", "rate", "forgetting", "scope"])
     scope = scope or next((s for s in intr.scope.unique() if s.startswith("targets:")), intr.scope.iloc[0])
     at = intr[(intr.kind == "run") & (intr.scope == scope) & np.isclose(intr.eps, eps)].set_index("member")
-    tasks = accuracy_tasks(study)
+    tasks = [t for t in accuracy_tasks(study) if informative(study, t)[0]]
     rows = []
     for r in study.runs:
         if r.is_baseline or r.member not in at.index:
             continue
         f = forgetting_scores([r], tasks)
         if f:
+            # forgetting is a fraction k / n of the probe examples: rounded so that equal fractions tie exactly
             rows.append({"member": r.member, "label": r.label, "rank": r.rank, "reference": r.is_reference,
-                         "rate": float(at.loc[r.member, "rate"]), "forgetting": float(np.mean(f[r.seed])),
+                         "rate": float(at.loc[r.member, "rate"]), "forgetting": round(float(np.mean(f[r.seed])), 12),
                          "scope": scope})
     return pd.DataFrame(rows, columns=["member", "label", "rank", "reference", "rate", "forgetting", "scope"])
 
 
 def correlation(study: Study, intr: pd.DataFrame, scope: Optional[str] = None, eps: float = EPS) -> dict:
-    """Spearman ρ (with a bootstrap interval over runs) between a run's intruder rate in ``scope`` at ``eps`` and
-    its mean forgetting over the accuracy-scored held-out tasks, over finetuned runs that have both."""
+    """Spearman ρ between a run's intruder rate in ``scope`` at ``eps`` and its mean forgetting over the
+    accuracy-scored held-out tasks, over finetuned runs that have both, with a 95 % interval by Fisher's z
+    (z = atanh ρ with standard error sqrt(1.06 / (n − 3)), Fieller, Hartley & Pearson 1957): a closed form, so
+    it does not move with a bootstrap's seed."""
     pts = correlation_points(study, intr, scope, eps)
     scope = pts.scope.iloc[0] if len(pts) else scope
-    x, y = pts.rate.tolist(), pts.forgetting.tolist()
-    c = stats.spearman_with_ci(x, y) if len(x) >= 3 else {"rho": None, "interval": None, "p_value": None}
-    return {"rho": c["rho"], "interval": c["interval"], "p": c.get("p_value"), "n": len(x), "eps": eps,
-            "scope": scope}
+    x, y = pts.rate.to_numpy(), pts.forgetting.to_numpy()
+    rho, interval, p = None, None, None
+    if len(x) >= 4 and np.ptp(x) > 0 and np.ptp(y) > 0:
+        res = sps.spearmanr(x, y)
+        rho, p = float(res.statistic), float(res.pvalue)
+        z, se = np.arctanh(np.clip(rho, -0.999999, 0.999999)), np.sqrt(1.06 / (len(x) - 3))
+        interval = (float(np.tanh(z - 1.96 * se)), float(np.tanh(z + 1.96 * se)))
+    return {"rho": rho, "interval": interval, "p": p, "n": len(x), "eps": eps, "scope": scope,
+            "members": list(pts.member)}
 
 
 def scaling_table(study: Study, runs_frame: pd.DataFrame) -> pd.DataFrame:
     """Shuttleworth et al.'s causal test, per arm (pooled over its runs' seeds; runs at one rank together): the
     intruders found and scaled by λ, the target score and the mean forgetting before and after, paired."""
-    tasks = accuracy_tasks(study)
+    tasks = [t for t in accuracy_tasks(study) if informative(study, t)[0]]
     groups: Dict[tuple, List[Run]] = {}
     for r in study.runs:
         if r.summary.get("intruder_scaling"):
@@ -152,7 +161,8 @@ def scaling_table(study: Study, runs_frame: pd.DataFrame) -> pd.DataFrame:
         f_after = forgetting_scores(runs, tasks, "intruder_scaled.heldout")
         forg = paired.compare(f_after, f_before, m) if f_before and f_after else None
         rows.append({"arm": arm, "title": arm_title(runs_frame, arm) if runs[0].axis else runs[0].label,
-                     "value": value, "seeds": len(runs), "lambda": info[0]["lambda"], "eps": info[0]["eps"],
+                     "value": value, "seeds": len(runs), "examples": forg["n_examples"] if forg else None,
+                     "lambda": info[0]["lambda"], "eps": info[0]["eps"],
                      "k": info[0]["k"], "intruders": int(sum(i["intruders"] for i in info)),
                      "vectors": int(sum(i["vectors_examined"] for i in info)),
                      "accuracy_change": acc["diff"] if acc else None,
@@ -269,12 +279,6 @@ def finding(intr: pd.DataFrame, corr: dict, scaling: pd.DataFrame) -> List[str]:
                      (" The random controls of the same rank and norm: " + ", ".join(
                          f"{label.replace(CONTROL + ' of ', '')} {100 * row.rate:.1f} %"
                          for label, row in controls.iterrows()) + "." if len(controls) else ""))
-    if corr.get("rho") is not None:
-        lo, hi = corr["interval"] or (float("nan"), float("nan"))
-        parts.append(f"Across {corr['n']} finetuned runs, Spearman's ρ between the intruder rate ({corr['scope']}, "
-                     f"ε = {corr['eps']}) and mean forgetting is {corr['rho']:.2f} (95 % bootstrap interval over runs "
-                     f"[{lo:+.2f}, {hi:+.2f}]; Shuttleworth et al. report 0.971 on RoBERTa)"
-                     + ("; the interval includes 0, so no association is shown." if lo <= 0 <= hi else "."))
     if not scaling.empty:
         for _, r in scaling.iterrows():
             name = r.title + ("" if pd.isna(r.value) else f" r={int(r.value)}")
@@ -284,7 +288,7 @@ def finding(intr: pd.DataFrame, corr: dict, scaling: pd.DataFrame) -> List[str]:
             if not pd.isna(r.forgetting_change):
                 text += (f", forgetting {r.forgetting_before:+.3f} → {r.forgetting_after:+.3f} (change "
                          f"{r.forgetting_change:+.3f} {fmt_interval((r.forgetting_change_low, r.forgetting_change_high))})")
-            parts.append(text + ". Shuttleworth et al. report about a third less forgetting at about 0.1 % accuracy.")
+            parts.append(text + ".")
     return parts
 
 
@@ -312,7 +316,9 @@ class Intruders(Measure):
             return []
         table, scaling = ctx.table("intruders"), ctx.table("intruder_scaling")
         out = [Section("Do low-rank updates bring in intruder dimensions?",
-                       finding(table, self.correlation(ctx), scaling), figure="intruders", table="intruders",
+                       finding(table, self.correlation(ctx), scaling) +
+                       ctx.sentences("intruders:", "intruders_forgetting", "intruder_scaling"),
+                       figure="intruders", table="intruders",
                        caption="Whether LoRA's curves lie above full FT's (black) and above their random controls of "
                                "the same rank and norm (dashed), and whether runs with more intruders forget more "
                                f"(right); scope: each arm's target matrices, top {K} left singular vectors each, "

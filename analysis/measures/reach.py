@@ -16,7 +16,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pandas as pd
 
-from .. import paired, plotting, stats
+from .. import crossed, paired, plotting
 from ..loader import Run, Study
 from ..paired import fmt_interval
 from ..roles import arm_title
@@ -51,9 +51,9 @@ def reach_table(study: Study, runs_frame: pd.DataFrame) -> pd.DataFrame:
         s, _ = scores(runs_of)
         if s:
             seeds, (x,) = paired.aligned(s)
+            lo, hi = paired.mean_interval(x)
             rows.append({"arm": role, "title": runs_of[0].label, "rank": None, "score": what, "mean": float(x.mean()),
-                         "ci_low": paired.mean_interval(x)[0], "ci_high": paired.mean_interval(x)[1],
-                         "seeds": len(seeds)})
+                         "ci_low": lo, "ci_high": hi, "seeds": len(seeds), "examples": int(x.shape[1])})
     for arm in study.arms("rank"):
         for rank in study.values(arm):
             runs = [r for r in study.runs if r.arm == arm and r.value == rank]
@@ -62,32 +62,39 @@ def reach_table(study: Study, runs_frame: pd.DataFrame) -> pd.DataFrame:
             if c is None:
                 continue
             kept = paired.ratio_interval(own, base, ref, base) if base else None
-            rows.append({"arm": arm, "title": arm_title(runs_frame, arm),
+            rows.append({"arm": arm, "title": arm_title(runs_frame, arm), "family": runs[0].family,
                          "rank": rank, "score": what, "mean": c["mean_a"], "ci_low": c["ci_a"][0],
-                         "ci_high": c["ci_a"][1], "seeds": len(c["seeds"]), "diff": c["diff"],
-                         "diff_ci_low": c["ci95"][0], "diff_ci_high": c["ci95"][1], "ci90_low": c["ci90"][0],
-                         "ci90_high": c["ci90"][1], "p_difference": c["p_difference"],
+                         "ci_high": c["ci_a"][1], "seeds": len(c["seeds"]), "examples": c["n_examples"],
+                         "diff": c["diff"], "diff_ci_low": c["ci95"][0], "diff_ci_high": c["ci95"][1],
+                         "ci90_low": c["ci90"][0], "ci90_high": c["ci90"][1], "p_difference": c["p_difference"],
                          "p_method": c["p_difference_method"], "p_tost": c["p_tost"], "margin": c["margin"],
-                         "verdict": c["verdict"], "gain_kept": kept[0] if kept else None,
+                         "verdict": c["verdict"], "se": c["se"], "df": c["df"], "var_seed": c["var_seed"],
+                         "var_example": c["var_example"], "var_residual": c["var_residual"],
+                         "seed_share": c["seed_share"], "resolvable_margin": c["resolvable_margin"],
+                         "did_not_learn": ",".join(r.member for r in runs if r.did_not_learn),
+                         "gain_kept": kept[0] if kept else None,
                          "gain_kept_low": kept[1][0] if kept else None, "gain_kept_high": kept[1][1] if kept else None})
     return pd.DataFrame(rows)
 
 
 def smallest_rank_table(reach: pd.DataFrame) -> pd.DataFrame:
-    """Per arm: the smallest rank shown equivalent to the reference within the margin, or none, with its interval."""
+    """Per arm: the smallest rank shown equivalent to the reference within the margin by fixed-sequence testing from
+    the largest rank down (``crossed.fixed_sequence``: the family-wise error of "some rank is equivalent" stays at
+    5 %, and no rank is called equivalent above one that is not), or none, with its interval."""
     rows = []
     if reach.empty:
         return pd.DataFrame()
     for arm, g in reach[reach["rank"].notna()].groupby("arm", sort=False):
-        candidates = {int(r["rank"]): {"ci95": (r.diff_ci_low, r.diff_ci_high), "ci90": (r.ci90_low, r.ci90_high),
-                                       "diff": r["diff"], "margin": r.margin} for _, r in g.iterrows()}
-        best = stats.smallest_equivalent(candidates)
-        rows.append({"arm": arm, "title": g.title.iloc[0], "smallest_equivalent_rank": best["rank"],
-                     "diff": best["diff"], "ci90_low": best["ci90"][0] if best["ci90"] else None,
-                     "ci90_high": best["ci90"][1] if best["ci90"] else None, "margin": g.margin.iloc[0],
-                     "equivalent_ranks": ",".join(map(str, best["equivalent_ranks"])),
+        seq = crossed.fixed_sequence({int(r["rank"]): r.verdict for _, r in g.iterrows()})
+        best = g[g["rank"] == seq["smallest"]].iloc[0] if seq["smallest"] is not None else None
+        rows.append({"arm": arm, "title": g.title.iloc[0], "smallest_equivalent_rank": seq["smallest"],
+                     "diff": None if best is None else best["diff"],
+                     "ci90_low": None if best is None else best.ci90_low,
+                     "ci90_high": None if best is None else best.ci90_high, "margin": g.margin.iloc[0],
+                     "equivalent_ranks": ",".join(map(str, seq["equivalent"])),
+                     "stopped_at": seq["stopped_at"], "procedure": "fixed sequence from the largest rank down",
                      "different_ranks": ",".join(str(int(r)) for r, v in zip(g["rank"], g.verdict)
-                                                 if v == stats.DIFFERENT),
+                                                 if v == crossed.DIFFERENT),
                      "seeds": int(g.seeds.max())})
     return pd.DataFrame(rows)
 
@@ -96,83 +103,54 @@ def smallest_rank_table(reach: pd.DataFrame) -> pd.DataFrame:
 
 @plotting.styled
 def figure(study: Study, reach: pd.DataFrame):
-    """Each arm's score by rank with 95 % intervals; full finetuning's score with its interval and the margin."""
+    """What the test is about: each rank's paired difference from full finetuning (LoRA − full FT) with its 95 %
+    interval (thin) and its 90 % interval (thick, the one TOST reads), against 0 and the ±margin band."""
     fig, axes = plotting.subplots(width=6.6, height=4.0)
     ax = axes[0, 0]
-    ref = reach[reach.arm == "reference"]
-    base = reach[reach.arm == "baseline"]
-    xs = sorted(reach["rank"].dropna().unique())
-    if len(ref):
-        r = ref.iloc[0]
-        ax.axhline(r["mean"], color=plotting.REFERENCE_COLOR, lw=1.2, label=f"{r.title} ({r['mean']:.3f})")
-        ax.axhspan(r.ci_low, r.ci_high, color="0.8", zorder=0, label=f"{r.title}: 95 % interval")
-        m = reach.margin.dropna() if "margin" in reach else pd.Series(dtype=float)
-        if len(m):
-            ax.axhspan(r["mean"] - m.iloc[0], r["mean"] + m.iloc[0], color="tab:green", alpha=0.12, zorder=0,
-                       label=f"equivalence margin ±{m.iloc[0]:g}")
-    if len(base):
-        b = base.iloc[0]
-        ax.axhline(b["mean"], color=plotting.REFERENCE_COLOR, ls="--", lw=1, label=f"{b.title} ({b['mean']:.3f})")
-    for i, (arm, g) in enumerate(reach[reach["rank"].notna()].groupby("arm", sort=False)):
-        plotting.errorbar(ax, g["rank"], g["mean"], g.ci_low, g.ci_high, ms=5, lw=1.2, **plotting.arm_style(i),
-                          label=f"{g.title.iloc[0]} (95 % interval)")
+    arms_ = reach[reach["rank"].notna()]
+    xs = sorted(arms_["rank"].unique())
+    m = float(arms_.margin.iloc[0])
+    ax.axhspan(-m, m, color="tab:green", alpha=0.15, zorder=0, label=f"equivalence margin ±{m:g}")
+    ax.axhline(0, color=plotting.REFERENCE_COLOR, lw=1, label="no difference from full FT")
+    for i, (arm, g) in enumerate(arms_.groupby("arm", sort=False)):
+        style = plotting.arm_style(i)
+        shift = 1 + 0.06 * (i - (arms_.arm.nunique() - 1) / 2)
+        x = g["rank"] * shift
+        plotting.errorbar(ax, x, g["diff"], g.diff_ci_low, g.diff_ci_high, ms=5, lw=1.0, capsize=3,
+                          label=f"{g.title.iloc[0]} − full FT (95 %; thick: 90 %)", **style)
+        ax.vlines(x, g.ci90_low, g.ci90_high, color=style["color"], lw=3.2, alpha=0.6)
     ax.set_xscale("log", base=2)
     if xs:
         ax.set_xticks(xs, [str(int(x)) for x in xs])
         ax.minorticks_off()
-    what = reach.score.iloc[0] if len(reach) else "score"
+    what = arms_.score.iloc[0] if len(arms_) else "score"
     ax.set_xlabel("rank r")
-    ax.set_ylabel(f"test {what}")
-    plotting.figure_legend(fig, axes, ncol=3)
+    ax.set_ylabel(f"paired difference in test {what}\n(method − full FT)")
+    plotting.figure_legend(fig, axes, ncol=2)
     return plotting.finish(fig, study)
 
 
 # -- finding --------------------------------------------------------------------------------------
 
-def finding(reach: pd.DataFrame, smallest: pd.DataFrame) -> List[str]:
+def finding(reach: pd.DataFrame) -> List[str]:
+    """How the comparison is made and the scores it compares (from ``reach``); the verdict is the reach claim's."""
     if reach.empty:
         return ["The study lacks full finetuning or per-example outputs, so no rank is compared with full finetuning."]
     ref = reach[reach.arm == "reference"].iloc[0]
     base = reach[reach.arm == "baseline"]
-    arms = reach[reach["rank"].notna()]
-    if arms.empty:
-        return [f"{ref.title} reaches {ref['mean']:.3f} {fmt_interval((ref.ci_low, ref.ci_high), signed=False)}; the "
-                "study has no rank-swept method to compare with it."]
-    seeds = int(arms.seeds.max())
-    how = ("hierarchical bootstrap over seeds and test examples" if seeds > 1 else
-           "McNemar's exact test and a paired bootstrap over test examples")
-    parts = [f"{ref.title} reaches {ref['mean']:.3f} {fmt_interval((ref.ci_low, ref.ci_high), signed=False)}"
-             + (f"; the frozen base {base.iloc[0]['mean']:.3f} "
-                f"{fmt_interval((base.iloc[0].ci_low, base.iloc[0].ci_high), signed=False)}" if len(base) else "")
-             + f" ({ref.score}, 95 % intervals, {seeds} seed{'s' if seeds > 1 else ''}). Each rank is compared with "
-             f"full finetuning on the same test examples ({how}); equivalence is two one-sided tests against a "
-             f"margin of ±{arms.margin.iloc[0]:.3g}: the 90 % interval of the difference must lie inside it."]
-    for arm, g in arms.groupby("arm", sort=False):
-        items = []
-        for _, r in g.iterrows():
-            items.append(f"r = {int(r['rank'])}: {r['diff']:+.3f} {fmt_interval((r.diff_ci_low, r.diff_ci_high))}, "
-                         f"{r.verdict}")
-        s = smallest[smallest.arm == arm]
-        rank = s.smallest_equivalent_rank.iloc[0] if len(s) else None
-        head = (f"{g.title.iloc[0]} minus full finetuning: " + "; ".join(items) + ". ")
-        if rank is not None and not pd.isna(rank):
-            head += (f"The smallest rank shown equivalent to full finetuning within the margin is r = {int(rank)} "
-                     f"(90 % interval {fmt_interval((s.ci90_low.iloc[0], s.ci90_high.iloc[0]))}).")
-        else:
-            unresolved = (g.verdict == stats.UNRESOLVED).sum()
-            head += ("No rank is shown equivalent to full finetuning within the margin"
-                     + (f"; {unresolved} of {len(g)} are unresolved (the interval is wider than the margin), which "
-                        "is not the same as different." if unresolved else "; every rank differs from it."))
-        kept = g.dropna(subset=["gain_kept"])
-        if len(kept):
-            head += (" Share of full finetuning's gain over the base kept: " + ", ".join(
-                f"r = {int(r['rank'])} {100 * r.gain_kept:.0f} % [{100 * r.gain_kept_low:.0f}, {100 * r.gain_kept_high:.0f}]"
-                for _, r in kept.iterrows()) + ".")
-        parts.append(head)
-    if seeds < stats.MIN_SEEDS:
-        parts.append(f"With {seeds} seed{'s' if seeds > 1 else ''}, the intervals hold the test-set noise but not the "
-                     f"training noise: {stats.MIN_SEEDS} seeds at least are needed before a verdict is final.")
-    return parts
+    arms_ = reach[reach["rank"].notna()]
+    text = (f"{ref.title} reaches {ref['mean']:.3f} {fmt_interval((ref.ci_low, ref.ci_high), signed=False)}"
+            + (f"; the frozen base {base.iloc[0]['mean']:.3f} "
+               f"{fmt_interval((base.iloc[0].ci_low, base.iloc[0].ci_high), signed=False)}" if len(base) else "")
+            + f" ({ref.score}, {int(ref.examples):,} test examples, {int(ref.seeds)} seed(s), 95 % intervals).")
+    if arms_.empty:
+        return [text + " The study has no rank-swept method to compare with it."]
+    text += (" Each rank is compared with full finetuning on the same test examples and seeds: the difference's "
+             "interval is a t interval from the crossed seeds × examples model (Satterthwaite's degrees of freedom); "
+             f"equivalence is two one-sided tests against a margin of ±{arms_.margin.iloc[0]:.3g}, the 90 % interval "
+             "inside it; the ranks are tested in a fixed sequence from the largest down, so \"some rank is "
+             "equivalent\" keeps a family-wise error of 5 %.")
+    return [text]
 
 
 def formatted(reach: pd.DataFrame) -> pd.DataFrame:
@@ -206,11 +184,12 @@ class Reach(Measure):
         reach = ctx.table("reach")
         seeds = seeds_phrase(r.seed for r in ctx.study.runs)
         return [Section("Does LoRA reach full finetuning, and from which rank?",
-                        finding(reach, ctx.table("smallest_rank")),
+                        finding(reach) + ctx.sentences("reach:"),
                         figure="reach" if ctx.drew("reach") else None, table="reach",
-                        caption="Whether each rank's interval reaches the green margin around full FT's score (black "
-                                f"line, grey band: its 95 % interval); scope: the whole test split, {seeds}, "
-                                "intervals from a bootstrap over seeds and test examples.",
+                        caption="Whether each rank's paired difference from full FT lies inside the green margin "
+                                "around 0 (its thick 90 % interval: equivalent) or off 0 (its 95 % interval: "
+                                f"different); scope: the whole test split, {seeds}, t intervals from the crossed "
+                                "seeds × examples model.",
                         table_caption="Each method's test score and its paired difference from full FT (95 % "
                                       "intervals), the equivalence test (TOST) and the share of full FT's gain kept.")]
 

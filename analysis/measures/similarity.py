@@ -39,6 +39,7 @@ from ..subspace import (
 from .base import Context, Measure, Section, per_run, seeds_phrase
 
 PAIR, SEEDS, RANDOM = "ranks", "seeds", "random"  # what a row compares
+RANDOM_DRAWS = 100  # pairs of random subspaces averaged per seed for the chance level
 
 
 def rank_pairs(ranks: List[int]) -> List[Tuple[int, int]]:
@@ -86,8 +87,10 @@ def similarity_rows(study: Study) -> List[dict]:
                     rows.append(_row(arm, basis, what, small, large, sa, sb, module, g))
                 if what == PAIR and basis == "ΔW" and ua:  # the chance level for this pair and matrix size
                     n = next(iter(ua.values())).shape[0]
-                    g = np.asarray(random_subspace_control(n, small, large, seed=sa))
-                    rows.append(_row(arm, RANDOM, RANDOM, small, large, sa, sa, None, g))
+                    g = np.mean([np.asarray(random_subspace_control(n, small, large, seed=RANDOM_DRAWS * sa + i))
+                                 for i in range(RANDOM_DRAWS)], axis=0)
+                    rows.append({**_row(arm, RANDOM, RANDOM, small, large, sa, sa, None, g), "draws": RANDOM_DRAWS,
+                                 "expected_phi_1_1": 1 / n})  # E φ(i, j) = max(i, j) / n
     return rows
 
 
@@ -113,7 +116,10 @@ def pooled(sim: pd.DataFrame, column: str = "phi_1_1") -> pd.DataFrame:
         lo, hi = paired.mean_interval(x) if np.isfinite(x).all() else (np.nan, np.nan)
         rows.append(dict(zip(["arm", "basis", "compares", "small", "large"], key),
                          mean=float(np.nanmean(x)), ci_low=lo, ci_high=hi, seed_pairs=x.shape[0],
-                         modules=x.shape[1] if modules else 0))
+                         modules=x.shape[1] if modules else 0,
+                         draws=int(g.draws.sum()) if "draws" in g and g.draws.notna().any() else None,
+                         expected=float(g.expected_phi_1_1.iloc[0]) if "expected_phi_1_1" in g and
+                         g.expected_phi_1_1.notna().any() else None))
     return pd.DataFrame(rows)
 
 

@@ -100,7 +100,10 @@ class ProbeScorer:
         base_c, ft_c = self._correct(self.base), self._correct(ft)
         base_s = {n: float(np.mean(c)) for n, c in base_c.items()}
         ft_s = {n: float(np.mean(c)) for n, c in ft_c.items()}
-        tasks = {n: {"base": base_s[n], "finetuned": ft_s[n], "forgetting": base_s[n] - ft_s[n]} for n in base_s}
+        # chance: the majority label's share of the probe's test examples, what a probe that learned nothing scores
+        chance = {p.name: float(np.bincount(np.asarray(p.test_labels)).max() / len(p.test_labels)) for p in self.tasks}
+        tasks = {n: {"base": base_s[n], "finetuned": ft_s[n], "forgetting": base_s[n] - ft_s[n], "metric": "accuracy",
+                     "chance": chance[n], "n": len(base_c[n])} for n in base_s}
         out: Dict[str, object] = {"tasks": tasks,
                                   "forgetting_mean": float(np.mean([t["forgetting"] for t in tasks.values()]))
                                   if tasks else None,
