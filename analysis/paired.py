@@ -58,7 +58,7 @@ def aligned(*groups: Dict[int, np.ndarray]) -> Tuple[List[int], List[np.ndarray]
     return seeds, arrays
 
 
-def compare(a: Dict[int, np.ndarray], b: Dict[int, np.ndarray], m: float, seed: int = 0) -> Optional[dict]:
+def compare(a: Dict[int, np.ndarray], b: Dict[int, np.ndarray], m: float, alpha: float = 0.05) -> Optional[dict]:
     """``crossed.compare`` of mean(a) − mean(b) on their common seeds (None without one), with each side's mean and
     its interval, the seeds used, and the variance components flattened (``var_seed``, ``var_example``,
     ``var_residual``, ``se``, ``df``, ``seed_share``) for the design table."""
@@ -66,9 +66,9 @@ def compare(a: Dict[int, np.ndarray], b: Dict[int, np.ndarray], m: float, seed: 
     if not seeds:
         return None
     x, y = arrays
-    r = crossed.compare(x, y, m)
+    r = crossed.compare(x, y, m, alpha)
     c = r["components"]
-    r.update(seeds=seeds, mean_a=float(x.mean()), mean_b=float(y.mean()), ci_a=mean_interval(x),
+    r.update(seeds=seeds, alpha=alpha, mean_a=float(x.mean()), mean_b=float(y.mean()), ci_a=mean_interval(x),
              ci_b=mean_interval(y), var_seed=c["var_seed"], var_example=c["var_example"],
              var_residual=c["var_residual"], seed_share=crossed.Components(**c).share_of_seeds(),
              p_difference_method=r["method"])

@@ -128,6 +128,12 @@ class StudyConfig:
     margin: float = opt(0.01, Num(gt=0, lt=1))
     margin_perplexity: float = opt(0.01, Num(gt=0, lt=1))
     margin_kl: float = opt(0.01, Num(gt=0, lt=1))
+    # seeds until resolved: after the study's seeds, add seeds_per_round seeds at a time to the rank-swept members
+    # whose comparison with full FT is still unresolved (and to full FT), up to max_seeds, the error rates held across
+    # the looks by alpha spending (analysis.sequential)
+    until_resolved: bool = opt(False, Free())
+    max_seeds: int = opt(10, POSITIVE_INT)
+    seeds_per_round: int = opt(2, POSITIVE_INT)
     alpha_rule: str = opt("two_r", Choice(ALPHA_RULES))  # two_r | fixed | rslora
     alpha: float = opt(16.0, POSITIVE)  # used by alpha_rule=fixed and rslora
     # per arm or method (an arm without its own takes its method's). Found by `lora-study-study

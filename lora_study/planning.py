@@ -141,6 +141,7 @@ def validate_study(study) -> None:
     for name, opts in (plain(study.method_options) or {}).items():
         check_options(f"study.method_options.{name}", methods.get(name), opts or {})
     validate_arms(study)
+    check_sequential(study)
     arms = study_arms(study)
     names = [a.name for a in arms]
     known = set(names) | set(methods.names())
@@ -163,6 +164,13 @@ def validate_study(study) -> None:
             continue  # the search gives it rates
         for v in arm_variants(study, arm):
             lr_for(arm, v, study, {})
+
+
+def check_sequential(study) -> None:
+    """``study.until_resolved`` needs room to add seeds: max_seeds above the study's own seed count."""
+    if study.until_resolved and int(study.max_seeds) <= len(study.seeds):
+        raise ConfigError(f"study.until_resolved=true needs study.max_seeds above the study's {len(study.seeds)} "
+                          f"seeds, got {study.max_seeds}; raise study.max_seeds or list fewer seeds.")
 
 
 def main_members(study, chosen: Dict[str, float]) -> List[Member]:

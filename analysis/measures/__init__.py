@@ -15,6 +15,7 @@ from typing import List
 from .amplification import Amplification
 from .base import Context, Measure, Section
 from .choose_rank import ChooseRank
+from .design import Design
 from .forgetting import Forgetting
 from .intrinsic_dim import IntrinsicDim
 from .intruders import Intruders
@@ -33,6 +34,7 @@ MEASURES: List[Measure] = [
     MergeLatency(),  # zero added latency after merging
     ChooseRank(),  # what each rank gets against what it costs, on one parameter axis
     Reach(),  # does a rank-r method reach full finetuning, and from which rank (paired tests, equivalence)
+    Design(),  # what the design can resolve: variance parts, power, the seeds × examples a margin needs
     LearningRates(),  # the learning-rate search behind the comparison, when the study has one
     Truncation(),  # does full FT's ΔW survive truncation to rank k, in three scopes
     Spectra(),  # is ΔW low-rank: energy, effective rank, update size

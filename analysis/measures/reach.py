@@ -16,7 +16,9 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pandas as pd
 
-from .. import crossed, paired, plotting
+from lora_study.artifacts import arm_key
+
+from .. import crossed, paired, plotting, sequential
 from ..loader import Run, Study
 from ..paired import fmt_interval
 from ..roles import arm_title
@@ -54,11 +56,16 @@ def reach_table(study: Study, runs_frame: pd.DataFrame) -> pd.DataFrame:
             lo, hi = paired.mean_interval(x)
             rows.append({"arm": role, "title": runs_of[0].label, "rank": None, "score": what, "mean": float(x.mean()),
                          "ci_low": lo, "ci_high": hi, "seeds": len(seeds), "examples": int(x.shape[1])})
+    looks = study.index.get("sequential")
     for arm in study.arms("rank"):
         for rank in study.values(arm):
             runs = [r for r in study.runs if r.arm == arm and r.value == rank]
             own, _ = scores(runs)
-            c = paired.compare(own, ref, m)
+            last = sequential.final(looks, arm_key(arm, "rank", rank))  # seeds until resolved: its final look
+            alpha = last["alpha"] if last else 0.05
+            if last:
+                own = {s: v for s, v in own.items() if s in set(last["seeds"])}
+            c = paired.compare(own, ref, m, alpha)
             if c is None:
                 continue
             kept = paired.ratio_interval(own, base, ref, base) if base else None
@@ -68,7 +75,8 @@ def reach_table(study: Study, runs_frame: pd.DataFrame) -> pd.DataFrame:
                          "diff": c["diff"], "diff_ci_low": c["ci95"][0], "diff_ci_high": c["ci95"][1],
                          "ci90_low": c["ci90"][0], "ci90_high": c["ci90"][1], "p_difference": c["p_difference"],
                          "p_method": c["p_difference_method"], "p_tost": c["p_tost"], "margin": c["margin"],
-                         "verdict": c["verdict"], "se": c["se"], "df": c["df"], "var_seed": c["var_seed"],
+                         "verdict": c["verdict"], "alpha": alpha, "look": last["look"] if last else None,
+                         "se": c["se"], "df": c["df"], "var_seed": c["var_seed"],
                          "var_example": c["var_example"], "var_residual": c["var_residual"],
                          "seed_share": c["seed_share"], "resolvable_margin": c["resolvable_margin"],
                          "did_not_learn": ",".join(r.member for r in runs if r.did_not_learn),

@@ -87,6 +87,9 @@ class StudySweeper(Sweeper):
         except ConfigError as e:
             _refuse(e)
         failures += self._launch(sdir, members, index)
+        if cfg.study.until_resolved and not failures:
+            members, index["sequential"], more = self._until_resolved(sdir, members, index)
+            failures += more
         index["members"] = [self._entry(sdir, m) for m in members]
         sdir.write_index(index)
         done = sum(e["status"] == "complete" for e in index["members"])
@@ -99,6 +102,61 @@ class StudySweeper(Sweeper):
             print("error: these runs failed: " + "; ".join(failures), file=sys.stderr)
             sys.exit(1)
         return index
+
+    def _until_resolved(self, sdir, members: List, index: dict):
+        """Seeds in rounds for the rank-swept members still unresolved against full FT (``analysis.sequential``):
+        (all members, the record of the looks for study.json, failures)."""
+        import dataclasses
+
+        from analysis import sequential as Q
+        from lora_study.artifacts import arm_key
+        study = self.config.study
+        key = lambda m: arm_key(m.variant.arm, m.axis, m.variant.value)  # noqa: E731
+        first = {}
+        for m in members:
+            first.setdefault(key(m), m)
+        reference = next(k for k, m in first.items() if m.method in self._references(members))
+        in_play = [k for k, m in first.items() if m.axis == "rank"]
+        seeds = [int(s) for s in study.seeds]
+        counts = Q.schedule(len(seeds), int(study.seeds_per_round), int(study.max_seeds))
+        alphas = Q.alphas(len(seeds), int(study.seeds_per_round), int(study.max_seeds))
+        looks, final, failures = [], {}, []
+        for k, (count, alpha) in enumerate(zip(counts, alphas), 1):
+            while len(seeds) < count:
+                seeds.append(max(seeds) + 1)
+            new = [dataclasses.replace(first[key_], seed=s, extra=[]) for s in seeds[:count]
+                   for key_ in in_play + [reference] if not any(key(m) == key_ and m.seed == s for m in members)]
+            if new:
+                print(f"until_resolved look {k}: seeds {sorted({m.seed for m in new})} for " + ", ".join(in_play) +
+                      f" and {reference}")
+                members = members + new
+                failures += self._launch(sdir, new, index, planned=members)
+                if failures:
+                    break
+            index["members"] = [self._entry(sdir, m) for m in members]
+            sdir.write_index(index)
+            verdicts = Q.look(sdir.path, in_play, reference, seeds[:count], alpha)
+            looks.append({"look": k, "seeds": seeds[:count], "alpha": alpha, "verdicts": verdicts})
+            for key_, v in verdicts.items():
+                if v != Q.UNRESOLVED:
+                    final[key_] = {"verdict": v, "seeds": seeds[:count], "look": k, "alpha": alpha}
+            in_play = [k_ for k_ in in_play if k_ not in final]
+            print(f"until_resolved look {k} ({count} seeds, alpha {alpha:.4f}): " +
+                  ", ".join(f"{k_} {v}" for k_, v in verdicts.items()))
+            if not in_play:
+                break
+        for key_ in in_play:
+            final[key_] = {"verdict": Q.UNRESOLVED, "seeds": seeds[:counts[len(looks) - 1]], "look": len(looks),
+                           "alpha": looks[-1]["alpha"] if looks else None}
+        record = {"reference": reference, "max_seeds": int(study.max_seeds),
+                  "seeds_per_round": int(study.seeds_per_round), "spending": "Pocock-type (Lan-DeMets), union bound "
+                  "over the looks", "looks": looks, "final": final}
+        return members, record, failures
+
+    @staticmethod
+    def _references(members: List) -> set:
+        from lora_study import methods
+        return {m.method for m in members if methods.get(m.method).is_reference}
 
     def _entry(self, sdir, m) -> dict:
         from lora_study import planning as S
