@@ -36,7 +36,7 @@ CSS = (f"body{{font-family:sans-serif;max-width:{plotting.HTML_COLUMN_PX}px;marg
        "h2{margin-top:2em;border-bottom:1px solid #ddd}h3{margin-top:1.5em}"
        ".wrap{max-width:100%;overflow-x:auto;margin:0.5em 0 1.2em}"
        "table{border-collapse:collapse;font-size:12.5px}"
-       "td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top;overflow-wrap:anywhere}"
+       "td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top;overflow-wrap:break-word;hyphens:manual}"
        "th{background:#f3f3f3;text-align:left;overflow-wrap:normal}td{text-align:left}"
        "figure{margin:1em 0 1.5em}img{max-width:100%;height:auto;display:block}"
        "figcaption,.tcap{font-size:14px;color:#333;margin:0.4em 0}"

@@ -36,7 +36,7 @@ def amplification_table(study: Study, layer: Optional[int] = None, kinds=("query
                 if k > min(dW.shape):
                     continue
                 a = amplification(W, dW, k)
-                out.append({"member": r.member, "arm": r.arm, "label": r.label, "module": module,
+                out.append({"member": r.member, "arm": r.arm, "label": r.label, "seed": r.seed, "module": module,
                             "kind": module_kind(module), "layer": last, "r": k, **{key: float(v) for key, v in a.items()}})
         return out
 
@@ -56,12 +56,14 @@ def hu_factor(r: int) -> float:
 
 
 def pivot(a: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per module kind and r (means over seeds): W's own top-r directions and random ones, then per method
+    """One row per module kind and r (means over seeds; the factor a median, robust to a near-zero denominator): W's
+    own top-r directions and random ones, then per method
     (each rank-swept arm at its own rank, full FT at every r) ΔW's directions and the factor; Hu et al.'s Table 7
     beside it where they report that r (4 and 64)."""
     rows = []
     methods = list(dict.fromkeys(a.arm))
-    for (kind, r), g in a.groupby(["kind", "r"], sort=True):
+    both = a.assign(kind="W_q, W_v") if a.kind.nunique() > 1 else a.iloc[0:0]  # the finding's pooled medians
+    for (kind, r), g in pd.concat([a, both]).groupby(["kind", "r"], sort=False):
         first = g.iloc[0]
         row = {"matrix": KIND_TITLES.get(kind, kind), "layer": int(first.layer), "r": int(r),
                "‖W‖_F": f"{g.w_norm.mean():.3g}", "W top-r dirs": f"{g.w_dirs.mean():.3g}",
@@ -71,12 +73,18 @@ def pivot(a: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
             title = m.label.iloc[0] if len(m) and m.label.nunique() == 1 and not m.arm.isin(
                 runs[runs.axis.notna()].arm).any() else arm_title(runs, arm) if arm in set(runs.arm) else arm
             row[f"{title}: ΔW dirs"] = f"{m.delta_dirs.mean():.3g}" if len(m) else "—"
-            row[f"{title}: factor"] = f"{m.factor.mean():.1f}" if len(m) else "—"
+            row[f"{title}: factor (median)"] = f"{m.factor.median():.1f}" if len(m) else "—"
         h = HU_TABLE7.get(int(r)) if kind == "query" else None  # their Table 7 is W_q
-        row["Hu et al. (GPT-3 W_q): ΔW / W top-r / random, factor"] = (
+        row[f"Hu et al. (GPT-3 175B, layer 48, W_q, ‖W‖_F = {HU_W_NORM}): ΔW / W top-r / random, factor"] = (
             f"{h['delta_dirs']} / {h['w_dirs']} / {h['random_dirs']}, {hu_factor(int(r)):.1f}" if h else "—")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def outliers(a: pd.DataFrame, times: float = 5.0) -> pd.DataFrame:
+    """Rows whose factor is over ``times`` the median of its method, matrix kind and r."""
+    med = a.groupby(["arm", "kind", "r"]).factor.transform("median")
+    return a.assign(median=med)[a.factor > times * med]
 
 
 def finding(a: pd.DataFrame, runs: pd.DataFrame) -> str:
@@ -86,13 +94,18 @@ def finding(a: pd.DataFrame, runs: pd.DataFrame) -> str:
              "directions that W barely uses."]
     swept = a[a.arm.isin(runs[runs.axis == "rank"].arm)]
     if len(swept):
-        by_r = swept.groupby("r").factor.mean()
-        parts.append("The rank-swept runs' factor (mean over W_q, W_v and seeds): " + ", ".join(
-            f"r = {int(r)}: {f:.1f}" for r, f in by_r.items()) + ".")
+        by_r = swept.groupby("r").factor.median()
+        parts.append("The rank-swept runs' factor (median over W_q, W_v and seeds: a ratio whose denominator can come "
+                     "near 0, so not a mean): " + ", ".join(f"r = {int(r)}: {f:.1f}" for r, f in by_r.items()) + ".")
         ref = a[~a.arm.isin(swept.arm)]
         if len(ref):
             parts.append("Full finetuning's ΔW, at the same r: " + ", ".join(
-                f"r = {int(r)}: {f:.1f}" for r, f in ref.groupby("r").factor.mean().items()) + ".")
+                f"r = {int(r)}: {f:.1f}" for r, f in ref.groupby("r").factor.median().items()) + ".")
+    out = outliers(a)
+    if len(out):
+        parts.append("Outliers (a factor over five times its group's median, where ‖UᵀWVᵀ‖_F is near 0): " + "; ".join(
+            f"{r.label} {KIND_TITLES.get(r.kind, r.kind)} r = {int(r.r)} seed {int(r.seed)}: {r.factor:.1f} "
+            f"(median {r.median:.1f})" for _, r in out.iterrows()) + ".")
     parts.append(f"Hu et al. (GPT-3 175B, layer 48, W_q, ‖W‖_F = {HU_W_NORM}) report a factor of about "
                  f"{hu_factor(4):.1f} at r = 4 and {hu_factor(64):.1f} at r = 64; the model, the task and the matrix "
                  "sizes differ here, so only the order of magnitude and the fall with r compare.")

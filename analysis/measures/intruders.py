@@ -274,7 +274,7 @@ def finding(intr: pd.DataFrame, corr: dict, scaling: pd.DataFrame) -> List[str]:
         arm = scope.split(":", 1)[1]
         parts.append(f"On {arm}'s {int(runs.vectors.iloc[0] // K)} target matrices ({K} singular vectors each, "
                      f"ε = {EPS}; mean over seeds): " + ", ".join(
-                         f"{label} {row.n:.1f} intruders ({100 * row.rate:.1f} %, ‖ΔW‖/‖W‖ {row.rel:.3f})"
+                         f"{label} {row.n:.1f} intruders ({100 * row.rate:.1f} %, ‖ΔW‖/‖W‖ {row.rel:.3g})"
                          for label, row in runs.iterrows()) + "." +
                      (" The random controls of the same rank and norm: " + ", ".join(
                          f"{label.replace(CONTROL + ' of ', '')} {100 * row.rate:.1f} %"

@@ -165,16 +165,25 @@ def heatmaps(study: Study, arm: str, basis: str, small: int, large: int, title: 
         panels.append((f"r={large}, two seeds", _mean_grid(study, arm, basis, large, large, pairs), large, large))
     n = next(iter(_bases(next(r for r in study.runs if r.arm == arm and r.value == small), basis).values())).shape[0]
     panels.append(("two random subspaces", np.asarray(random_subspace_control(n, small, large, seed=0)), small, large))
+    # the colour scale spans the data (φ of a few tenths would be a pale strip on 0–1), shared by the panels
+    top = float(min(1.0, max(np.nanmax(g) for _, g, _, _ in panels) * 1.05)) or 1.0
     fig, axes = plotting.subplots(1, len(panels), width=1.2 + 2.4 * len(panels), height=3.2)
+    im = None
     for ax, (name, g, a, b) in zip(axes[0], panels):
-        im = ax.imshow(g, vmin=0, vmax=1, cmap=plotting.SEQUENCE_CMAP, aspect="auto", origin="upper",
-                       extent=(0.5, g.shape[1] + 0.5, g.shape[0] + 0.5, 0.5))
+        if g.shape[0] == 1:  # rank 1 against r: one row φ(1, j), drawn as a curve, not a strip stretched square
+            ax.plot(np.arange(1, g.shape[1] + 1), g[0], color="tab:blue", lw=1.4)
+            ax.set_ylim(0, top)
+            ax.set_ylabel(f"φ(1, j) from {basis}")
+        else:
+            im = ax.imshow(g, vmin=0, vmax=top, cmap=plotting.SEQUENCE_CMAP, aspect="auto", origin="upper",
+                           extent=(0.5, g.shape[1] + 0.5, g.shape[0] + 0.5, 0.5))
+            ax.set_ylabel(f"i (top i of r={a})")
+            ax.yaxis.set_major_locator(MaxNLocator(5, integer=True, min_n_ticks=1))
         ax.set_xlabel(f"j (top j of r={b})")
-        ax.set_ylabel(f"i (top i of r={a})")
         ax.set_title(name, fontsize=plotting.LABEL)
         ax.xaxis.set_major_locator(MaxNLocator(5, integer=True, min_n_ticks=1))
-        ax.yaxis.set_major_locator(MaxNLocator(5, integer=True, min_n_ticks=1))
-    fig.colorbar(im, ax=axes[0].tolist(), label=f"φ(i, j) from {basis}", shrink=0.9)
+    if im is not None:
+        fig.colorbar(im, ax=axes[0].tolist(), label=f"φ(i, j) from {basis} (scale 0–{top:.2f})", shrink=0.9)
     plotting.caption(fig, study)
     return fig
 

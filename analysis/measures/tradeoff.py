@@ -37,7 +37,7 @@ MIXED_PRECISION_BYTES = 16
 
 
 def tradeoff(runs: pd.DataFrame, spectra: Optional[pd.DataFrame] = None,
-             truncation: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+             truncation: Optional[pd.DataFrame] = None, forgetting: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """Numeric table (means over seeds) with one row per method/rank; ``format_tradeoff`` renders it."""
     if runs.empty:
         return pd.DataFrame()
@@ -64,6 +64,11 @@ def tradeoff(runs: pd.DataFrame, spectra: Optional[pd.DataFrame] = None,
             "step_counter_bytes": tensors_step.mean(),
             "mixed_precision_bill_bytes": MIXED_PRECISION_BYTES * n,
             "gradient_bytes": g.gradient_bytes.mean(), "peak_memory_bytes": g.peak_memory_bytes.mean(),
+            "parameter_bytes": g.parameter_bytes.mean() if "parameter_bytes" in g else np.nan,
+            "activation_bytes": g.activation_bytes.mean() if "activation_bytes" in g else np.nan,
+            "training_bytes": g.training_bytes.mean() if "training_bytes" in g else np.nan,
+            "training_bytes_spread": (g.training_bytes.max() - g.training_bytes.min()) / g.training_bytes.mean()
+            if "training_bytes" in g and g.training_bytes.notna().all() else np.nan,
             "mean_step_s": g.mean_step_s.mean(), "tokens_per_s": g.tokens_per_s.mean(),
             "storage_bytes": g.storage_bytes.mean(),
             "test_accuracy": g.test_accuracy.mean(), "test_accuracy_std": g.test_accuracy.std(ddof=1),
@@ -83,8 +88,9 @@ def tradeoff(runs: pd.DataFrame, spectra: Optional[pd.DataFrame] = None,
         if truncation is not None and not truncation.empty and first.axis == "rank":
             t = truncation[(truncation.scope == LIKE_FOR_LIKE) & (truncation.k == first["value"])]
             row["truncated_full_at_rank"] = t["mean"].mean() if len(t) else np.nan
-        if "forgetting_mean" in g:
-            row["forgetting_mean"] = g.forgetting_mean.mean()
+        row["forgetting_mean"] = _forgetting(forgetting, first)
+        if "cka" in g:
+            row["cka"] = g.cka.mean()
         rows.append(row)
     out = pd.DataFrame(rows)
     for b in latency_batches(out):
@@ -93,6 +99,18 @@ def tradeoff(runs: pd.DataFrame, spectra: Optional[pd.DataFrame] = None,
             out[f"base_latency_batch{b}_s"] = base_lat[col]
     order = sorted(range(len(out)), key=lambda i: (label_key(out.iloc[i].to_dict()), out.label.iloc[i]))
     return out.iloc[order].reset_index(drop=True)
+
+
+def _forgetting(forgetting: Optional[pd.DataFrame], first) -> float:
+    """The run group's held-out accuracy drop pooled over the informative tasks (``forgetting_vs_full``); 0 for the
+    frozen base, NaN where not measured."""
+    if first.baseline:
+        return 0.0
+    if forgetting is None or forgetting.empty:
+        return np.nan
+    t = forgetting[(forgetting.tasks == "mean") & (forgetting.unit == "accuracy")]
+    key = (t.arm == "reference") if first.reference else (t.arm == first.arm) & (t.value == first["value"])
+    return float(t[key].forgetting.iloc[0]) if key.any() else np.nan
 
 
 def latency_batches(t: pd.DataFrame) -> list:
@@ -134,10 +152,13 @@ def format_cost(t: pd.DataFrame) -> pd.DataFrame:
     sizes = latency_batches(t)
     rows = []
     for _, r in t.iterrows():
+        counted = not _nan(r.get("training_bytes", np.nan))
         row = {"method": _method(r), "trainable params": f"{int(r.trainable_params):,} ({r.trainable_pct:.3g} %)",
-               "optimizer state": _bytes(r.optimizer_state_bytes), "gradients": _bytes(r.gradient_bytes),
-               "peak memory": _bytes(r.peak_memory_bytes), "storage per task": _bytes(r.storage_bytes),
-               "step time": _ms_str(r.mean_step_s)}
+               "parameters": _bytes(r.get("parameter_bytes")) if counted else "n/a",
+               "gradients": _bytes(r.gradient_bytes), "optimizer state": _bytes(r.optimizer_state_bytes),
+               "activations": _bytes(r.get("activation_bytes")) if counted else "n/a",
+               "training memory": _bytes(r.training_bytes) if counted else f"{_bytes(r.peak_memory_bytes)} (RSS)",
+               "storage per task": _bytes(r.storage_bytes), "step time": _ms_str(r.mean_step_s)}
         for b in sorted({sizes[0], sizes[-1]}) if sizes else []:
             row[f"latency b={b}"] = _ms_str(_latency(r, b))
         if sizes:
@@ -166,12 +187,14 @@ def format_quality(t: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "method": _method(r), "test accuracy (± std)": acc,
             "gain over base": "—" if _nan(r.gain_over_base) else f"{r.gain_over_base:+.3f}",
-            "forgetting (mean)": "not measured" if _nan(r.get("forgetting_mean", np.nan)) else f"{r.forgetting_mean:+.3f}",
+            "forgetting (informative tasks)": "not measured" if _nan(r.get("forgetting_mean", np.nan)) else
+            f"{r.forgetting_mean:+.3f}",
             "mean rank@90 % of ΔW": "—" if _nan(r.get("mean_rank90", np.nan)) else f"{r.mean_rank90:.1f}",
             "full FT truncated to r": "—" if _nan(r.get("truncated_full_at_rank", np.nan)) else
             f"{r.truncated_full_at_rank:.3f}",
             "merge max |Δlogit|": "—" if _nan(r.get("max_abs_logit_diff_fp32", np.nan)) else
-            f"{r.max_abs_logit_diff_fp32:.1e}"})
+            f"{r.max_abs_logit_diff_fp32:.1e}",
+            "CKA to the base (debiased)": "—" if _nan(r.get("cka", np.nan)) else f"{r.cka:.3f}"})
     return pd.DataFrame(rows)
 
 
@@ -236,7 +259,8 @@ class Tradeoff(Measure):
     tables = ("tradeoff",)
 
     def compute(self, ctx: Context) -> Dict[str, pd.DataFrame]:
-        return {"tradeoff": tradeoff(ctx.table("runs"), ctx.table("spectra"), ctx.table("truncation"))}
+        return {"tradeoff": tradeoff(ctx.table("runs"), ctx.table("spectra"), ctx.table("truncation"),
+                                     ctx.table("forgetting_vs_full"))}
 
     def sections(self, ctx: Context) -> List[Section]:
         runs, t = ctx.table("runs"), ctx.table("tradeoff")
@@ -245,11 +269,12 @@ class Tradeoff(Measure):
         sizes = latency_batches(t)
         return [Section("The tradeoff: what each method costs and what it gets", [
             "One row per method, mean over seeds (± sample standard deviation where there are several). Every "
-            "column of the cost table is measured in the runs: optimizer state is read from AdamW's state tensors, "
-            "gradients and peak memory from the device, latency is the median of repeated timings at max_length "
-            "tokens (merged for a method that merges; the frozen base and full FT, which has the base's "
-            "architecture, are timed as they are, so their difference is the timing noise), storage is the bytes a "
-            "user ships per task. The formulas' predictions are in a table of their own.",
+            "column of the cost table is measured in the runs. Training memory is counted in parts, the same on "
+            "every rerun of a config: the parameters, the gradients and AdamW's state read from their tensors, and "
+            "the activations autograd saved for backward at the largest micro-batch (through saved-tensor hooks); "
+            "a CPU process's resident memory, which moves with the machine, is not used. Latency is the median of "
+            "repeated timings at max_length tokens (merged for a method that merges); storage is the bytes a user "
+            "ships per task. The formulas' predictions are in a table of their own.",
             *([f"This study has no run of {', '.join(missing)}: the rows and comparisons that need it are absent."]
               if missing else [])], table="tradeoff_cost",
             table_caption="Cost, measured" + (f" (latency at batch {' and '.join(map(str, sorted({sizes[0], sizes[-1]})))}"
@@ -259,8 +284,8 @@ class Tradeoff(Measure):
                                            "exp_avg_sq: 8 bytes per trainable parameter) and the mixed-precision bill "
                                            "(2 + 2 + 8 + 4 = 16 bytes per parameter)."),
             Section("Quality", [
-                "What each method gets for that cost. Test accuracy is the whole test split; forgetting the mean "
-                "drop in held-out probe accuracy; rank@90 % the mean over the run's saved ΔW; the truncated full "
+                "What each method gets for that cost. Test accuracy is the whole test split; forgetting the "
+                "held-out accuracy drop pooled over the informative tasks (as in the forgetting section); rank@90 % the mean over the run's saved ΔW; the truncated full "
                 "finetune keeps only the LoRA targets' ΔW, truncated to the row's rank (targets_only)."],
                 table="tradeoff_quality", level=3, table_caption="Quality, measured (means over seeds).")]
 

@@ -17,6 +17,7 @@ from .. import plotting
 from ..loader import Run, Study
 from ..roles import ordered_labels, run_columns
 from .base import Context, Measure, Section, per_run, seeds_phrase
+from .forgetting import accuracy_tasks, informative
 
 
 def _score(entry: dict) -> Optional[float]:
@@ -26,14 +27,15 @@ def _score(entry: dict) -> Optional[float]:
     return -float(entry["loss"]) if entry.get("loss") is not None else None
 
 
-def curve_rows(run: Run) -> List[dict]:
-    """One row per step at which ``run`` logged a validation score and held-out probes."""
+def curve_rows(run: Run, tasks: Optional[List[str]] = None) -> List[dict]:
+    """One row per step at which ``run`` logged a validation score and held-out probes; ``forgetting_mean`` over
+    ``tasks`` (the informative accuracy tasks; None: every task the run logged)."""
     val: Dict[int, dict] = {}
     held: Dict[int, dict] = {}
     for e in run.dir.metrics():
         if e.get("split") == "validation":
             val[int(e["step"])] = e
-        elif e.get("split") == "heldout" and e.get("forgetting_mean") is not None:
+        elif e.get("split") == "heldout" and e.get("tasks"):
             held[int(e["step"])] = e
     rows = []
     for step in sorted(set(val) & set(held)):
@@ -42,15 +44,24 @@ def curve_rows(run: Run) -> List[dict]:
             continue
         row = {**run_columns(run), "step": step, "validation_score": score,
                "score": "accuracy" if val[step].get("accuracy") is not None else "−loss",
-               "forgetting_mean": float(held[step]["forgetting_mean"])}
+               "forgetting_mean": _mean_forgetting(held[step], tasks)}
         for task, t in (held[step].get("tasks") or {}).items():
             row[f"forgetting_{task}"] = t.get("forgetting")
         rows.append(row)
     return rows if len(rows) >= 2 else []
 
 
+def _mean_forgetting(entry: dict, tasks: Optional[List[str]]) -> float:
+    found = entry.get("tasks") or {}
+    values = [float(found[t]["forgetting"]) for t in (tasks if tasks is not None else found) if t in found]
+    return round(sum(values) / len(values), 12) if values else float("nan")
+
+
 def curve_table(study: Study) -> pd.DataFrame:
-    return pd.DataFrame(per_run(study, study.runs, curve_rows))
+    """Every run's checkpoints, forgetting averaged over the informative accuracy tasks only (a probe at chance
+    cannot show forgetting)."""
+    tasks = [t for t in accuracy_tasks(study) if informative(study, t)[0]]
+    return pd.DataFrame(per_run(study, study.runs, lambda r: curve_rows(r, tasks)))
 
 
 def _styles(t: pd.DataFrame) -> Dict[str, dict]:

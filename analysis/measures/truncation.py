@@ -12,7 +12,7 @@ from the untruncated full finetune, the share of full finetuning's gain over the
 rank k, paired on the same test examples and seeds, with a verdict)."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import pandas as pd
 
@@ -50,56 +50,58 @@ def truncation_tables(study: Study, runs_frame: pd.DataFrame) -> Dict[str, pd.Da
     for scope, ks in _scopes(study).items():
         for k in ks:
             trunc, _ = scores(refs, f"truncation.{scope}.k{k}")
-            c = paired.compare(trunc, full, m)
+            n = min((len(v) for v in trunc.values()), default=0)  # truncation reads the test split's first n
+            full_n, base_n = _head(full, n), _head(base, n)
+            c = paired.compare(trunc, full_n, m)
             if c is None:
                 continue
-            kept = paired.ratio_interval(trunc, base, full, base) if base else None
+            kept = paired.ratio_interval(trunc, base_n, full_n, base_n) if base else None
             rows.append({"scope": scope, "k": k, "score": what, "mean": c["mean_a"], "ci_low": c["ci_a"][0],
                          "ci_high": c["ci_a"][1], "seeds": len(c["seeds"]), "minus_full": c["diff"],
                          "minus_full_low": c["ci95"][0], "minus_full_high": c["ci95"][1],
-                         "verdict_vs_full": c["verdict"], "full_mean": c["mean_b"],
+                         "verdict_vs_full": c["verdict"], "full_mean": c["mean_b"], "examples": n,
                          "gain_kept": kept[0] if kept else None, "gain_kept_low": kept[1][0] if kept else None,
                          "gain_kept_high": kept[1][1] if kept else None})
             for arm in study.arms("rank"):
                 trained, _ = scores([r for r in study.runs if r.arm == arm and r.value == k])
-                v = paired.compare(trained, trunc, m) if trained else None
+                v = paired.compare(_head(trained, n), trunc, m) if trained else None
                 if v is not None:
                     versus.append({"scope": scope, "arm": arm, "title": arm_title(runs_frame, arm), "rank": k,
-                                   "trained": v["mean_a"], "truncated": v["mean_b"], "diff": v["diff"],
+                                   "trained": v["mean_a"], "trained_low": v["ci_a"][0], "trained_high": v["ci_a"][1],
+                                   "truncated": v["mean_b"], "diff": v["diff"],
                                    "diff_low": v["ci95"][0], "diff_high": v["ci95"][1],
                                    "p_difference": v["p_difference"], "verdict": v["verdict"],
-                                   "seeds": len(v["seeds"])})
+                                   "seeds": len(v["seeds"]), "examples": n})
     return {"truncation": pd.DataFrame(rows), "trained_vs_truncated": pd.DataFrame(versus)}
+
+
+def _head(scores_by_seed: Dict[int, Any], n: int) -> Dict[int, Any]:
+    """Each seed's first ``n`` per-example scores (the examples truncation was evaluated on)."""
+    return {s: v[:n] for s, v in scores_by_seed.items()}
 
 
 # -- figure ---------------------------------------------------------------------------------------
 
 @plotting.styled
 def figure(study: Study, trunc: pd.DataFrame, versus: pd.DataFrame, reach: pd.DataFrame):
-    """One panel per scope: full FT truncated to rank k (k = 0: no matrix update), each arm trained at rank k,
-    full FT and the frozen base, all with 95 % intervals, against k on an evenly spaced axis."""
+    """One panel per scope: full FT truncated to rank k (k = 0: no matrix update) and each arm trained at rank k,
+    with 95 % intervals, and untruncated full FT, all on the same test examples (the ones truncation read), against
+    k on an evenly spaced axis."""
     scopes = [s for s in SCOPES if s in set(trunc.scope)]
     fig, axes = plotting.subplots(1, len(scopes), width=2.3 + 1.9 * len(scopes), height=3.6, sharey=True)
-    ref = reach[reach.arm == "reference"] if not reach.empty else reach
-    base = reach[reach.arm == "baseline"] if not reach.empty else reach
-    trained = reach[reach["rank"].notna()] if not reach.empty else reach
     for ax, scope in zip(axes[0], scopes):
         t = trunc[trunc.scope == scope].sort_values("k")
         pos = {k: i for i, k in enumerate(t.k)}
-        if len(ref):
-            r = ref.iloc[0]
-            ax.axhspan(r.ci_low, r.ci_high, color="0.85", zorder=0, label="full FT untruncated: 95 % interval")
-            ax.axhline(r["mean"], color=plotting.REFERENCE_COLOR, lw=1, label="full FT, untruncated")
-        if len(base):
-            ax.axhline(base.iloc[0]["mean"], color=plotting.REFERENCE_COLOR, ls="--", lw=1, label="frozen base")
+        ax.axhline(t.full_mean.iloc[0], color=plotting.REFERENCE_COLOR, lw=1, label="full FT, untruncated")
         plotting.errorbar(ax, [pos[k] for k in t.k], t["mean"], t.ci_low, t.ci_high, color="tab:red", marker="s",
                           ms=4, capsize=2, lw=1, label="full FT truncated to rank k (95 % interval)")
+        trained = versus[versus.scope == scope] if not versus.empty else versus
         for i, (arm, g) in enumerate(trained.groupby("arm", sort=False) if len(trained) else []):
             g = g[g["rank"].isin(pos)]
             if g.empty:
                 continue
-            plotting.errorbar(ax, [pos[k] + 0.18 * (i + 1) for k in g["rank"]], g["mean"], g.ci_low, g.ci_high,
-                              ls="none", ms=4, capsize=2, **plotting.arm_style(i),
+            plotting.errorbar(ax, [pos[k] + 0.18 * (i + 1) for k in g["rank"]], g["trained"], g.trained_low,
+                              g.trained_high, ls="none", ms=4, capsize=2, **plotting.arm_style(i),
                               label=f"{g.title.iloc[0]} trained at rank k (95 % interval)")
         ax.set_xticks(range(len(t)), [str(k) for k in t.k])
         ax.set_xlabel("rank k")
@@ -115,7 +117,9 @@ def figure(study: Study, trunc: pd.DataFrame, versus: pd.DataFrame, reach: pd.Da
 def finding(trunc: pd.DataFrame, versus: pd.DataFrame) -> List[str]:
     if trunc.empty:
         return ["No full finetune recorded truncated evaluations, so truncation is not measured here."]
-    parts = []
+    parts = [f"Truncation is evaluated on the test split's first {int(trunc.examples.iloc[0]):,} examples "
+             "(run.truncation_max_examples); every comparison below pairs on those examples."] \
+        if "examples" in trunc and trunc.examples.notna().any() else []
     for scope in [s for s in SCOPES if s in set(trunc.scope)]:
         t = trunc[trunc.scope == scope].sort_values("k")
         k0 = t[t.k == 0]
@@ -127,8 +131,9 @@ def finding(trunc: pd.DataFrame, versus: pd.DataFrame) -> List[str]:
             text += (f" The k = 0 control (no matrix update at all) scores {k0.iloc[0]['mean']:.3f}"
                      + (f", keeping {100 * k0.iloc[0].gain_kept:.0f} % of full finetuning's gain over the base"
                         if not pd.isna(k0.iloc[0].gain_kept) else "") + ".")
-        text += (f" From k = {int(ok.k.min())} the truncated model is equivalent to the untruncated one within the "
-                 "margin." if len(ok) else " No tested k is shown equivalent to the untruncated model within the margin.")
+        text += (" Shown equivalent to the untruncated model within the margin at k = " +
+                 ", ".join(str(int(k)) for k in ok.k) + "." if len(ok) else
+                 " No tested k is shown equivalent to the untruncated model within the margin.")
         parts.append(text)
     if not versus.empty:
         like = versus[versus.scope == LIKE_FOR_LIKE]
@@ -172,7 +177,9 @@ class Truncation(Measure):
                        table="truncation" if not trunc.empty else None,
                        caption="From which rank k full FT's truncated update (red) comes back to the untruncated "
                                "score (black line and grey band), and where LoRA trained at rank k lies beside it; "
-                               f"scope: the analysed ΔW of each panel's matrices (titles), the whole test split, {seeds}, "
+                               f"scope: the analysed ΔW of each panel's matrices (titles), the test split's first "
+                               f"{int(trunc.examples.iloc[0]) if 'examples' in trunc and len(trunc) else 'all'} "
+                               f"examples (truncation's), {seeds}, "
                                "95 % intervals.",
                        table_caption="Full FT with every ΔW of the scope truncated to rank k (k = 0: no matrix update), "
                                      "against the untruncated model, paired on the test examples.")]
