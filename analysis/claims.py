@@ -132,9 +132,9 @@ def read(path: Path) -> List[Claim]:
     return [Claim(**c) for c in json.loads(Path(path).read_text())]
 
 
-def findings_markdown(claims: Iterable[Claim], study: str) -> str:
-    """The findings summary README carries: one line per empirical claim, rendered from its record."""
-    lines = [f"Findings of the study `{study}`, one per claim (verdict, what was measured, why); generated from its "
-             "claim records by `lora-study-report`."]
+def findings_markdown(claims: Iterable[Claim], study: str, design: str = "") -> str:
+    """The findings summary README carries: the design, then one line per empirical claim, from its record."""
+    lines = [f"Findings of the study `{study}`{f' ({design})' if design else ''}, one per claim: the verdict, what "
+             "was measured, why. Generated from its claim records by `lora-study-report`."]
     lines += ["", *[f"- {c.sentence()}" for c in claims if c.kind == FINDING]]
     return "\n".join(lines) + "\n"

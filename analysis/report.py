@@ -25,7 +25,7 @@ import pandas as pd
 from lora_study import __version__
 from lora_study.artifacts import ArtifactError, write_json
 
-from . import claims, plotting
+from . import claims, paired, plotting, readme
 from .analyze import TIMINGS, analyze
 from .loader import Study, label_key, load_study
 from .measures import Context, Section
@@ -98,6 +98,15 @@ def _header(study: Study) -> List[str]:
     if d["skipped"]:
         lines.append("- **skipped runs**: " + "; ".join(f"{k} ({v})" for k, v in d["skipped"].items()))
     return lines
+
+
+def design(study: Study, ctx: Context) -> str:
+    """One line of what the study is: model, task, budget, seeds, test examples, margin."""
+    d, reach = study.describe(), ctx.table("reach")
+    b = d["budget"]
+    n = f", {int(reach.examples.max()):,} test examples" if not reach.empty and "examples" in reach else ""
+    return (f"{d['model']} on {d['task']}, {b.get('max_steps')} steps × batch {b.get('batch_size')}, seeds "
+            f"{', '.join(map(str, d['seeds']))}{n}, equivalence margin ±{paired.margin(study):g}")
 
 
 def _contents_md(num: Numbered) -> List[str]:
@@ -216,7 +225,7 @@ def report(study: Study, out: Path) -> Path:
         tables_fmt.update(m.formatted(ctx))
     write_tables(ctx, tables_fmt, out / "tables")
     claims.write(ctx.claims(), out / CLAIMS)
-    (out / FINDINGS).write_text(claims.findings_markdown(ctx.claims(), study.name))
+    (out / FINDINGS).write_text(claims.findings_markdown(ctx.claims(), study.name, design(study, ctx)))
     sections = build_sections(ctx)
     write_markdown(study, sections, tables_fmt, out)
     write_html(study, sections, tables_fmt, out)
@@ -229,6 +238,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="lora-study-report", description=__doc__.split("\n\n")[0])
     ap.add_argument("study", help="a study directory (holding study.json)")
     ap.add_argument("--out", help="output directory (default: <study>/report)")
+    ap.add_argument("--readme", help="a README whose findings block is rewritten from this report's claims")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
@@ -238,7 +248,12 @@ def main(argv=None) -> None:
     except ArtifactError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if a.readme and not readme.current(Path(a.readme).read_text() if Path(a.readme).exists() else ""):
+        print(f"error: {a.readme} has no findings block ({readme.START} ... {readme.END}).", file=sys.stderr)
+        sys.exit(2)
     out = report(study, Path(a.out) if a.out else study.path / "report")
+    if a.readme:
+        readme.update(Path(a.readme), (out / FINDINGS).read_text())
     for member, why in study.skipped.items():
         print(f"skipped {member}: {why}", file=sys.stderr)
     print(f"report of {study.name} in {time.perf_counter() - t0:.1f} s -> {out / 'report.html'}")
