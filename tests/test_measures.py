@@ -21,13 +21,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lora_study.artifacts import StudyDir
+from lora_study.artifacts import StudyDir, migrate_member
 
 from analysis import load_study
 from analysis.measures import Context
 from analysis.measures.forgetting import Forgetting
 from analysis.measures.intruders import Intruders
-from analysis.measures.similarity import Similarity
+from analysis.measures.similarity import RANDOM_DRAWS, Similarity
 from analysis.subspace import random_subspace_control
 
 MODULE = "bert.encoder.layer.0.attention.self.query"
@@ -98,7 +98,8 @@ def planted(tmp_path_factory) -> Context:
             run.write_delta({MODULE: DELTAS[member]})
         run.write_predictions(_predictions(member))
         run.write_summary(_summary(member, base))
-    study.write_index({"name": "planted", "shared": {}, "members": [_member(m) for m in members]})
+    study.write_index({"name": "planted", "shared": {}, "members": [migrate_member(_member(m), i)
+                                                                     for i, m in enumerate(members)]})
     st = load_study(study.path)
     assert not st.skipped and len(st.runs) == 4
     return Context(st, [Similarity(), Intruders(), Forgetting()])
@@ -116,7 +117,8 @@ def test_similarity_table_known_answers(planted):
     assert q.phi_1_1 == pytest.approx(0.5, abs=1e-6)
     assert q.phi_diag_mean == pytest.approx(0.5, abs=1e-6)  # a 1 × 4 grid has one diagonal entry
     assert q.phi_mean == pytest.approx(0.875, abs=1e-6)
-    control = np.asarray(random_subspace_control(N, 1, 4, seed=0))  # the control: random subspaces of R^16
+    # the control: random subspaces of R^16, averaged over RANDOM_DRAWS pairs
+    control = np.mean([np.asarray(random_subspace_control(N, 1, 4, seed=i)) for i in range(RANDOM_DRAWS)], axis=0)
     assert sim.loc["random"].phi_1_1 == pytest.approx(control[0, 0]) and sim.loc["random"].phi_mean == pytest.approx(
         control.mean())
 
@@ -186,15 +188,15 @@ def test_intruder_scaling_verdict_reads_only_runs_with_intruders_to_scale(lora_h
     """Full FT with no intruder scales nothing (change 0 [0, 0] by construction): it must not keep the verdict from
     holding when every run that had intruders forgets less once they are scaled down."""
     import pandas as pd
-    from analysis.measures.verdicts import intruder_rows
+    from analysis.measures.verdicts import intruder_claims
     _NO_TARGETS = pd.DataFrame({"scope": ["all"], "eps": [0.5], "kind": ["run"], "reference": [True],
                                 "axis": [None], "rank": [None]})  # no arm's targets: no rate comparison
     scaling = pd.DataFrame([_scaling_row("full", None, 0, 0.0, 0.0, 0.0),
                             _scaling_row("lora", 1.0, 5, -0.03, -0.06, lora_high)])
-    row = next(r for r in intruder_rows(_Tables(intruders=_NO_TARGETS,
-                                                intruder_scaling=scaling), {})
-               if r["claim"] == "scaling intruders down cuts forgetting")
-    assert row["verdict"] == verdict and "full FT" not in row["measured"] and "LoRA r=1: -0.030" in row["measured"]
+    runs = pd.DataFrame()
+    row = next(c for c in intruder_claims(_Tables(intruders=_NO_TARGETS, intruder_scaling=scaling, runs=runs), {})
+               if c.claim == "scaling intruders down cuts forgetting")
+    assert row.verdict == verdict and "full FT" not in row.measured and "LoRA r=1: -0.030" in row.measured
     none = pd.DataFrame([_scaling_row("full", None, 0, 0.0, 0.0, 0.0)])
-    assert not [r for r in intruder_rows(_Tables(intruders=_NO_TARGETS, intruder_scaling=none), {})
-                if r["claim"] == "scaling intruders down cuts forgetting"]
+    assert not [c for c in intruder_claims(_Tables(intruders=_NO_TARGETS, intruder_scaling=none, runs=runs), {})
+                if c.claim == "scaling intruders down cuts forgetting"]

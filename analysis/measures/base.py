@@ -60,6 +60,11 @@ class Measure:
         """Numbers recorded in analysis.json beside the tables."""
         return {}
 
+    def claims(self, ctx: "Context") -> list:
+        """Claims this measure adds (``analysis.claims.Claim``) beside the built-in ones of ``verdicts``; they join
+        the verdict or accounting table and ``claims.json`` like the rest."""
+        return []
+
 
 class Context:
     """A study and its measures' tables, each computed once on first request; the names of the figures drawn."""

@@ -362,7 +362,7 @@ class Forgetting(Measure):
     def figures(self, ctx: Context) -> Dict[str, object]:
         forget, table = ctx.table("forgetting"), ctx.table("forgetting_vs_full")
         out = {}
-        if not table.empty:
+        if not table.empty and (table.tasks == "mean").any():  # some informative task to pool
             out["forgetting_vs_rank"] = forgetting_vs_rank(ctx.study, table)
         if not forget.empty:
             out["pareto"] = pareto(ctx.study, pareto_points(forget, table, ctx.table("reach")))

@@ -133,9 +133,10 @@ def correlation(study: Study, intr: pd.DataFrame, scope: Optional[str] = None, e
     scope = pts.scope.iloc[0] if len(pts) else scope
     x, y = pts.rate.to_numpy(), pts.forgetting.to_numpy()
     rho, interval, p = None, None, None
-    if len(x) >= 4 and np.ptp(x) > 0 and np.ptp(y) > 0:
+    if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
         res = sps.spearmanr(x, y)
         rho, p = float(res.statistic), float(res.pvalue)
+    if rho is not None and len(x) >= 4:
         z, se = np.arctanh(np.clip(rho, -0.999999, 0.999999)), np.sqrt(1.06 / (len(x) - 3))
         interval = (float(np.tanh(z - 1.96 * se)), float(np.tanh(z + 1.96 * se)))
     return {"rho": rho, "interval": interval, "p": p, "n": len(x), "eps": eps, "scope": scope,

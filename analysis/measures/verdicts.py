@@ -281,7 +281,7 @@ def intruder_claims(ctx: Context, corr: dict) -> List[Claim]:
         common = dict(published="LoRA r ≤ 16 has intruders, full FT almost never (RoBERTa-base)", source=source,
                       seeds=len(seeds), section="intruders",
                       did_not_learn=_not_learned(runs, list(fam.member) + list(full.member)))
-        name = claim.replace("LoRA", title)
+        name = f"intruder dimensions appear in {title}, not in full finetuning"
         if seeds_verdict(len(seeds)):
             out.append(Claim(f"intruders:{family}", name, FINDING, TOO_LITTLE, measured, rule,
                              seeds_verdict(len(seeds)), **common))
@@ -488,7 +488,7 @@ def memory_claims(ctx: Context) -> List[Claim]:
         title = _title(runs, arms)
         measured = (f"full FT {full.mean() / 1e6:.0f} MB; {title} " + ", ".join(
             f"r={int(v)} {100 * s:.0f} %" for v, s in share.items()) + " of it")
-        out.append(Claim(f"memory:{family}", claim.replace("LoRA", title), FINDING,
+        out.append(Claim(f"memory:{family}", f"{title} cuts training memory", FINDING,
                          HOLDS if (share <= MEMORY_SHARE).all() else FAILS, measured, rule,
                          f"the largest share is {100 * share.max():.0f} %", published="about 2/3 less (GPT-3 175B)",
                          source=source, runs=len(g) + len(full), estimate=float(share.max()), section="tradeoff"))
@@ -499,7 +499,7 @@ def all_claims(ctx: Context) -> List[Claim]:
     corr = correlation(ctx.study, ctx.table("intruders"))
     return (reach_claims(ctx) + [rank_claim(ctx)] + similarity_claims(ctx) + intruder_claims(ctx, corr) +
             intrinsic_claims(ctx) + forgetting_claims(ctx) + latency_claims(ctx) + memory_claims(ctx) +
-            accounting_claims(ctx))
+            [c for m in ctx.measures for c in m.claims(ctx)] + accounting_claims(ctx))
 
 
 def _frame(claims: List[Claim], kind: str) -> pd.DataFrame:
