@@ -36,7 +36,9 @@ def with_roles(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     placed = [migrate_member({k: v for k, v in row.items() if not (isinstance(v, float) and v != v)})
               for row in df.to_dict("records")]
-    for column in ("family", "arm", "title", "axis", "value", "order"):
+    if "arm" not in df:  # a schema 1 run's arm is its method's
+        df["arm"] = [p.get("arm") or p.get("method") for p in placed]
+    for column in ("family", "title", "axis", "value", "order"):
         if column not in df:
             df[column] = [p[column] for p in placed]
     if "baseline" not in df:

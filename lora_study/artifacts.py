@@ -182,6 +182,14 @@ def label_of(title: str, axis: Optional[str], value: Optional[int], variant: Opt
     return f"{title}{f' {variant}' if variant else ''} {AXIS_PREFIX.get(axis, axis)}={int(value)}"
 
 
+def _title_from_label(label: Optional[str], axis: Optional[str], value: Any, variant: Optional[str]) -> Optional[str]:
+    """The arm's title a schema 1 label carries ('LoRA (all linear)' of 'LoRA (all linear) r=16'), if it has one."""
+    if not isinstance(label, str) or axis is None or value is None:
+        return None
+    suffix = f"{f' {variant}' if variant else ''} {AXIS_PREFIX.get(axis, axis)}={int(value)}"
+    return label[:-len(suffix)] if label.endswith(suffix) and len(label) > len(suffix) else None
+
+
 def migrate_member(record: Dict[str, Any], order: int = 0) -> Dict[str, Any]:
     """A schema 1 member record with its placement filled in: the built-in methods' from the table above, any other
     method's as a treatment of a family of its own, swept over the rank or d it recorded."""
@@ -193,7 +201,7 @@ def migrate_member(record: Dict[str, Any], order: int = 0) -> Dict[str, Any]:
     if value is None and axis is not None:
         value = record.get(axis)
     variant = ("SAID" if record.get("said") else "DID") if family == "subspace" else None
-    title = record.get("title") or title
+    title = record.get("title") or _title_from_label(record.get("label"), axis, value, variant) or title
     if family == "subspace":
         title = title.split(" (")[0] if record.get("title") is None else title
     return {**record, "family": family, "role": role, "axis": axis, "value": None if value is None else int(value),

@@ -57,7 +57,7 @@ def test_methods_stay_the_simple_way_and_arms_add_to_them():
     ids = [m.id for m in main_members(both, {})]
     assert ids == ["full_s0", "lora_r2_s0", "lora_r8_s0", "lora_all_r4_s0"]  # the arm's own ranks
     lora = by_id(main_members(both, {}))["lora_r2_s0"]
-    assert "method.target_modules=all_linear" not in lora.overrides() and lora.record()["title"] is None
+    assert "method.target_modules=all_linear" not in lora.overrides() and lora.record()["title"] == "LoRA"
     # an arm declared without a title is named apart from its method's own arm
     untitled = study("study.methods=[lora]", "study.ranks=[2]", "study.arms={wide:{method:lora,options:{dropout:0.1}}}")
     labels = [methods.get("lora").label(m.record()) for m in main_members(untitled, {})]
@@ -100,15 +100,16 @@ def test_rates_per_arm():
 
 def test_search_keys_and_grids_per_arm():
     st = study("study.methods=[full]", "study.ranks=[1,16]", ALL, "study.lr_search=true", "study.lr_search_ranks=all",
-               "+study.lr_grid.lora_all=[0.001,0.003]")
+               "+study.lr_grid.lora_all=[0.001,0.003]", "study.lr_search_seeds=1")
     keys = {}
     for m in search_members(st):
         keys.setdefault(m.search_key, []).append(m.lr)
     assert keys == {"full": list(st.lr_grid["full"]), "lora_all_r1": [1e-3, 3e-3], "lora_all_r16": [1e-3, 3e-3]}
     m = next(m for m in search_members(st) if m.search_key == "lora_all_r16")
-    assert m.id == "lora_all_r16_lr0.001" and "method.target_modules=all_linear" in m.overrides()
+    assert m.id == "lora_all_r16_lr0.001_s0" and "method.target_modules=all_linear" in m.overrides()
     # without a grid of its own the arm searches its method's grid, at study.lr_search_ranks when not all
-    st = study("study.methods=[full]", "study.ranks=[1,16]", ALL, "study.lr_search=true", "study.lr_search_ranks=[4]")
+    st = study("study.methods=[full]", "study.ranks=[1,16]", ALL, "study.lr_search=true", "study.lr_search_ranks=[4]",
+               "study.lr_search_seeds=1")
     assert [(m.search_key, m.lr) for m in search_members(st) if m.method == "lora"] == \
         [("lora_all_r4", lr) for lr in st.lr_grid.lora]
 

@@ -66,6 +66,8 @@ def test_the_migrated_study_gives_the_tables_it_gave_before(v1_study):
         before, table = pd.read_csv(TABLES / f"{name}.csv"), ctx.table(name)
         assert set(before.columns) <= set(table.columns), name
         now = pd.read_csv(io.StringIO(table.to_csv(index=False)))  # as the analysis writes it
+        if name == "similarity":  # the random control is averaged over draws now, the measured rows are as before
+            before, now = before[before.compares != "random"], now[now.compares != "random"]
         pd.testing.assert_frame_equal(before.reset_index(drop=True),
                                       now[list(before.columns)].reset_index(drop=True), check_dtype=False)
 
