@@ -24,6 +24,8 @@ from typing import Iterable, List, Set
 import pandas as pd
 
 NUMBER = re.compile(r"(?<![\w.])[−+-]?\d[\d,]*(?:\.\d+)?(?:e[−+-]?\d+)?")
+SENTENCE = re.compile(r"(?<=[.;])(?<!al\.)\s+(?=[A-Z(])")
+CITED = re.compile(r"et al\.")  # a sentence quoting a paper's figures, which the measures' tests hold to ANCHORS.md
 SMALL = 12  # integers up to this are structure (seeds, ranks, layer counts), not measurements
 
 
@@ -105,7 +107,8 @@ def check(report_dir: Path) -> List[str]:
                 problems.append(f"the prose states {c['claim']!r} otherwise than its record: {sentence!r}.")
     shown, values = known(report_dir)
     for paragraph in prose(md):
-        for token in numbers(paragraph):
+        own = " ".join(s for s in SENTENCE.split(paragraph) if not CITED.search(s))  # quoted figures are the source's
+        for token in numbers(own):
             if _is_structure(token) or token in shown or _matches(token, values):
                 continue
             problems.append(f"the number {token} in {paragraph[:80]!r}… is in no table or claim of the report.")

@@ -97,6 +97,10 @@ def _header(study: Study) -> List[str]:
                  (" (chosen by a validation sweep in this study)" if lr else " (the study's configured values)"))
     if d["skipped"]:
         lines.append("- **skipped runs**: " + "; ".join(f"{k} ({v})" for k, v in d["skipped"].items()))
+    flagged = [r for r in study.runs if r.did_not_learn]
+    lines.append("- **runs that did not learn**: " + ("; ".join(
+        f"{r.member} ({'; '.join((r.summary.get('learning') or {}).get('reasons') or ['flagged'])})" for r in flagged)
+        + " (complete and kept; every verdict that includes one says so)" if flagged else "none"))
     return lines
 
 

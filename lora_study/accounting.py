@@ -54,23 +54,24 @@ class SavedActivations:
     """
 
     def __init__(self, model: torch.nn.Module):
-        self._params = {self._key(p) for p in model.parameters()}
+        self._params = {k for k in map(self._key, model.parameters()) if k is not None}
         self.peak = 0
 
     @staticmethod
-    def _key(t: torch.Tensor) -> tuple:
-        s = t.untyped_storage()
-        return s.device.type, s.data_ptr()
+    def _key(t: torch.Tensor) -> Optional[tuple]:
+        """(device, storage address), or None for a tensor whose storage cannot be read (a sharded or freed one)."""
+        try:
+            s = t.untyped_storage()
+            return s.device.type, s.data_ptr()
+        except (RuntimeError, NotImplementedError):
+            return None
 
     def measure(self):
         seen: Dict[tuple, int] = {}
 
         def pack(t: torch.Tensor):
-            try:
-                key = self._key(t)
-            except (RuntimeError, NotImplementedError):  # a tensor without storage (a sharded wrapper)
-                return t
-            if key not in self._params and key not in seen:
+            key = self._key(t)
+            if key is not None and key not in self._params and key not in seen:
                 seen[key] = t.untyped_storage().nbytes()
             return t
 

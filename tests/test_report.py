@@ -16,7 +16,7 @@ CLAIMS = ["Verdicts", "The tradeoff: what each method costs and what it gets", "
           "Choosing a rank", "Does LoRA reach full finetuning", "Does full finetuning's update survive",
           "Is the update low-rank? Spectra of ΔW", "Do LoRA ranks share directions?",
           "Do low-rank updates bring in intruder dimensions?", "Does ΔW amplify directions W barely uses?",
-          "Does LoRA forget less?", "Intrinsic dimension"]
+          "Does LoRA forget less?"]  # no "Intrinsic dimension" section: the tiny study trains no subspace
 PARTS = ["Optimizer memory: measured against the formulas", "Quality", "Were the learning rates fair?",
          "Trained at rank k against truncated to rank k", "Cumulative energy", "Rank at 90 % energy",
          "Relative update size per layer", "Subspace similarity per layer", "Full finetuning's update inside LoRA's",
@@ -39,6 +39,8 @@ def test_report_has_contents_then_verdicts_then_a_section_per_claim(reported):
         assert any(h.startswith(claim) for h in h2), claim
         assert [j for j, h in enumerate(h2) if h.startswith(claim)][0] > (i and [
             j for j, h in enumerate(h2) if h.startswith(CLAIMS[i - 1])][0])
+    assert not any(h.startswith("Intrinsic dimension") for h in h2)  # its verdict row says "not measured"
+    assert "not measured" in section(md, "Verdicts")
     h3 = headings(md, 3)
     for part in PARTS:
         assert any(h.startswith(part) for h in h3), part
@@ -69,7 +71,7 @@ def test_report_numbers_equal_the_analysis_tables(reported):
     assert f"full FT reaches {full:.3f}" in text and f"the frozen base {base:.3f}" in text
     for r in reach[reach.arm == "lora"].itertuples():
         assert runs.test_accuracy[f"LoRA r={int(r.rank)}"] == pytest.approx(r.mean)
-        assert (f"r = {int(r.rank)}: {r.diff:+.3f} [{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}], {r.verdict}"
+        assert (f"r = {int(r.rank)}: {r.diff:+.3f} [{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}] ({r.verdict})"
                 in text), r.rank
 
     trunc = pd.read_csv(a / "truncation.csv")
@@ -90,7 +92,7 @@ def test_report_numbers_equal_the_analysis_tables(reported):
     text = section(md, "Do low-rank updates bring in intruder dimensions")
     for label in ("full FT", "LoRA r=1", "LoRA r=2", "LoRA r=4"):
         row = at.loc[label]
-        assert (f"{label} {row.intruders:.1f} intruders ({100 * row.rate:.1f} %, ‖ΔW‖/‖W‖ {row.rel_update:.3f})"
+        assert (f"{label} {row.intruders:.1f} intruders ({100 * row.rate:.1f} %, ‖ΔW‖/‖W‖ {row.rel_update:.3g})"
                 in text), label
 
     forget = pd.read_csv(a / "forgetting.csv").set_index("label")
@@ -150,7 +152,9 @@ def test_cost_and_quality_tables_keep_formulas_apart_and_time_every_method(repor
     cost = pd.read_csv(tables / "tradeoff_cost_formatted.csv")
     quality = pd.read_csv(tables / "tradeoff_quality_formatted.csv")
     formulas = pd.read_csv(tables / "tradeoff_formulas_formatted.csv")
-    assert len(cost.columns) <= 10 and len(quality.columns) <= 8
+    assert len(cost.columns) <= 12 and len(quality.columns) <= 8
+    # training memory in its parts, each counted from the run's tensors, beside their sum
+    assert {"parameters", "gradients", "optimizer state", "activations", "training memory"} <= set(cost.columns)
     assert not any("formula" in c or "predict" in c for c in list(cost.columns) + list(quality.columns))
     assert sum("(formula)" in c for c in formulas.columns) == 2
     latency = [c for c in cost.columns if c.startswith("latency b=")]
@@ -159,7 +163,8 @@ def test_cost_and_quality_tables_keep_formulas_apart_and_time_every_method(repor
         row = cost[cost.method.str.startswith(label)].iloc[0]
         assert all(row[c].endswith(" ms") for c in latency), row.to_dict()
     md = (reported / "report" / "report.md").read_text()
-    assert "Every column is measured" not in md and "Noise control: full FT" in md
+    assert "Every column is measured" not in md and "Median latency of the same run before and after merging" in md
+    assert "Latencies of different runs are not compared with each other" in md  # timed at other moments
 
 
 def test_tradeoff_counts_and_optimizer_bytes_are_exact(reported):
@@ -188,14 +193,17 @@ def test_tradeoff_counts_and_optimizer_bytes_are_exact(reported):
 def test_amplification_is_pivoted_beside_hu_et_al(reported):
     a = pd.read_csv(reported / "report" / "tables" / "amplification_formatted.csv")
     raw = pd.read_csv(reported / "analysis" / "amplification.csv")
-    assert len(a) == raw.groupby(["kind", "r"]).ngroups  # one row per module kind and r
+    per_kind = a[a.matrix != "W_q, W_v"]
+    assert len(per_kind) == raw.groupby(["kind", "r"]).ngroups  # one row per module kind and r
+    assert len(a) - len(per_kind) == 3  # and W_q, W_v pooled, per r
     assert a.r.dtype.kind == "i" and sorted(set(a.r)) == [1, 2, 4]
     hu = [c for c in a.columns if c.startswith("Hu et al.")]
     assert len(hu) == 1
     at4 = a[(a.r == 4) & (a.matrix == "W_q")][hu[0]].iloc[0]
     assert at4.startswith("0.32 / 21.67 / 0.02") and "21.6" in at4
     assert (a[a.r != 4][hu[0]] == "—").all()
-    assert {"W top-r dirs", "random dirs", "LoRA: ΔW dirs", "LoRA: factor", "full FT: factor"} <= set(a.columns)
+    assert {"W top-r dirs", "random dirs", "LoRA: ΔW dirs", "LoRA: factor (median)", "full FT: factor (median)"} <= \
+        set(a.columns)  # medians over seeds: one seed's near-zero denominator cannot carry the row
 
 
 def test_learning_vs_forgetting_over_checkpoints(reported):
@@ -205,7 +213,13 @@ def test_learning_vs_forgetting_over_checkpoints(reported):
     assert (finetuned.groupby("member").step.apply(list) == pd.Series({m: [30, 60] for m in finetuned.member})).all()
     summary = json.loads((reported / "runs" / "lora_r2_s0" / "summary.json").read_text())
     last = curve[(curve.member == "lora_r2_s0") & (curve.step == 60)].iloc[0]
-    assert last.forgetting_mean == pytest.approx(summary["heldout"]["forgetting_mean"])
+    from analysis import load_study
+    from analysis.measures.forgetting import informative
+    study = load_study(reported)
+    tasks = summary["heldout"]["tasks"]
+    keep = [t for t in tasks if informative(study, t)[0]]
+    assert keep == ["bbc_topic", "subjectivity"]  # political_party's base probe sits at chance: no drop to measure
+    assert last.forgetting_mean == pytest.approx(sum(tasks[t]["forgetting"] for t in keep) / len(keep))
 
 
 def test_learning_rate_heatmap_reads_the_study_evidence(reported):

@@ -43,7 +43,7 @@ def test_study_runs_every_member_then_resumes_without_redoing(tmp_path, capsys):
     idx = index(tmp_path)
     assert [m["id"] for m in idx["members"]] == ["none_s0", "full_s0", "lora_r1_s0", "lora_r2_s0"]
     assert all(m["status"] == "complete" for m in idx["members"])
-    assert idx["schema_version"] == 1 and idx["shared"]["budget"]["max_steps"] == 6
+    assert idx["schema_version"] == 2 and idx["shared"]["budget"]["max_steps"] == 6
     lr = {m["id"]: m["lr"] for m in idx["members"]}
     planned = compose_study().study.lr
     assert lr == {"none_s0": planned.none, "full_s0": planned.full, "lora_r1_s0": planned.lora, "lora_r2_s0": planned.lora}

@@ -12,7 +12,7 @@ with those intervals, and learning against forgetting. The Spearman correlation 
 forgetting, with its interval, is the intruders measure's."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -24,8 +24,10 @@ from ..roles import ROLE_COLUMNS, arm_title, finetuned, ordered_labels, with_rol
 from .base import Context, Measure, Section, seeds_phrase
 
 
-def forgetting_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per run: target gain over the frozen base (same seed), mean forgetting, per-task forgetting, CKA."""
+def forgetting_table(runs: pd.DataFrame, tasks: Optional[List[str]] = None) -> pd.DataFrame:
+    """Per run: target gain over the frozen base (same seed), mean forgetting, per-task forgetting, CKA.
+    ``tasks``: the informative accuracy tasks; ``forgetting_mean`` is then the mean over them alone (a run's
+    summary averages every probe, those at chance included)."""
     if runs.empty or "forgetting_mean" not in runs:
         return pd.DataFrame()
     runs = with_roles(runs)
@@ -35,6 +37,9 @@ def forgetting_table(runs: pd.DataFrame) -> pd.DataFrame:
         [c for c in runs.columns if c.startswith(("heldout_", "metric_"))] + ["probe_n_test"]
     t = runs[[c for c in cols if c in runs]].copy()
     t["gain_over_base"] = [a - base.get(s, np.nan) for a, s in zip(t.test_accuracy, t.seed)]
+    columns = [f"forgetting_{task}" for task in tasks or []]
+    if tasks is not None and all(c in t for c in columns):
+        t["forgetting_mean"] = t[columns].mean(axis=1) if columns else np.nan
     return t
 
 
@@ -356,7 +361,8 @@ class Forgetting(Measure):
     tables = ("forgetting", "forgetting_vs_full")
 
     def compute(self, ctx: Context) -> Dict[str, pd.DataFrame]:
-        return {"forgetting": forgetting_table(ctx.table("runs")),
+        tasks = [t for t in accuracy_tasks(ctx.study) if informative(ctx.study, t)[0]]
+        return {"forgetting": forgetting_table(ctx.table("runs"), tasks if accuracy_tasks(ctx.study) else None),
                 "forgetting_vs_full": forgetting_paired(ctx.study, ctx.table("runs"))}
 
     def figures(self, ctx: Context) -> Dict[str, object]:

@@ -237,6 +237,24 @@ def _latency_sentence(g: pd.DataFrame, sizes: List[int]) -> str:
     return "; ".join(txt) + fid
 
 
+def merge_table(t: pd.DataFrame) -> pd.DataFrame:
+    """Per rank-swept arm and batch size: the median over its runs of unmerged / merged latency (each run's own
+    medians) and the merge's fidelity, the numbers the latency section states."""
+    rows = []
+    for arm in arms(t, "rank"):
+        g = swept(t, "rank", arm)
+        for b in latency_batches(t):
+            un, me = f"latency_unmerged_batch{b}_s", f"latency_merged_batch{b}_s"
+            if un not in g or me not in g or not g[me].notna().any():
+                continue
+            diff = g.get("max_abs_logit_diff_fp32")
+            rows.append({"arm": arm, "title": arm_title(t, arm), "batch": b, "runs": int(g[me].notna().sum()),
+                         "unmerged_over_merged": float(np.median(g[un] / g[me])),
+                         "max_abs_logit_diff_fp32": float(diff.max()) if diff is not None else np.nan})
+    return pd.DataFrame(rows, columns=["arm", "title", "batch", "runs", "unmerged_over_merged",
+                                       "max_abs_logit_diff_fp32"])
+
+
 def latency_finding(t: pd.DataFrame) -> str:
     """What merging removes: the unmerged / merged latency of each rank-swept arm and the merge's fidelity. Whether
     merged equals the base is the latency claim's, from timings interleaved inside each run."""
@@ -251,7 +269,8 @@ def latency_finding(t: pd.DataFrame) -> str:
         return "No LoRA latency was measured in this study."
     return "Median latency of the same run before and after merging (" + "; ".join(
         f"{arm_title(t, arm)}: {_latency_sentence(g, sizes)}" for arm, g, sizes in measured) + \
-        "). Latency compared across runs is not compared here: runs time at different moments of a shared machine."
+        ("). Latencies of different runs are not compared with each other: runs time at different moments of a "
+         "shared machine.")
 
 
 class Tradeoff(Measure):
@@ -325,10 +344,10 @@ def _t_interval(x: np.ndarray, level: float = 0.90) -> tuple:
 
 class MergeLatency(Measure):
     name = "latency"
-    tables = ("latency",)
+    tables = ("latency", "merge_latency")
 
     def compute(self, ctx: Context) -> Dict[str, pd.DataFrame]:
-        return {"latency": latency_table(ctx.study)}
+        return {"latency": latency_table(ctx.study), "merge_latency": merge_table(ctx.table("tradeoff"))}
 
     def sections(self, ctx: Context) -> List[Section]:
         lat, claim = ctx.table("latency"), ctx.claim("latency")
