@@ -81,3 +81,61 @@ def test_the_check_passes_a_report_and_finds_a_planted_contradiction(reported, t
     assert r.returncode == 1
     assert f"the table says {c['claim']!r} {other}, its record says {c['verdict']}." in r.stderr
     assert "the number 0.123456" in r.stderr
+
+
+def test_readme_states_the_reference_reports_claims_and_nothing_else():
+    from analysis import readme
+    from conftest import ROOT
+    findings = (ROOT / "results" / "reference" / "findings.md").read_text()
+    assert readme.current((ROOT / "README.md").read_text()) == readme.block(findings)
+
+
+@pytest.mark.parametrize("report", ["results/reference", "results/reference/rank_sweep_sequential"])
+def test_committed_reports_match_their_evidence(report):
+    from conftest import ROOT
+    r = cli("lora-study-check", str(ROOT / report))
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _timed_study(rng, slowdown: float, rounds: int = 10, runs: int = 4):
+    """Runs whose merged model, its A/A twin and the base were timed in turn, under a load that changes from round
+    to round (every arm of a round shares it) and from run to run, with 2 % jitter per call."""
+    from types import SimpleNamespace
+    out = []
+    for i in range(runs):
+        load = rng.uniform(1.0, 3.0, size=rounds) * rng.uniform(0.5, 2.0)
+        samples = {f"batch{b}": {arm: list(0.01 * b * load * f * rng.lognormal(0, 0.02, rounds))
+                                 for arm, f in (("base", 1.0), ("merged", slowdown), ("merged_again", slowdown))}
+                   for b in (1, 32)}
+        out.append(SimpleNamespace(member=f"lora_r{i}_s0", arm="lora", title="LoRA", label=f"LoRA r={i}", value=i,
+                                   seed=0, summary={"latency": {"samples": samples}}))
+    return SimpleNamespace(runs=out)
+
+
+def test_the_latency_verdict_does_not_depend_on_the_machines_load():
+    """Reruns of the same study under different loads: the merged / base verdict reads ratios timed within a round,
+    so it is the same every time ("holds" for an equal model, "does not hold" for one 20 % slower), although the
+    absolute times move by up to a factor of 12 between reruns."""
+    import numpy as np
+
+    from analysis.measures.tradeoff import latency_table
+    from analysis.measures.verdicts import latency_claim
+    rng = np.random.default_rng(0)
+    for slowdown, want in ((1.0, "holds"), (1.2, "does not hold")):
+        verdicts = {latency_claim(latency_table(_timed_study(rng, slowdown)), "", "", "").verdict for _ in range(50)}
+        assert verdicts == {want}, (slowdown, verdicts)
+
+
+def test_training_memory_is_counted_in_parts_that_reruns_reproduce(tmp_path):
+    """Training memory from the tensors (parameters, gradients, optimizer state, saved activations), not from a
+    process's resident memory: two runs of one config count the same bytes, and LoRA's gradients and optimizer
+    state are a sliver of full FT's while its parameters and activations are not."""
+    mem = {}
+    for name, method in (("a", "method=full"), ("b", "method=full"), ("lora", "method=lora")):
+        summary, _ = run_tiny(tmp_path / name, [method])
+        mem[name] = summary["memory"]
+    assert mem["a"]["parts"] == mem["b"]["parts"] and mem["a"]["training_bytes"] == mem["b"]["training_bytes"]
+    assert mem["a"]["training_bytes"] == sum(mem["a"]["parts"].values())
+    full, lora = mem["a"]["parts"], mem["lora"]["parts"]
+    assert lora["optimizer_state"] < full["optimizer_state"] / 10 and lora["gradients"] < full["gradients"] / 10
+    assert lora["parameters"] >= full["parameters"] and lora["activations"] > 0
