@@ -25,7 +25,7 @@ setup: $(BIN)/.installed
 
 study: setup
 	$(BIN)/lora-study-study $(STUDY)
-	$(BIN)/lora-study-report $(STUDY_DIR) --out results/reference
+	$(BIN)/lora-study-report $(STUDY_DIR) --out results/reference --readme README.md
 
 smoke: setup
 	$(BIN)/lora-study-study experiment=smoke

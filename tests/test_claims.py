@@ -90,7 +90,7 @@ def test_readme_states_the_reference_reports_claims_and_nothing_else():
     assert readme.current((ROOT / "README.md").read_text()) == readme.block(findings)
 
 
-@pytest.mark.parametrize("report", ["results/reference", "results/reference/rank_sweep_sequential"])
+@pytest.mark.parametrize("report", ["results/reference"])
 def test_committed_reports_match_their_evidence(report):
     from conftest import ROOT
     r = cli("lora-study-check", str(ROOT / report))

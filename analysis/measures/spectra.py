@@ -238,16 +238,17 @@ def energy_finding(spectra: pd.DataFrame) -> str:
 
 
 def summary_table(spectra: pd.DataFrame) -> pd.DataFrame:
-    """Per method and module kind: the median over layers and seeds of rank at 90 % energy, effective and stable
+    """Per method and module kind (and over all its matrices, the pooled medians the finding quotes): the median over layers and seeds of rank at 90 % energy, effective and stable
     rank, ‖ΔW‖_F/‖W‖_F, and a random matrix's rank at 90 % beside them."""
     if spectra.empty:
         return pd.DataFrame()
     rows = []
     for label in ordered_labels(spectra):
         g = spectra[spectra.label == label]
-        for kind in [k for k in KIND_TITLES if k in set(g.kind)]:
-            k = g[g.kind == kind]
-            rows.append({"method": label, "matrix": KIND_TITLES[kind], "matrices × seeds": f"{k.module.nunique()} × "
+        kinds = [k for k in KIND_TITLES if k in set(g.kind)]
+        for kind in kinds + (["all"] if len(kinds) > 1 else []):
+            k = g if kind == "all" else g[g.kind == kind]
+            rows.append({"method": label, "matrix": KIND_TITLES.get(kind, "all matrices"), "matrices × seeds": f"{k.module.nunique()} × "
                          f"{k.seed.nunique()}", "rank@90 %": f"{k.rank90.median():.0f}",
                          "random rank@90 %": f"{k.random_rank90.median():.0f}",
                          "effective rank": f"{k.effective_rank.median():.1f}",

@@ -435,7 +435,8 @@ def forgetting_claims(ctx: Context) -> List[Claim]:
         out.append(Claim(f"forgetting_task:{task}", f"held-out task {task} measures forgetting", FINDING,
                          UNINFORMATIVE, str(g.why_uninformative.iloc[0]),
                          "a task the base scores at chance, or where every run is at the floor or the ceiling, "
-                         "cannot show forgetting; it is left out of the pooled rows", str(g.why_uninformative.iloc[0]),
+                         "cannot show forgetting; it is left out of the pooled rows",
+                         "it stays out of the pooled forgetting rows and the verdicts above",
                          section="forgetting"))
     return out
 
