@@ -33,16 +33,16 @@ PHASES = [
     ("prepare method", "lora_study/methods/baselines.py", "prepare"),
     ("prepare method", "lora_study/methods/intrinsic.py", "prepare"),
     ("held-out: data and base features", "lora_study/heldout/__init__.py", "make_scorer"),
-    ("train (incl. validation)", "lora_study/train.py", "train"),
+    ("train (incl. validation)", "lora_study/run/train.py", "train"),
     ("ΔW", "lora_study/methods/lora.py", "deltas"),
     ("ΔW", "lora_study/methods/baselines.py", "deltas"),
     ("spectra", "lora_study/linalg.py", "spectra"),
     ("storage", "lora_study/methods/lora.py", "storage"),
     ("storage", "lora_study/methods/baselines.py", "storage"),
     ("held-out evaluation", "lora_study/heldout/probes.py", "evaluate"),
-    ("truncation", "lora_study/post_training.py", "truncation"),
-    ("intruder scaling", "lora_study/post_training.py", "intruder_scaling"),
-    ("latency", "lora_study/post_training.py", "latency"),
+    ("truncation", "lora_study/run/post_training.py", "truncation"),
+    ("intruder scaling", "lora_study/run/post_training.py", "intruder_scaling"),
+    ("latency", "lora_study/run/post_training.py", "latency"),
     ("write summary", "lora_study/artifacts.py", "write_summary"),
 ]
 # a cross-cutting line, not a phase: every pass over a task split (validation in training, the test split, and the
@@ -63,7 +63,7 @@ def main() -> None:
 
     from lora_study.artifacts import RunDir
     from lora_study.config import register
-    from lora_study.run import execute
+    from lora_study.run.runner import execute
     register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["experiment=rank_sweep", *a.overrides])

@@ -4,7 +4,7 @@ finetuning on the default model and task, side by side in one process. Prints a 
     python benchmarks/subspace_step.py --steps 12
 
 The configurations take turns step by step (full, d=1e3, d=1e5, full, ...) on the same pre-tokenised
-batches, so drifts in machine load hit them alike. Each step mirrors ``lora_study.train.train``: autocast
+batches, so drifts in machine load hit them alike. Each step mirrors ``lora_study.run.train.train``: autocast
 forward, backward, gradient clipping, AdamW over the trainable parameters (``model.trainable_parameters()``
 for subspace: θ_d and the head), the warmup/linear schedule, ``zero_grad(set_to_none=True)``.
 
@@ -35,7 +35,7 @@ from lora_study.tasks.classification import ClassificationFamily, Encoded, Split
 from lora_study.accounting import optimizer_state_bytes, peak_memory, reset_peak_memory, tensor_bytes  # noqa: E402
 from lora_study.models import build_model  # noqa: E402
 from lora_study.device import autocast, resolve_device, resolve_precision, to_device  # noqa: E402
-from lora_study.train import make_optimizer, make_schedule  # noqa: E402
+from lora_study.run.train import make_optimizer, make_schedule  # noqa: E402
 
 MiB = 2 ** 20
 

@@ -27,7 +27,7 @@ from lora_study.tasks.classification import ClassificationFamily, Encoded, Split
 from lora_study.accounting import peak_memory, reset_peak_memory  # noqa: E402
 from lora_study.models import build_model  # noqa: E402
 from lora_study.device import resolve_device  # noqa: E402
-from lora_study.train import train  # noqa: E402
+from lora_study.run.train import train  # noqa: E402
 
 
 def prepared(method, num_labels: int):

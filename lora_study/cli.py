@@ -2,7 +2,7 @@
 
     lora-study-train method=lora method.rank=8       one run into results/runs/<method>_<time>/
     lora-study-study study.ranks=[4,64]              a paired study into results/studies/<name>/
-    lora-study-train train.processes=2 ...           one run over 2 processes (torchrun; lora_study.distributed)
+    lora-study-train train.processes=2 ...           one run over 2 processes (torchrun; lora_study.run.distributed)
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ def run_task(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     from .artifacts import RunDir
-    from .distributed import RunFailed, launch
-    from .run import execute
-    from .train import Diverged
+    from .run.distributed import RunFailed, launch
+    from .run.runner import execute
+    from .run.train import Diverged
 
     out = RunDir(HydraConfig.get().runtime.output_dir)
     try:
@@ -55,7 +55,7 @@ def run_task(cfg: DictConfig) -> dict:
     print(f"{summary['method']}: {', '.join(shown) or 'no test metric'} -> {out.path}")
     learned = summary.get("learning") or {}
     if learned.get("did_not_learn"):
-        from .learning import sentence
+        from .run.learning import sentence
         print(f"warning: {sentence(summary.get('member') or out.path.name, learned)}", file=sys.stderr)
     return {"member": summary.get("member"), "test_accuracy": metrics.get("test_accuracy")}
 

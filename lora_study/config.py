@@ -14,12 +14,13 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from . import distributed, methods as method_registry, tasks
-from .arms import ARMS, ByRank
+from . import methods as method_registry, tasks
+from .artifacts import SCOPES
 from .heldout import HeldoutConfig
 from .methods.lora import ALPHA_RULES, Targets
 from .models import ModelConfig, validate_model
-from .post_training import SCOPES
+from .run import distributed
+from .study.arms import ARMS, ByRank
 from .schema import (FRACTION, Rule, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, AllOr, Choice, ConfigError, Each, Free, Maybe,
                      Num, Values, check_section, opt)  # noqa: F401 - ConfigError is part of this module's interface
 from .tasks import TaskConfig
@@ -64,7 +65,7 @@ class TrainConfig:
     device: str = opt("auto", Choice(("auto", "cpu", "cuda", "mps")))  # auto: cuda > mps > cpu
     precision: str = opt("auto", Choice(("auto", "fp32", "bf16")))  # auto: bf16 autocast on CUDA, else fp32
     gradient_checkpointing: bool = opt(False, Free())  # recompute activations (full, lora, qlora)
-    # processes under torchrun, one device each (lora_study.distributed); batch_size is per process, so the
+    # processes under torchrun, one device each (lora_study.run.distributed); batch_size is per process, so the
     # global batch is batch_size x grad_accum x processes
     processes: int = opt(1, POSITIVE_INT)
     # torch's intra-op threads for the run (null: torch's default); set before anything computes. A study whose
@@ -116,7 +117,7 @@ class RunConfig:
 class StudyConfig:
     name: str = opt("default", Free())
     root: str = opt("results/studies", Free())
-    # one arm per method, named after it; study.arms adds arms of their own (lora_study.arms)
+    # one arm per method, named after it; study.arms adds arms of their own (lora_study.study.arms)
     methods: List[str] = opt(rule=Each(Choice(method_registry.names)), factory=lambda: ["none", "full", "lora"])
     # {arm: {method, title, options, ranks | dims, alpha_rule, alpha}}, e.g. an all-linear LoRA arm:
     # {lora_all: {method: lora, title: "LoRA (all linear)", options: {target_modules: all_linear}}}

@@ -85,7 +85,7 @@ def run_tiny(out: Path, overrides=(), base=TINY):
     from omegaconf import OmegaConf
 
     from lora_study.artifacts import RunDir
-    from lora_study.run import execute
+    from lora_study.run.runner import execute
 
     cfg = compose(list(base) + list(overrides))
     (out / ".hydra").mkdir(parents=True, exist_ok=True)

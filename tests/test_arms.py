@@ -1,4 +1,4 @@
-"""A study's arms (lora_study/arms.py) without training: members, overrides and records of each arm, per-arm
+"""A study's arms (lora_study/study/arms.py) without training: members, overrides and records of each arm, per-arm
 learning rates, rsLoRA per arm, and every invalid arm refused with one sentence naming its field."""
 from pathlib import Path
 
@@ -6,12 +6,12 @@ import pytest
 
 from conftest import CONF, compose
 from lora_study import methods
-from lora_study.arms import find_arm, study_arms
+from lora_study.study.arms import find_arm, study_arms
 from lora_study.artifacts import parse_member_id
 from lora_study.config import ConfigError, validate
-from lora_study.lr_search import search_members
+from lora_study.study.lr_search import search_members
 from lora_study.methods.base import Variant
-from lora_study.planning import lr_for, main_members, validate_study
+from lora_study.study.planning import lr_for, main_members, validate_study
 
 ALL = "study.arms={lora_all:{method:lora,title:'LoRA (all linear)',options:{target_modules:all_linear}}}"
 

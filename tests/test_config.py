@@ -146,7 +146,7 @@ def test_a_run_without_the_test_split_is_valid_where_nothing_needs_it():
 
 
 def test_method_options_must_name_fields_of_the_method():
-    from lora_study.planning import main_members, validate_study
+    from lora_study.study.planning import main_members, validate_study
     st = compose(["experiment=intrinsic_dim"], "study").study
     validate_study(st)
     subspace = [m for m in main_members(st, {}) if m.method == "subspace"]

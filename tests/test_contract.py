@@ -18,7 +18,7 @@ from lora_study.artifacts import (PLACEMENT, SCHEMA_VERSION, ArtifactError, Stud
 
 FIXTURE = ROOT / "tests" / "fixtures" / "study_v1"
 TABLES = ROOT / "tests" / "fixtures" / "study_v1_tables"
-TRAINING_SIDE = ("lora_study.methods", "lora_study.run", "lora_study.train", "lora_study.models", "peft",
+TRAINING_SIDE = ("lora_study.methods", "lora_study.run.runner", "lora_study.run.train", "lora_study.models", "peft",
                  "transformers")
 
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from conftest import TINY, cli, compose, run_tiny
 from lora_study.artifacts import RunDir
 from lora_study.config import ConfigError, validate
-from lora_study.distributed import RunFailed, launch
+from lora_study.run.distributed import RunFailed, launch
 
 # dropout off: each process draws its own masks, so only without dropout can two processes equal one
 SAME = ["model.dropout=0", "heldout=none", "run.latency=false", "run.truncation_ranks=[1]"]
@@ -103,7 +103,7 @@ import os
 rank, where = os.environ["LORA_STUDY_TEST_CRASH"].split(":")
 if os.environ.get("RANK") == rank:
     if where == "train":
-        import lora_study.train as T
+        import lora_study.run.train as T
         real, calls = T.to_device, []
 
         def to_device(batch, device):

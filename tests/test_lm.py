@@ -170,7 +170,7 @@ def test_heldout_lm_base_forgets_nothing_and_damage_is_positive_forgetting(tiny_
 
 
 def test_qlora_on_cpu_stops_with_one_sentence_before_any_work(tmp_path, monkeypatch):
-    from lora_study import run
+    from lora_study.run.runner import runner as run
     from lora_study.artifacts import RunDir
     from lora_study.tasks.causal_lm import CausalLMFamily
     monkeypatch.setattr(run, "build_model", lambda *a, **k: pytest.fail("a model was loaded"))
@@ -185,7 +185,7 @@ def test_qlora_on_cpu_stops_with_one_sentence_before_any_work(tmp_path, monkeypa
 
 def test_task_family_and_model_must_agree(tmp_path):
     from lora_study.artifacts import RunDir
-    from lora_study.run import execute
+    from lora_study.run.runner import execute
     with pytest.raises(ConfigError, match="is a causal LM and task.family=classification"):
         execute(compose(["model=tiny_llama", "task=rotten_tomatoes"]), RunDir(tmp_path))
     with pytest.raises(ConfigError, match="task.family=causal_lm needs a causal LM"):

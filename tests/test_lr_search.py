@@ -1,4 +1,4 @@
-"""The learning-rate search (lora_study/lr_search.py): choice on validation only, extension of the grid while the best
+"""The learning-rate search (lora_study/study/lr_search.py): choice on validation only, extension of the grid while the best
 rate is on an edge, with known answers from completed fake run directories, through the sweeper with a fake run
 whose validation score is a known function of the rate, and one real tiny search end to end into study.json."""
 import json
@@ -7,9 +7,9 @@ import math
 import pytest
 
 from conftest import TINY, compose, study_in_process
-from lora_study import lr_search as L
+from lora_study.study import lr_search as L
 from lora_study.artifacts import StudyDir
-from lora_study.planning import member_status
+from lora_study.study.planning import member_status
 
 
 def study(*overrides):
@@ -169,8 +169,8 @@ DIVERGES_ABOVE = 3e-2
 def fake_runs(monkeypatch):
     """Replace training by a run whose validation accuracy is a known function of its rate (peaked at PEAKS, test
     accuracy the opposite) and which diverges above DIVERGES_ABOVE; returns the list of members it ran."""
-    from lora_study import run as run_module
-    from lora_study.train import Diverged
+    from lora_study.run.runner import runner as run_module
+    from lora_study.run.train import Diverged
     ran = []
 
     def execute(cfg, out):

@@ -229,7 +229,7 @@ def test_gradient_checkpointing_is_refused_in_training():
 
 def test_param_groups_give_listed_parameters_their_own_rate():
     from lora_study.config import OptimConfig
-    from lora_study.train import make_optimizer, param_groups
+    from lora_study.run.train import make_optimizer, param_groups
     a, b, c = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
     assert param_groups([a, b]) == [a, b]
     opt = make_optimizer(param_groups([a, b, c], {id(c): 0.3}), OptimConfig(lr=1e-2))

@@ -7,7 +7,7 @@ from lora_study.artifacts import StudyDir, parse_member_id
 from lora_study.config import ConfigError, validate
 from lora_study.methods.base import Variant
 from lora_study.methods.lora import alpha_for
-from lora_study.planning import lr_for, main_members, member_threads, validate_study
+from lora_study.study.planning import lr_for, main_members, member_threads, validate_study
 
 
 def rank(r):
@@ -74,7 +74,7 @@ def test_bad_study_values():
 
 
 def test_processes_and_dropout_join_the_shared_settings_only_when_set(tmp_path):
-    from lora_study.planning import check_shared, shared_settings
+    from lora_study.study.planning import check_shared, shared_settings
     default = shared_settings(compose([], "study"))
     # a study made before train.processes and model.dropout existed resumes: the defaults add no key
     assert "processes" not in default["budget"] and "dropout" not in default["model"]

@@ -60,7 +60,7 @@ def planted_runs(monkeypatch):
     """Runs whose per-example test correctness is drawn around a planted accuracy per member key (0.75 + SHIFTS),
     with a small seed effect, the same examples' easiness in every run: r = 1 differs from full FT at once,
     r = 2 (no difference) becomes equivalent as seeds are added, r = 4 (half the margin off) stays open longer."""
-    from lora_study import run as run_module
+    from lora_study.run.runner import runner as run_module
     ran = []
     easy = np.random.default_rng(7).random(N)
 
@@ -121,7 +121,7 @@ def test_the_sweeper_adds_seeds_only_where_unresolved(tmp_path, planted_runs):
 def test_until_resolved_needs_room_for_seeds():
     from conftest import compose
     from lora_study.config import ConfigError
-    from lora_study.planning import validate_study
+    from lora_study.study.planning import validate_study
     with pytest.raises(ConfigError, match="study.until_resolved=true needs study.max_seeds above"):
         validate_study(compose(["study.until_resolved=true", "study.seeds=[0,1,2]", "study.max_seeds=3"],
                                "study").study)

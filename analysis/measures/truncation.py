@@ -1,5 +1,5 @@
 """Does full finetuning's update live in a few directions? Each full-finetuning run evaluated its ΔW truncated to
-rank k (and k = 0, no matrix update: the control) in three scopes (``lora_study.post_training.SCOPES``):
+rank k (and k = 0, no matrix update: the control) in three scopes (``lora_study.run.post_training.SCOPES``):
 
 - ``finetuned_rest``: every analysed ΔW truncated; embeddings, norms, biases and everything else finetuned;
 - ``pretrained_rest``: every analysed ΔW truncated; every other parameter but the head back at W_pre;

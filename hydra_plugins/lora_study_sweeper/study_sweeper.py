@@ -3,7 +3,7 @@
 search first, in rounds while a best rate is on an edge of its grid), skips members whose run is complete, and hands
 the rest to whatever launcher is configured (basic, joblib, submitit). When the launcher runs members side by side
 (joblib's ``n_jobs``), each member gets its share of the cores as ``train.threads``. The plan itself is
-``lora_study.planning``'s, the search's ``lora_study.lr_search``'s."""
+``lora_study.study.planning``'s, the search's ``lora_study.study.lr_search``'s."""
 from __future__ import annotations
 
 import logging
@@ -34,7 +34,7 @@ class StudySweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from lora_study import lr_search as L, planning as S
+        from lora_study.study import lr_search as L, planning as S
         from lora_study.artifacts import StudyDir
         from lora_study.config import ConfigError, validate
 
@@ -159,7 +159,7 @@ class StudySweeper(Sweeper):
         return {m.method for m in members if methods.get(m.method).is_reference}
 
     def _entry(self, sdir, m) -> dict:
-        from lora_study import planning as S
+        from lora_study.study import planning as S
         reason = S.member_status(sdir, m)
         rec = {**m.record(), "dir": sdir.subdir(m.id, m.phase), "status": "complete" if reason is None else "failed"}
         if reason is not None:
@@ -175,7 +175,7 @@ class StudySweeper(Sweeper):
         """Launch the members of ``members`` that are not complete; ``planned`` (default: ``members``) is what the
         index lists meanwhile. A search run that diverged is a result (its rate is too high), not a failure, and
         is not run again."""
-        from lora_study import lr_search as L, planning as S
+        from lora_study.study import lr_search as L, planning as S
         todo = []
         for m in members:
             reason = S.member_status(sdir, m)

@@ -63,7 +63,7 @@ class Method:
     truncates: ClassVar[bool] = False  # evaluates its ΔW truncated to low ranks after training
     probes_during_training: ClassVar[bool] = True  # held-out probes every heldout.every steps
     base_tag: ClassVar[str] = ""  # how the loaded base differs from the checkpoint (QLoRA: "nf4"), for caches
-    # how it trains over several processes (train.processes > 1, lora_study.distributed): "ddp" (a replica per
+    # how it trains over several processes (train.processes > 1, lora_study.run.distributed): "ddp" (a replica per
     # process, gradients averaged: few trainable parameters), "fsdp" (FSDP2: weights, gradients and optimizer
     # state sharded per transformer block; group_lrs then sees the sharded parameters), None (one process only)
     distributed: ClassVar[Optional[str]] = "ddp"
@@ -116,7 +116,7 @@ class Method:
         raise NotImplementedError
 
     # -- a study ---------------------------------------------------------------------------------
-    # ``study`` is the study section as one arm sees it (lora_study.arms.arm_view): the arm's own ranks, dims,
+    # ``study`` is the study section as one arm sees it (lora_study.study.arms.arm_view): the arm's own ranks, dims,
     # alpha_rule and alpha in place of the study's; the planner renames the variants' arm after the study's arm
     def variants(self, study) -> List[Variant]:
         """The members this method contributes to a study, per seed."""

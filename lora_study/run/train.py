@@ -1,7 +1,7 @@
 """One training loop for every method: AdamW, warmup then linear/cosine decay, gradient accumulation,
 periodic validation, bf16 autocast on CUDA. The loop knows nothing of the method: it trains whatever
 parameters require gradients. It knows nothing of the task either beyond ``evaluate_fn``, the task family's
-evaluator. Over several processes (``lora_study.distributed``) it trains the wrapped model on this process's
+evaluator. Over several processes (``lora_study.run.distributed``) it trains the wrapped model on this process's
 slice of each global batch; with one process those calls change nothing."""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed as dist
-from .accounting import SavedActivations, gradient_bytes, optimizer_state_bytes, peak_memory, reset_peak_memory
-from .config import OptimConfig, TrainConfig
-from .device import autocast, to_device
+from ..accounting import SavedActivations, gradient_bytes, optimizer_state_bytes, peak_memory, reset_peak_memory
+from ..config import OptimConfig, TrainConfig
+from ..device import autocast, to_device
 
 
 class Diverged(RuntimeError):

@@ -9,11 +9,11 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from .accounting import interleaved_latency, max_abs_diff, median_latency
-from .artifacts import SCOPES
-from .device import autocast, to_device
-from .linalg import max_cosines, top_factors
-from .models.structure import base_module
+from ..accounting import interleaved_latency, max_abs_diff, median_latency
+from ..artifacts import SCOPES
+from ..device import autocast, to_device
+from ..linalg import max_cosines, top_factors
+from ..models.structure import base_module
 
 
 @torch.no_grad()

@@ -1,13 +1,13 @@
 """Study planning: which runs a paired study holds, at which learning rates, which are already complete.
 
-A study pairs, on one model, task, training budget and seed, every arm (``lora_study.arms``: a method with settings
+A study pairs, on one model, task, training budget and seed, every arm (``lora_study.study.arms``: a method with settings
 of its own; each method of ``study.methods`` is one, ``study.arms`` adds more) — each contributes its members through
 the method registry (``Method.variants``: LoRA one per rank, subspace training one per d and variant, the baselines
 one each) — and repeats them per seed. Each member is one run with its own overrides; the Hydra sweeper
 (``hydra_plugins/lora_study_sweeper``) launches the members that are not complete.
 
 Learning rates of a member of arm A (method M), most specific first: the value a validation search chose
-(``lora_study.lr_search``; for a rank-swept arm the searched rank, else the nearest searched rank of A on a log scale;
+(``lora_study.study.lr_search``; for a rank-swept arm the searched rank, else the nearest searched rank of A on a log scale;
 for a d-swept arm the nearest d of ``study.lr_search_dims``, DID and SAID alike), then ``study.lr_by_rank`` (rank-swept
 arms: A's own {rank: lr} if it has one, else the flat {rank: lr}), then ``study.lr[A]``, then ``study.lr[M]``. The test
 split is never read to choose a rate.
@@ -22,11 +22,11 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 from omegaconf import OmegaConf
 
-from . import methods
+from .. import methods
 from .arms import Arm, arm_variants, arm_view, check_options, find_arm, plain, study_arms, validate_arms
-from .artifacts import AXIS_PREFIX, RunDir, StudyDir, arm_key, member_id, search_id
-from .methods.base import Variant
-from .schema import ConfigError
+from ..artifacts import AXIS_PREFIX, RunDir, StudyDir, arm_key, member_id, search_id
+from ..methods.base import Variant
+from ..schema import ConfigError
 
 SHARED_KEYS = ("model", "task")
 BUDGET_KEYS = ("max_steps", "batch_size", "grad_accum", "max_length")

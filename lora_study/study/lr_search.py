@@ -16,7 +16,7 @@ rate to its neighbour (the grid's own spacing: 5e-4, 1.5e-3, 5e-3 continue with 
 ``study.lr_search_max_extensions`` rates are added per key (the lower one first when both edges tie for best).
 
 Choice. A rate's score is its mean validation score over the search seeds (accuracy; −perplexity for a perplexity-only
-task). A rate at which any seed's run diverged (the loss became NaN) or did not learn (``lora_study.learning``: one
+task). A rate at which any seed's run diverged (the loss became NaN) or did not learn (``lora_study.run.learning``: one
 class, the majority's accuracy, an exploding loss) counts as tried with no score: it bounds the search on its side
 and is not a failure of the study. The chosen rate has the best mean score among the others, the lower rate on a
 tie. The test split is never evaluated (``run.evaluate_test=false``). A chosen rate
@@ -32,7 +32,7 @@ import math
 from typing import Any, Dict, List, Optional
 
 from .arms import Arm, arm_variants, find_arm, plain, study_arms
-from .artifacts import RunDir, StudyDir
+from ..artifacts import RunDir, StudyDir
 from .planning import Member, member_of
 
 # the search's runs are validation runs: nothing else is measured or saved
@@ -67,7 +67,7 @@ def at_seeds(study, m: Member, lr: float) -> List[Member]:
 
 
 def collapsed(run: RunDir) -> bool:
-    """Whether a complete run was flagged as not having learned (``lora_study.learning``)."""
+    """Whether a complete run was flagged as not having learned (``lora_study.run.learning``)."""
     return run.check_complete() is None and bool((run.summary().get("learning") or {}).get("did_not_learn"))
 
 

@@ -25,11 +25,11 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
 
-from . import methods
-from .artifacts import ArtifactError, member_id, parse_member_id
-from .methods.base import Variant
-from .methods.lora import ALPHA_RULES
-from .schema import (POSITIVE, POSITIVE_INT, Choice, ConfigError, Each, Pattern, Rule, Values, check_value,
+from .. import methods
+from ..artifacts import ArtifactError, member_id, parse_member_id
+from ..methods.base import Variant
+from ..methods.lora import ALPHA_RULES
+from ..schema import (POSITIVE, POSITIVE_INT, Choice, ConfigError, Each, Pattern, Rule, Values, check_value,
                      rules_of)
 
 ARM_NAME = Pattern(r"[a-z][a-z0-9_]*", "a name of lower-case letters, digits and underscores that starts with a letter")

@@ -1,7 +1,7 @@
 """One run over several processes: PyTorch's own distributed engine, launched with torchrun.
 
 ``train.processes=N`` (N > 1) makes the run command start N workers through ``torch.distributed.run`` (torchrun's
-programmatic entry) on this machine; each worker (``lora_study.worker``) reads the run's resolved config from a
+programmatic entry) on this machine; each worker (``lora_study.run.worker``) reads the run's resolved config from a
 file, joins the process group (NCCL on CUDA, one GPU per worker; gloo on CPU) and runs the same
 ``run.execute`` as one process does. Only the launching command touches Hydra, so there is one run directory,
 Hydra's, and rank 0 alone writes into it.
@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.distributed as dist
 
-from .schema import ConfigError
+from ..schema import ConfigError
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -82,7 +82,7 @@ def check(cfg) -> None:
     n = int(cfg.train.processes)
     if n == 1:
         return
-    from . import methods
+    from .. import methods
     method = methods.get(cfg.method.name)
     if method.distributed not in STRATEGIES:
         raise ConfigError(f"method={method.name} runs on one process only; set train.processes=1.")
@@ -171,7 +171,7 @@ def wrap(model: torch.nn.Module, strategy: str, device: torch.device) -> torch.n
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from .models.structure import transformer_blocks
+    from ..models.structure import transformer_blocks
     mesh = init_device_mesh(device.type, (world_size(),))
     for block in transformer_blocks(model):
         fully_shard(block, mesh=mesh)
@@ -227,7 +227,7 @@ def launch(cfg, out) -> Dict[str, Any]:
         OmegaConf.save(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), path)
         args = get_args_parser().parse_args([
             "--standalone", "--nnodes=1", f"--nproc-per-node={n}", "--max-restarts=0", "--monitor-interval=0.2",
-            "-m", "lora_study.worker", path, str(out.path)])
+            "-m", "lora_study.run.worker", path, str(out.path)])
         try:
             with _threads_per_process(n):
                 run(args)
@@ -266,7 +266,7 @@ def _reason(failure) -> str:
 def _record_failure(cfg, out, reason: str, failed_rank: int, seconds: float) -> None:
     """Keep what rank 0 recorded if it saw the failure itself (a diverged loss); otherwise write the failure.
     Either way, no partial ΔW, spectra, adapter or model stays behind."""
-    from .artifacts import ArtifactError
+    from ..artifacts import ArtifactError
     out.discard_partial()
     try:
         if out.summary().get("status") == "failed":

@@ -5,7 +5,7 @@ data, gives the model its head and evaluates it; the method (``lora_study.method
 ΔW, stores what a user ships and hands back the model used for inference; the family's held-out scorer
 (``lora_study.heldout``) measures forgetting. Everything else — the training loop, ΔW's spectra, truncation,
 latency, accounting — is shared. With ``train.processes > 1`` each process runs ``execute`` under torchrun
-(``lora_study.distributed``): all of them train, rank 0 alone writes the run directory and measures the
+(``lora_study.run.distributed``): all of them train, rank 0 alone writes the run directory and measures the
 gathered model after training.
 """
 from __future__ import annotations
@@ -18,17 +18,18 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from . import __version__, distributed as dist, learning, methods, tasks
-from .accounting import parameter_bytes
-from .artifacts import RunDir
-from .config import Config, validate
-from .device import resolve_device, resolve_precision, torch_threads
-from .heldout import make_scorer
-from .linalg import spectra
-from .loggers import Logger, make_logger
-from .methods.base import pretrained_weights
-from .models import build_model, load_config
-from .models.structure import resolve_targets
+from .. import __version__, methods, tasks
+from . import distributed as dist, learning
+from ..accounting import parameter_bytes
+from ..artifacts import RunDir
+from ..config import Config, validate
+from ..device import resolve_device, resolve_precision, torch_threads
+from ..heldout import make_scorer
+from ..linalg import spectra
+from ..loggers import Logger, make_logger
+from ..methods.base import pretrained_weights
+from ..models import build_model, load_config
+from ..models.structure import resolve_targets
 from .post_training import intruder_scaling, latency, truncation
 from .train import Diverged, train
 
