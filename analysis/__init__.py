@@ -1,6 +1,6 @@
 """Analysis: saved run artifacts -> measurements, tables and figures (pure maths; never trains).
 
-    from analysis import load_study
+    from lora_study.analysis import load_study
     study = load_study("results/studies/rank_sweep")
 
 The maths (``spectral``, ``subspace``, ``dimension``) works on tensors and numbers; ``measures`` holds one module

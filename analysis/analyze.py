@@ -1,5 +1,5 @@
 """lora-study-analyze <study-dir>: tables (CSV and parquet) and figures (PNG and PDF) under <study>/analysis/,
-every measure's in ``analysis.measures.MEASURES``. Everything it writes is the same byte for byte on every run
+every measure's in ``lora_study.analysis.measures.MEASURES``. Everything it writes is the same byte for byte on every run
 over the same study but ``timings.json`` (how long the analysis took)."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A study's artifacts, read lazily: runs, their summaries and metrics, ΔW per module and spectra.
 
-    from analysis import load_study
+    from lora_study.analysis import load_study
     st = load_study("results/studies/rank_sweep")
     st.runs_frame()                        # one row per complete run
     st.delta("lora_r8_s0", "bert.encoder.layer.5.attention.self.value")

@@ -2,7 +2,7 @@
 
 For every paired comparison behind a verdict: the variance split into the seeds' and the examples' parts, the
 smallest margin the design resolves with the given power at a true difference of 0, and the test examples at 3, 5
-and 10 seeds (and the seeds at the study's own examples) that a margin needs (``analysis.measures.design``)."""
+and 10 seeds (and the seeds at the study's own examples) that a margin needs (``lora_study.analysis.measures.design``)."""
 from __future__ import annotations
 
 import argparse

@@ -31,8 +31,12 @@ RUNS = {
 }
 
 DRIVER = """
-import sys
+import importlib.util, os, sys
 sys.path.insert(0, sys.argv[1])
+init = os.path.join(sys.argv[1], "conf", "__init__.py")
+if os.path.exists(init):  # this version's config groups, not those of the installed lora-study
+    sys.modules["lora_study.conf"] = importlib.util.module_from_spec(
+        importlib.util.spec_from_file_location("lora_study.conf", init))
 sys.argv = ["lora-study-train"] + sys.argv[2:]
 from lora_study.cli import train_main
 train_main()

@@ -55,21 +55,27 @@ EQUIVALENT: dict[str, str] = {
 }
 
 
+def installed(module: str) -> str:
+    """A module's path in the installed package: analysis/ is installed as lora_study/analysis/."""
+    return f"lora_study/{module}" if module.startswith("analysis/") else module
+
+
 def workdir_for(module: str, base: Path) -> Path:
     """A scratch copy holding the packages, the module's tests and a mutmut configuration for it alone."""
     work = base / module.replace("/", "_").removesuffix(".py")
     if work.exists():
         shutil.rmtree(work)
     (work / "tests").mkdir(parents=True)
-    for pkg in ("analysis", "lora_study"):
-        shutil.copytree(ROOT / pkg, work / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    # the packages as installed: analysis/ is lora_study.analysis (pyproject.toml's package-dir)
+    shutil.copytree(ROOT / "lora_study", work / "lora_study", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "analysis", work / "lora_study" / "analysis", ignore=shutil.ignore_patterns("__pycache__"))
     for t in ["tests/conftest.py", *MODULES[module]]:
         shutil.copy(ROOT / t, work / t)
     quoted = lambda xs: "[" + ", ".join(f'"{x}"' for x in xs) + "]"  # noqa: E731
     (work / "pyproject.toml").write_text(
         "[tool.mutmut]\n"
-        'source_paths = ["analysis", "lora_study"]\n'  # whole packages, so the mutated copy is the one imported
-        f"only_mutate = {quoted([module])}\n"
+        'source_paths = ["lora_study"]\n'  # the whole package, so the mutated copy is the one imported
+        f"only_mutate = {quoted([installed(module)])}\n"
         f"pytest_add_cli_args_test_selection = {quoted(MODULES[module])}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
         "use_git_change_detection = false\n")
@@ -169,7 +175,7 @@ def main(argv=None) -> int:
 
 
 def _prefix(module: str) -> str:
-    return module.removesuffix(".py").replace("/", ".") + "."
+    return installed(module).removesuffix(".py").replace("/", ".") + "."
 
 
 if __name__ == "__main__":

@@ -62,10 +62,10 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     from lora_study.artifacts import RunDir
-    from lora_study.config import register
+    from lora_study.config import conf_dir, register
     from lora_study.run.runner import execute
     register()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["experiment=rank_sweep", *a.overrides])
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp())
     prof = cProfile.Profile()

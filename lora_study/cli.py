@@ -7,14 +7,13 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, register, validate
+from .config import ConfigError, conf_dir, register, validate
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(conf_dir())  # lora_study/conf installed, the repository's conf/ in a checkout
 register()
 # conf/hydra/launcher/slurm.yaml scales a job's CPUs and memory with train.processes
 OmegaConf.register_new_resolver("multiply", lambda a, b: int(a) * int(b), replace=True)

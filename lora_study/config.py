@@ -8,7 +8,9 @@ schema (``models.ModelConfig``, ``tasks.TaskConfig``, ``heldout.HeldoutConfig``,
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -25,7 +27,19 @@ from .schema import (FRACTION, Rule, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, A
                      Num, Values, check_section, opt)  # noqa: F401 - ConfigError is part of this module's interface
 from .tasks import TaskConfig
 
-__all__ = ["Config", "ConfigError", "register", "validate"]
+__all__ = ["Config", "ConfigError", "conf_dir", "register", "validate"]
+
+CONF_PACKAGE = "lora_study.conf"  # the repository's top-level conf/, as pyproject.toml installs it
+
+
+def conf_dir() -> Path:
+    """The directory of the Hydra config groups, located through the import system: inside the installed package
+    (a wheel) or the repository's conf/ (an editable install), whatever the working directory."""
+    spec = importlib.util.find_spec(CONF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"the config groups ({CONF_PACKAGE}) are missing from this installation of lora-study; "
+                          f"reinstall it (pip install .).")
+    return Path(spec.origin).resolve().parent
 
 
 @dataclass(frozen=True)

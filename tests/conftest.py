@@ -18,8 +18,10 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+from lora_study.config import conf_dir  # noqa: E402 - after the environment above (transformers reads it once)
+
 ROOT = Path(__file__).resolve().parent.parent
-CONF = str(ROOT / "conf")
+CONF = str(conf_dir())  # the config groups the installed package composes (the checkout's conf/ when editable)
 BIN = Path(sys.executable).parent
 
 # held-out probes at a small size: a tiny run checks that they run, not what they find. 200 probe examples per task

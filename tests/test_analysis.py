@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import cli
-from analysis import load_study
+from lora_study.analysis import load_study
 from lora_study.artifacts import ArtifactError
 
 MEMBERS = {"none_s0", "full_s0", "lora_r1_s0", "lora_r2_s0", "lora_r4_s0"}
@@ -31,7 +31,7 @@ def accuracy(study: Path, member: str) -> float:
 def test_the_tiny_study_learns(tiny_study):
     """The premise of every conclusion below: full finetuning beats the frozen base by far more than two binomial
     standard errors (and a paired McNemar test agrees), LoRA learns part of the task, and the runs differ."""
-    from analysis.stats import mcnemar_exact, unpaired_difference_se
+    from lora_study.analysis.stats import mcnemar_exact, unpaired_difference_se
     st = load_study(tiny_study)
     n = summary(tiny_study, "full_s0")["examples"]["test"]
     full, base = accuracy(tiny_study, "full_s0"), accuracy(tiny_study, "none_s0")
@@ -171,7 +171,7 @@ def test_intruders_grow_with_epsilon_and_correlate_with_forgetting(analysed):
     assert (counts.diff(axis=1).fillna(0) >= 0).all().all() and (counts[0.9] > counts[0.1]).all()
     controls = intr[intr.kind != "run"]
     assert set(controls.member) == {f"lora_r{r}_s0:control" for r in (1, 2, 4)}
-    from analysis.measures.forgetting import accuracy_tasks, forgetting_scores, informative
+    from lora_study.analysis.measures.forgetting import accuracy_tasks, forgetting_scores, informative
     corr = json.loads((analysed / "analysis" / "analysis.json").read_text())["intruders_vs_forgetting"]
     st = load_study(analysed)
     # the forgetting it reads: the informative tasks only (the tiny model's party probe sits at chance)
@@ -208,7 +208,7 @@ def test_load_study_api(tiny_study):
 
 def analyze_in_process(path, capsys):
     """``lora-study-analyze PATH`` in this process: (exit code, stderr)."""
-    from analysis.analyze import main
+    from lora_study.analysis.analyze import main
     try:
         main([str(path)])
         code = 0
@@ -261,8 +261,8 @@ def test_delta_of_a_module_missing_from_the_base_is_skipped(study_copy, capsys):
 
 
 def test_run_labels_sort_by_role_then_the_studys_arm_order_then_value_numerically():
-    from analysis.loader import label_key
-    from analysis.roles import ordered_labels
+    from lora_study.analysis.loader import label_key
+    from lora_study.analysis.roles import ordered_labels
     from lora_study.artifacts import migrate_member
     order = {"none": 0, "full": 1, "lora": 2, "qlora": 3, "subspace_did": 4, "subspace_said": 5}
     records = [{"method": "lora", "arm": "lora", "rank": 16}, {"method": "full"},
@@ -318,7 +318,7 @@ def _name_tests(source: str) -> list:
 def test_latency_batches_are_read_from_the_columns():
     import pandas as pd
 
-    from analysis.measures.tradeoff import latency_batches
+    from lora_study.analysis.measures.tradeoff import latency_batches
     t = pd.DataFrame(columns=["latency_merged_batch4_s", "latency_unmerged_batch1_s", "latency_plain_batch4_s", "x"])
     assert latency_batches(t) == [1, 4]
     assert latency_batches(pd.DataFrame(columns=["test_accuracy"])) == []
@@ -347,9 +347,9 @@ def test_analysis_tests_no_method_name_by_string():
 # ---- extension points: a measure and a rank-swept method registered inside a test ----------------
 
 def test_a_registered_measure_flows_into_the_analysis_and_the_report(study_copy, monkeypatch):
-    from analysis import measures
-    from analysis.report import report
-    from analysis.roles import references
+    from lora_study.analysis import measures
+    from lora_study.analysis.report import report
+    from lora_study.analysis.roles import references
 
     class RefNorm(measures.Measure):
         """Mean ‖ΔW‖_F / ‖W‖_F of the reference, from the spectra table (so it depends on another measure)."""
@@ -385,7 +385,7 @@ def test_a_registered_rank_swept_method_is_an_arm_of_every_measure(study_copy):
     section that compares ranks, with no analysis file edited."""
     import shutil
 
-    from analysis.report import report
+    from lora_study.analysis.report import report
     from lora_study import methods
     from lora_study.artifacts import member_id
     from lora_study.methods.lora import Lora
@@ -450,7 +450,7 @@ def test_a_registered_rank_swept_method_is_an_arm_of_every_measure(study_copy):
 def test_learning_rate_evidence_from_either_key_and_none_without():
     from types import SimpleNamespace
 
-    from analysis.measures.learning_rate import evidence, lr_table
+    from lora_study.analysis.measures.learning_rate import evidence, lr_table
     runs = [SimpleNamespace(arm=a, title=t, role=r, order=o, variant=None, value=None) for a, t, r, o in
             (("full", "full FT", "reference", 1), ("lora", "LoRA", "treatment", 2), ("subspace", "subspace",
                                                                                        "treatment", 3))]
@@ -471,7 +471,7 @@ def test_learning_rate_evidence_from_either_key_and_none_without():
     t = lr_table(study({"lr_evidence": shipped, "lr_search": {"grid": searched}}))
     assert list(dict.fromkeys(t.label)) == ["full FT", "subspace d=1000", "subspace d=100000"]
     assert t[t.label == "subspace d=1000"].set_index("lr").validation_score.to_dict() == {0.01: 0.66, 0.03: 0.67}
-    from analysis.measures.learning_rate import LearningRates, finding
+    from lora_study.analysis.measures.learning_rate import LearningRates, finding
     mixed = lr_table(study({"lr_evidence": grid, "lr_search": {"grid": searched}}))
     assert "per method and d;" in finding(t) and "per method and rank or d;" in finding(mixed)
     assert "per method and rank;" in finding(lr_table(study({"lr_evidence": grid})))

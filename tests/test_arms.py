@@ -195,8 +195,8 @@ def test_an_all_linear_arm_flows_through_a_study_and_its_analysis(tmp_path):
 
     import pandas as pd
 
-    from analysis import load_study
-    from analysis.analyze import analyze
+    from lora_study.analysis import load_study
+    from lora_study.analysis.analyze import analyze
     from conftest import STUDY_ARGS, study_in_process
     code = study_in_process(*STUDY_ARGS, "study.methods=[none,full,lora]", "study.ranks=[1,2]",
                             "study.arms={lora_all:{method:lora,title:'LoRA (all linear)',"
@@ -223,7 +223,7 @@ def test_arm_titles_in_tables_and_text_are_the_arms_own():
     the arm's name only where two arms would read the same."""
     import pandas as pd
 
-    from analysis.roles import arm_title
+    from lora_study.analysis.roles import arm_title
     rows = [("full", "full", "full FT", None, None), ("lora", "lora", "LoRA r=1", "rank", 1),
             ("lora", "lora_all", "LoRA (all linear) r=1", "rank", 1), ("lora", "lora_all", "LoRA (all linear) r=16",
                                                                        "rank", 16)]

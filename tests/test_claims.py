@@ -84,7 +84,7 @@ def test_the_check_passes_a_report_and_finds_a_planted_contradiction(reported, t
 
 
 def test_readme_states_the_reference_reports_claims_and_nothing_else():
-    from analysis import readme
+    from lora_study.analysis import readme
     from conftest import ROOT
     findings = (ROOT / "results" / "reference" / "findings.md").read_text()
     assert readme.current((ROOT / "README.md").read_text()) == readme.block(findings)
@@ -118,8 +118,8 @@ def test_the_latency_verdict_does_not_depend_on_the_machines_load():
     absolute times move by up to a factor of 12 between reruns."""
     import numpy as np
 
-    from analysis.measures.tradeoff import latency_table
-    from analysis.measures.verdicts import latency_claim
+    from lora_study.analysis.measures.tradeoff import latency_table
+    from lora_study.analysis.measures.verdicts import latency_claim
     rng = np.random.default_rng(0)
     for slowdown, want in ((1.0, "holds"), (1.2, "does not hold")):
         verdicts = {latency_claim(latency_table(_timed_study(rng, slowdown)), "", "", "").verdict for _ in range(50)}

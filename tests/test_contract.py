@@ -59,8 +59,8 @@ def test_migration_places_any_method_without_the_registry():
 
 
 def test_the_migrated_study_gives_the_tables_it_gave_before(v1_study):
-    from analysis.loader import load_study
-    from analysis.measures import Context
+    from lora_study.analysis.loader import load_study
+    from lora_study.analysis.measures import Context
     ctx = Context(load_study(v1_study))
     for name in ("runs", "spectra", "similarity", "intruders", "amplification", "forgetting"):
         before, table = pd.read_csv(TABLES / f"{name}.csv"), ctx.table(name)
@@ -74,15 +74,15 @@ def test_the_migrated_study_gives_the_tables_it_gave_before(v1_study):
 
 def test_the_analysis_imports_nothing_of_the_training_side(v1_study, tmp_path):
     """In a fresh interpreter: import the analysis, analyse the study and write its report; the method registry,
-    the run code, the model loaders, peft and transformers are never imported, and of lora_study only the contract
-    and the linear algebra are."""
+    the run code, the model loaders, peft and transformers are never imported, and of lora_study outside its analysis
+    only the contract and the linear algebra are."""
     out = tmp_path / "report"
     code = (
         "import json, sys\n"
-        "from analysis.loader import load_study\n"
-        "from analysis.measures import Context\n"
+        "from lora_study.analysis.loader import load_study\n"
+        "from lora_study.analysis.measures import Context\n"
         "from pathlib import Path\n"
-        "from analysis.report import report\n"
+        "from lora_study.analysis.report import report\n"
         f"report(load_study({str(v1_study)!r}), Path({str(out)!r}))\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('lora_study', 'peft', 'transformers')))))\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -90,5 +90,6 @@ def test_the_analysis_imports_nothing_of_the_training_side(v1_study, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     loaded = json.loads(r.stdout.strip().splitlines()[-1])
     assert not [m for m in loaded if m.startswith(TRAINING_SIDE)], loaded
-    assert set(loaded) <= {"lora_study", "lora_study.artifacts", "lora_study.linalg"}
+    outside = {m for m in loaded if m != "lora_study.analysis" and not m.startswith("lora_study.analysis.")}
+    assert outside <= {"lora_study", "lora_study.artifacts", "lora_study.linalg"}
     assert (out / "report.md").exists()

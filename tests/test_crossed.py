@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis import crossed as C
+from lora_study.analysis import crossed as C
 
 MC_ERROR = 2  # a nominal 5 % rate is allowed two Monte-Carlo standard errors above it: a test exact at the margin
 # sits at 5 % and would fail half the time on a bound without room

@@ -1,7 +1,7 @@
 """analysis/dimension.py: d90 and d90-gain on hand-made curves (expected values worked out on log d)."""
 import pytest
 
-from analysis.dimension import PUBLISHED_D90, crossing, d90, d90_gain, published_range
+from lora_study.analysis.dimension import PUBLISHED_D90, crossing, d90, d90_gain, published_range
 
 # a curve over four decades; full FT 0.8, frozen base 0.6
 DS = [1000, 10, 10000, 100]  # unsorted on purpose
@@ -72,7 +72,7 @@ def test_published_range_spans_every_quoted_d90():
 
 
 def test_grid_crossing_is_a_tested_d_with_its_bracket():
-    from analysis.dimension import crossing, grid_crossing
+    from lora_study.analysis.dimension import crossing, grid_crossing
     ds = [10, 100, 1000, 10000, 100000]
     acc = [0.65, 0.65, 0.647, 0.693, 0.751]
     t = 0.9 * 0.781

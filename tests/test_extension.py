@@ -38,8 +38,8 @@ def toy_method():
 
 
 def test_a_toy_method_flows_through_the_whole_pipeline(tmp_path, toy_method):
-    from analysis import load_study
-    from analysis.analyze import analyze
+    from lora_study.analysis import load_study
+    from lora_study.analysis.analyze import analyze
     code = study_in_process(*STUDY_ARGS, "study.methods=[none,full,frozena]", "study.ranks=[1,2]",
                             "study.lr_by_rank={1:0.005,2:0.005}", f"study.root={tmp_path}", "study.name=toy")
     assert code == 0

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.measures.intrinsic_dim import at_d90, finding, format_summary, summarize
+from lora_study.analysis.measures.intrinsic_dim import at_d90, finding, format_summary, summarize
 
 
 def _runs(rows):
@@ -71,10 +71,10 @@ def test_finding_states_d90_against_D_and_the_published_range():
 
 def test_intrinsic_dim_study_runs_and_is_analysed(tmp_path, cue_task):
     """On the cue task, where full finetuning learns (so its accuracy and the base's differ)."""
-    from analysis import load_study
-    from analysis.analyze import analyze
-    from analysis.measures.intrinsic_dim import lora_param_counts
-    from analysis.report import report
+    from lora_study.analysis import load_study
+    from lora_study.analysis.analyze import analyze
+    from lora_study.analysis.measures.intrinsic_dim import lora_param_counts
+    from lora_study.analysis.report import report
     from conftest import study_in_process
     from lora_study import methods
     code = study_in_process("experiment=intrinsic_dim", "model=tiny", *cue_task, "train.max_steps=60",
@@ -139,7 +139,7 @@ def test_intrinsic_dim_study_runs_and_is_analysed(tmp_path, cue_task):
     assert "figures/intrinsic_dim.png" in section and "Aghajanyan" in section and "secondary" in section
     assert "Not measured" not in section and "| DID |" in section and "| SAID |" in section
     # whether d90 reaches the target is a paired comparison with full FT, on the same test examples
-    from analysis.measures.intrinsic_dim import intrinsic_table, summarize, target_margins
+    from lora_study.analysis.measures.intrinsic_dim import intrinsic_table, summarize, target_margins
     summary = summarize(intrinsic_table(st))
     margins = target_margins(st, summary)
     margins = margins[margins.target == "accuracy"]  # the d90-gain target's rows: tested by hand above
@@ -161,7 +161,7 @@ def test_reaching_the_d90_target_is_a_paired_comparison_with_full_ft():
     """target_margins on per-example outputs with known answers: acc(d) − 0.9 · acc(full) on shared examples."""
     from types import SimpleNamespace
 
-    from analysis.measures.intrinsic_dim import target_margins
+    from lora_study.analysis.measures.intrinsic_dim import target_margins
 
     n = 1000
     rng = np.random.default_rng(0)
@@ -198,7 +198,7 @@ def test_reaching_the_d90_target_is_a_paired_comparison_with_full_ft():
     assert m.loc[("DID", 1000.0)]["where"] == "d90" and m.loc[("DID", 100.0)]["where"] == "below"
     # SAID sits on the target: the interval covers 0
     assert m.loc[("SAID", 100.0)].verdict == "unresolved" and m.loc[("SAID", 100.0)].ci_low < 0 < m.loc[("SAID", 100.0)].ci_high
-    from analysis.measures.intrinsic_dim import _margins_phrase
+    from lora_study.analysis.measures.intrinsic_dim import _margins_phrase
     text = _margins_phrase(m.reset_index())
     assert "acc(d) − 0.9 × acc(full FT)" in text and "d = 1,000 +0.1" in text and "(not reached)" in text
     assert "'Unresolved' means" in text  # the caveat comes with an unresolved comparison, and only then

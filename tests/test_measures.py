@@ -23,12 +23,12 @@ from safetensors.torch import save_file
 
 from lora_study.artifacts import StudyDir, migrate_member
 
-from analysis import load_study
-from analysis.measures import Context
-from analysis.measures.forgetting import Forgetting
-from analysis.measures.intruders import Intruders
-from analysis.measures.similarity import RANDOM_DRAWS, Similarity
-from analysis.subspace import random_subspace_control
+from lora_study.analysis import load_study
+from lora_study.analysis.measures import Context
+from lora_study.analysis.measures.forgetting import Forgetting
+from lora_study.analysis.measures.intruders import Intruders
+from lora_study.analysis.measures.similarity import RANDOM_DRAWS, Similarity
+from lora_study.analysis.subspace import random_subspace_control
 
 MODULE = "bert.encoder.layer.0.attention.self.query"
 M, N = 24, 16
@@ -162,7 +162,7 @@ def test_intruder_forgetting_correlation_known_answer(planted):
     ranks (1, 2, 3) against (3, 1, 2), Σd² = 6, ρ = 1 − 6 · 6 / (3 · 8) = −0.5; with n = 3 the t statistic
     ρ √(1 / (1 − ρ²)) = −1/√3 has one degree of freedom (Cauchy): p = 1 − 2 atan(1/√3) / π = 2/3. The frozen
     base, which has no ΔW, takes no part."""
-    from analysis.measures.intruders import correlation
+    from lora_study.analysis.measures.intruders import correlation
     corr = correlation(planted.study, planted.table("intruders"))
     assert corr["n"] == 3 and corr["eps"] == 0.5 and corr["scope"] == "all"
     assert corr["rho"] == pytest.approx(-0.5, abs=1e-12) and corr["p"] == pytest.approx(2 / 3, abs=1e-9)
@@ -188,7 +188,7 @@ def test_intruder_scaling_verdict_reads_only_runs_with_intruders_to_scale(lora_h
     """Full FT with no intruder scales nothing (change 0 [0, 0] by construction): it must not keep the verdict from
     holding when every run that had intruders forgets less once they are scaled down."""
     import pandas as pd
-    from analysis.measures.verdicts import intruder_claims
+    from lora_study.analysis.measures.verdicts import intruder_claims
     _NO_TARGETS = pd.DataFrame({"scope": ["all"], "eps": [0.5], "kind": ["run"], "reference": [True],
                                 "axis": [None], "rank": [None]})  # no arm's targets: no rate comparison
     scaling = pd.DataFrame([_scaling_row("full", None, 0, 0.0, 0.0, 0.0),

@@ -3,7 +3,7 @@ paired comparison, the interval of a share of a gain, and the identity behind pa
 import numpy as np
 import pytest
 
-from analysis import paired, stats
+from lora_study.analysis import paired, stats
 
 
 def test_replicate_means_of_one_array_are_compares_replicates():

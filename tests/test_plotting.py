@@ -4,7 +4,7 @@ import hashlib
 
 import matplotlib.pyplot as plt
 
-from analysis import plotting
+from lora_study.analysis import plotting
 from figure_layout import text_overlaps, texts_outside
 
 

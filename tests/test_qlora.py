@@ -19,8 +19,8 @@ def qlora_without_quantisation(monkeypatch):
 
 
 def test_qlora_takes_part_in_every_rank_analysis(tmp_path, qlora_without_quantisation):
-    from analysis import load_study
-    from analysis.analyze import analyze
+    from lora_study.analysis import load_study
+    from lora_study.analysis.analyze import analyze
     code = study_in_process(*STUDY_ARGS, "study.methods=[none,full,lora,qlora]", "study.ranks=[1,2]",
                             "+study.lr.qlora=0.004", "study.lr_by_rank={1:0.006}",
                             f"study.root={tmp_path}", "study.name=q")

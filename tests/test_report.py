@@ -213,8 +213,8 @@ def test_learning_vs_forgetting_over_checkpoints(reported):
     assert (finetuned.groupby("member").step.apply(list) == pd.Series({m: [30, 60] for m in finetuned.member})).all()
     summary = json.loads((reported / "runs" / "lora_r2_s0" / "summary.json").read_text())
     last = curve[(curve.member == "lora_r2_s0") & (curve.step == 60)].iloc[0]
-    from analysis import load_study
-    from analysis.measures.forgetting import informative
+    from lora_study.analysis import load_study
+    from lora_study.analysis.measures.forgetting import informative
     study = load_study(reported)
     tasks = summary["heldout"]["tasks"]
     keep = [t for t in tasks if informative(study, t)[0]]
@@ -266,8 +266,8 @@ def test_report_twice_writes_the_same_bytes_but_the_timings(reported, tmp_path):
 def test_a_report_rewrites_its_own_files_and_keeps_the_reports_beside_it(reported, tmp_path):
     """`make study` writes the default report into results/reference/, where the presets' reports live in
     subfolders: those stay, while a stale figure of the earlier report there does not."""
-    from analysis import load_study
-    from analysis.report import report
+    from lora_study.analysis import load_study
+    from lora_study.analysis.report import report
     out = tmp_path / "reference"
     shutil.copytree(reported / "report", out)
     (out / "preset" / "figures").mkdir(parents=True)
@@ -285,7 +285,7 @@ def test_a_report_rewrites_its_own_files_and_keeps_the_reports_beside_it(reporte
 
 
 def test_study_missing_full_ft_still_reports(study_copy):
-    from analysis.report import main
+    from lora_study.analysis.report import main
     idx = json.loads((study_copy / "study.json").read_text())
     from lora_study import methods
     idx["members"] = [m for m in idx["members"] if not methods.get(m["method"]).is_reference]

@@ -8,8 +8,8 @@ import matplotlib
 import matplotlib.pyplot as plt
 import pytest
 
-from analysis import load_study, plotting
-from analysis.measures import MEASURES, Context
+from lora_study.analysis import load_study, plotting
+from lora_study.analysis.measures import MEASURES, Context
 from figure_layout import min_font_pt, text_overlaps, texts_outside
 
 MIN_PT = 9.0

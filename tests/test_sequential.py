@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis import crossed, sequential as Q
+from lora_study.analysis import crossed, sequential as Q
 from conftest import TINY, study_in_process
 
 MC = 2  # Monte-Carlo standard errors of room above a nominal 5 % (see tests/test_crossed.py)
@@ -111,8 +111,8 @@ def test_the_sweeper_adds_seeds_only_where_unresolved(tmp_path, planted_runs):
     assert study_in_process(*args) == 0 and planted_runs == []
     assert json.loads((tmp_path / "seq" / "study.json").read_text())["sequential"]["final"] == final
     # the report reads each rank at its final look
-    from analysis.loader import load_study
-    from analysis.measures import Context
+    from lora_study.analysis.loader import load_study
+    from lora_study.analysis.measures import Context
     reach = Context(load_study(tmp_path / "seq")).table("reach").set_index("rank")
     assert reach.loc[2, "verdict"] == crossed.EQUIVALENT and reach.loc[2, "seeds"] == len(final["lora_r2"]["seeds"])
     assert reach.loc[1, "alpha"] == pytest.approx(final["lora_r1"]["alpha"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import exact, orthonormal, planted
-from analysis.spectral import effective_rank, energy_captured, rank_at_energy, spectrum_row, stable_rank
+from lora_study.analysis.spectral import effective_rank, energy_captured, rank_at_energy, spectrum_row, stable_rank
 from lora_study.linalg import singular_values
 
 

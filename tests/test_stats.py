@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from analysis import stats
-from analysis.stats import (DIFFERENT, EQUIVALENT, UNRESOLVED, binomial_se, compare, equivalence,
+from lora_study.analysis import stats
+from lora_study.analysis.stats import (DIFFERENT, EQUIVALENT, UNRESOLVED, binomial_se, compare, equivalence,
                             hierarchical_bootstrap, mcnemar_exact, paired_bootstrap, smallest_equivalent,
                             spearman_with_ci, tost, unpaired_difference_se, verdict)
 

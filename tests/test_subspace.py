@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.subspace import (amplification, energy_in_subspace, intruder_counts, intruder_dimensions,
+from lora_study.analysis.subspace import (amplification, energy_in_subspace, intruder_counts, intruder_dimensions,
                                random_subspace_control, subspace_similarity, subspace_similarity_grid,
                                top_singular_vectors)
 

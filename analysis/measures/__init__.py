@@ -4,7 +4,7 @@ Each is a ``Measure`` (``measures.base``) giving its tables, figures and report 
 and ``lora-study-report`` iterate ``MEASURES`` and know nothing else about them. A new measure is one module
 here and one line in the list:
 
-    from analysis.measures import Context
+    from lora_study.analysis.measures import Context
     ctx = Context(load_study("results/studies/rank_sweep"))
     ctx.table("spectra")            # computed on first request, with whatever it depends on
 """

@@ -1,7 +1,7 @@
 """The measure interface. A measure tests one claim of the low-rank hypothesis on a study: it computes its
 tables from the artifacts, draws its figures, and states its finding in report sections. ``lora-study-analyze``
 writes every measure's tables and figures; ``lora-study-report`` adds their sections, in the order of
-``analysis.measures.MEASURES``.
+``lora_study.analysis.measures.MEASURES``.
 
 A measure reads the tables it depends on through the ``Context`` (``ctx.table("spectra")``), which computes a
 table the first time it is asked for, whatever the order of the list; ``runs`` (one row per run) is always there.

@@ -108,7 +108,7 @@ class StudySweeper(Sweeper):
         (all members, the record of the looks for study.json, failures)."""
         import dataclasses
 
-        from analysis import sequential as Q
+        from lora_study.analysis import sequential as Q
         from lora_study.artifacts import arm_key
         study = self.config.study
         key = lambda m: arm_key(m.variant.arm, m.axis, m.variant.value)  # noqa: E731
