@@ -31,8 +31,8 @@ def register_scorer(family: str, scorer: Callable) -> None:
 @dataclass
 class LMEvalConfig:
     """lm-evaluation-harness tasks scored on the base and on every finetuned causal LM (``heldout.lm_eval.*``)."""
-    tasks: List[str] = opt(rule=Each(Free()), factory=list)  # [arc_easy, hellaswag, ...] or the packaged *_mc tasks
-    include_path: List[str] = opt(rule=Each(Free()), factory=list)  # folders of task YAMLs of your own
+    tasks: List[str] = opt(rule=Free(), factory=list)  # [arc_easy, hellaswag, ...] or the packaged *_mc tasks
+    include_path: List[str] = opt(rule=Free(), factory=list)  # folders of task YAMLs of your own
     limit: Optional[int] = opt(None, POSITIVE_INT)  # documents per task (lm-eval's first; None: all)
     num_fewshot: int = opt(0, NON_NEGATIVE_INT)
     max_length: Optional[int] = opt(None, POSITIVE_INT)  # lm-eval's context length (None: the model's)
