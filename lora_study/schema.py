@@ -201,4 +201,8 @@ def check_section(section: Any, schema: type, prefix: str) -> None:
     for name, rule in rules_of(schema).items():
         if rule is None:
             raise TypeError(f"{schema.__name__}.{name} declares no validation rule; give it one (Free() for none).")
-        check_value(f"{prefix}.{name}", getattr(section, name), rule)
+        nested = next(f for f in dataclasses.fields(schema) if f.name == name).default_factory
+        if dataclasses.is_dataclass(nested):  # a nested section (heldout.lm_eval): its own fields' rules
+            check_section(getattr(section, name), nested, f"{prefix}.{name}")
+        else:
+            check_value(f"{prefix}.{name}", getattr(section, name), rule)

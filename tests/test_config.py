@@ -2,7 +2,7 @@
 schema declares a rule, and one bad value per field is refused with one sentence naming the field."""
 import dataclasses
 from pathlib import Path
-from typing import Any, Optional, get_type_hints
+from typing import Any, List, Optional, get_type_hints
 
 import pytest
 from hydra.errors import ConfigCompositionException
@@ -80,10 +80,12 @@ def schema_cases():
     cases = [(section, schema, []) for section, schema in SECTIONS.items()]
     cases += [("method", methods.get(name).schema, [f"method={name}"]) for name in methods.names()
               if (Path(CONF) / "method" / f"{name}.yaml").exists()]
+    cases += [(f"{section}.{f.name}", f.default_factory, []) for section, schema in SECTIONS.items()  # nested sections
+              for f in dataclasses.fields(schema) if dataclasses.is_dataclass(f.default_factory)]
     return [(section, schema, base, f.name) for section, schema, base in cases for f in dataclasses.fields(schema)]
 
 
-FREE_TYPES = (bool, str, Optional[str], Optional[bool], Any)
+FREE_TYPES = (bool, str, Optional[str], Optional[bool], Any, List[str])  # List[str]: names (lm-eval tasks), paths
 
 
 @pytest.mark.parametrize("section,schema,base,field", schema_cases(),
@@ -92,7 +94,9 @@ def test_every_field_has_a_rule_and_refuses_one_bad_value(section, schema, base,
     rule = rules_of(schema)[field]
     assert rule is not None, f"{schema.__name__}.{field} declares no rule"
     if isinstance(rule, Free):  # only names, paths, switches and user task specs are left free
-        assert get_type_hints(schema)[field] in FREE_TYPES or field == "extra", f"{section}.{field} is numeric but Free"
+        kind = get_type_hints(schema)[field]
+        assert kind in FREE_TYPES or field == "extra" or dataclasses.is_dataclass(kind), \
+            f"{section}.{field} is numeric but Free"
         return
     cfg = compose(base + (["study.dims=[10]"] if section == "study" else []), config_name="study")
     bad = bad_value(rule)

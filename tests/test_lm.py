@@ -157,7 +157,7 @@ def test_heldout_lm_base_forgets_nothing_and_damage_is_positive_forgetting(tiny_
     model = copy.deepcopy(tiny_lm.model).eval()  # damaged below; the fixture stays intact
     h = make_scorer(cfg, "causal_lm", model, tiny_lm.tokenizer, "tiny-llama-test", torch.device("cpu"), batch_size=8)
     same = h.evaluate(model)
-    assert set(same["tasks"]) == {"lee_wiki", "bbc_tech_politics", "subjectivity"}
+    assert set(same["tasks"]) == {"lee_wiki", "bbc_tech_politics", "subjectivity", "lee_wiki_kl", "bbc_tech_politics_kl"}
     assert all(t["forgetting"] == pytest.approx(0.0, abs=1e-6) for t in same["tasks"].values())
     assert same["cka"] == pytest.approx(1.0, abs=1e-6)
     with torch.no_grad():  # sharper random logits: a random model near uniform becomes confidently wrong
@@ -166,7 +166,8 @@ def test_heldout_lm_base_forgets_nothing_and_damage_is_positive_forgetting(tiny_
     for name in ("lee_wiki", "bbc_tech_politics"):
         t = hurt["tasks"][name]
         assert t["forgetting"] == pytest.approx(t["finetuned"] - t["base"]) and t["relative"] > 0
-    assert hurt["forgetting_mean"] > 0
+    assert hurt["forgetting_by_unit"]["perplexity"] > 0 and hurt["forgetting_by_unit"]["kl"] > 0
+    assert hurt["forgetting_mean"] == hurt["tasks"]["subjectivity"]["forgetting"]  # accuracy drops alone
 
 
 def test_qlora_on_cpu_stops_with_one_sentence_before_any_work(tmp_path, monkeypatch):

@@ -39,7 +39,7 @@ def design_rows(reach: pd.DataFrame, forgetting: pd.DataFrame, margin: float = N
         t = forgetting[(forgetting.tasks == "mean") & forgetting.var_seed.notna()]
         for _, r in t.iterrows():
             sources.append((f"{r.title} r={int(r.value)} − full FT" if not pd.isna(r.value) else f"{r.title} − full FT",
-                            f"forgetting ({r.unit}, {r.task_list})", r, r.margin))
+                            f"forgetting ({r.unit}, {_tasks(r.task_list, r.unit)})", r, r.margin))
     for name, what, r, m in sources:
         c = _components(r)
         m = float(m if margin is None else margin)
@@ -54,6 +54,12 @@ def design_rows(reach: pd.DataFrame, forgetting: pd.DataFrame, margin: float = N
             row[f"examples_at_{s}_seeds"] = crossed.examples_needed(c, m, s, power) if c.seeds > 1 else None
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _tasks(task_list: str, unit: str) -> str:
+    """The held-out tasks of a forgetting row without the unit the row already names (``lee_wiki_kl`` → lee_wiki)."""
+    suffix = f"_{unit}"
+    return ", ".join(t[:-len(suffix)] if t.endswith(suffix) else t for t in str(task_list).split(", "))
 
 
 def _n(x) -> str:

@@ -3,18 +3,18 @@
 and features are cached) and called on the finetuned model after it:
 
 - classification: linear probes on frozen encoder features, and CKA drift (``lora_study.heldout.probes``);
-- causal_lm: perplexity on held-out text and exact match on held-out instruction tasks
-  (``lora_study.heldout.lm_scores``).
+- causal_lm: cross-entropy and KL to the base on held-out text, exact match on held-out instruction tasks
+  (``lora_study.heldout.lm_scores``), and lm-evaluation-harness tasks (``lora_study.heldout.harness``).
 
 Positive forgetting always means worse than the base. A new task family registers its scorer with
 ``register_scorer``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
 
-from ..schema import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Choice, ConfigError, Each, Free, opt
+from ..schema import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, RULE, Choice, ConfigError, Each, Free, opt
 from .lm_scores import LM_BUILTIN, LMScorer
 from .probe_data import BUILTIN
 from .probes import ProbeScorer
@@ -26,6 +26,18 @@ def register_scorer(family: str, scorer: Callable) -> None:
     """``scorer(cfg, model, tokenizer, model_key, device, precision, batch_size)`` -> an object whose
     ``evaluate(model)`` returns {tasks: {name: {base, finetuned, forgetting}}, forgetting_mean, ...}."""
     _SCORERS[family] = scorer
+
+
+@dataclass
+class LMEvalConfig:
+    """lm-evaluation-harness tasks scored on the base and on every finetuned causal LM (``heldout.lm_eval.*``)."""
+    tasks: List[str] = opt(rule=Free(), factory=list)  # [arc_easy, hellaswag, ...] or the packaged *_mc tasks
+    include_path: List[str] = opt(rule=Free(), factory=list)  # folders of task YAMLs of your own
+    limit: Optional[int] = opt(None, POSITIVE_INT)  # documents per task (lm-eval's first; None: all)
+    num_fewshot: int = opt(0, NON_NEGATIVE_INT)
+    max_length: Optional[int] = opt(None, POSITIVE_INT)  # lm-eval's context length (None: the model's)
+    max_words: Optional[int] = opt(60, POSITIVE_INT)  # packaged tasks: each text's first words
+    seed: int = opt(0, NON_NEGATIVE_INT)  # packaged tasks' draw, few-shot examples
 
 
 @dataclass
@@ -46,6 +58,8 @@ class HeldoutConfig:
     lm_tasks: List[str] = opt(rule=Each(Choice(LM_BUILTIN)),
                               factory=lambda: ["lee_wiki", "bbc_tech_politics", "subjectivity"])
     max_new_tokens: int = opt(4, POSITIVE_INT)
+    kl_top_k: int = opt(128, NON_NEGATIVE_INT)  # KL(base ‖ finetuned) on the text tasks over the base's top k (0: off)
+    lm_eval: LMEvalConfig = field(default_factory=LMEvalConfig, metadata={RULE: Free()})
 
 
 def make_scorer(cfg: HeldoutConfig, family: str, model, tokenizer, model_key: str, device, precision: str = "fp32",
