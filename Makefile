@@ -31,7 +31,8 @@ smoke: setup
 	$(BIN)/lora-study-study experiment=smoke
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	# two workers, one file each at a time (a file's module fixtures built once); every test runs one thread
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 clean-venv:
 	rm -rf $(VENV)

@@ -172,3 +172,22 @@ def test_bad_input_is_one_sentence(call, message):
     with pytest.raises(ValueError) as e:
         call()
     assert str(e.value) == message
+
+
+def test_the_design_table_keeps_one_set_of_columns_when_rows_have_their_own_margins():
+    """A forgetting row in KL carries a margin of its own beside the accuracy rows': the formatted design table names
+    each row's margin in a column, so every row fills the same columns (no column per margin, none left empty)."""
+    import pandas as pd
+    from lora_study.analysis.measures import design
+    rng = np.random.default_rng(7)
+    rows = []
+    for i, (margin, score) in enumerate([(0.01, "accuracy"), (math.log(1.01), "kl")]):
+        c = C.components(planted(rng, 3, 500, 0.01, 0.1, 0.2))
+        rows.append({"title": "LoRA", "rank": 4.0, "score": score, "diff": c.mean, "var_seed": c.var_seed,
+                     "var_example": c.var_example, "var_residual": c.var_residual, "seeds": c.seeds,
+                     "examples": c.examples, "se": c.se, "df": c.df, "margin": margin})
+    t = design.formatted(design.design_rows(pd.DataFrame(rows), pd.DataFrame()))
+    assert list(t.margin) == ["±0.01", "±0.00995"]
+    assert [c for c in t.columns if c.startswith("examples for")] == [
+        f"examples for the margin at {s} seeds" for s in design.SEEDS_PLANNED]
+    assert not t.isna().any().any() and "nan" not in t.to_string()

@@ -71,7 +71,8 @@ def formatted(t: pd.DataFrame) -> pd.DataFrame:
         "comparison": r.comparison, "score": r.score, "seeds × examples": f"{r.seeds} × {r.examples:,}",
         "difference ± SE": f"{r.difference:+.4f} ± {r.se:.4f}", "seeds' share of the variance":
         f"{100 * r.seed_part:.0f} %", "resolvable margin (80 % power)": f"±{r.resolvable_margin:.4f}",
-        **{f"examples for ±{r.margin:g} at {s} seeds": _n(r[f"examples_at_{s}_seeds"]) for s in SEEDS_PLANNED},
+        "margin": f"±{r.margin:.3g}",
+        **{f"examples for the margin at {s} seeds": _n(r[f"examples_at_{s}_seeds"]) for s in SEEDS_PLANNED},
         "seeds for the margin at these examples": _n(r.seeds_needed_here)} for _, r in t.iterrows()])
 
 
@@ -109,7 +110,7 @@ class Design(Measure):
                             "Per paired comparison: its variance split into the seeds' and the examples' parts "
                             "(crossed random effects), the smallest margin the design resolves with 80 % power at a "
                             "true difference of 0, and the test examples (or seeds) it would take to resolve the "
-                            "study's margin; — where no count reaches it."))]
+                            "row's margin (the study's, in the row's units); — where no count reaches it."))]
 
     def formatted(self, ctx: Context) -> Dict[str, pd.DataFrame]:
         t = ctx.table("design")
