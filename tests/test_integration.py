@@ -62,7 +62,7 @@ def test_train_cli_writes_a_run_directory(tmp_path):
      "method.d=20000 with method.projection=dense is too large"),
 ])
 def test_bad_input_stops_before_training_with_one_sentence(tmp_path, args, needle, monkeypatch):
-    from lora_study.run.runner import runner as run
+    from lora_study.run import runner as run
     from lora_study.artifacts import RunDir
     from lora_study.methods import projections
     from lora_study.schema import ConfigError
@@ -85,7 +85,7 @@ def test_bad_input_through_the_console_entry_point_exits_non_zero_without_a_trac
 
     from hydra.core.global_hydra import GlobalHydra
 
-    from lora_study.run.runner import runner as run
+    from lora_study.run import runner as run
     from lora_study.cli import train_main
     monkeypatch.setattr(run, "train", lambda *a, **k: pytest.fail("training started"))
     monkeypatch.setattr(sys, "argv", ["lora-study-train", "model=tiny", *args, f"hydra.run.dir={tmp_path}/run"])

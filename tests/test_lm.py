@@ -171,7 +171,7 @@ def test_heldout_lm_base_forgets_nothing_and_damage_is_positive_forgetting(tiny_
 
 
 def test_qlora_on_cpu_stops_with_one_sentence_before_any_work(tmp_path, monkeypatch):
-    from lora_study.run.runner import runner as run
+    from lora_study.run import runner as run
     from lora_study.artifacts import RunDir
     from lora_study.tasks.causal_lm import CausalLMFamily
     monkeypatch.setattr(run, "build_model", lambda *a, **k: pytest.fail("a model was loaded"))

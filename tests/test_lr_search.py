@@ -169,7 +169,7 @@ DIVERGES_ABOVE = 3e-2
 def fake_runs(monkeypatch):
     """Replace training by a run whose validation accuracy is a known function of its rate (peaked at PEAKS, test
     accuracy the opposite) and which diverges above DIVERGES_ABOVE; returns the list of members it ran."""
-    from lora_study.run.runner import runner as run_module
+    from lora_study.run import runner as run_module
     from lora_study.run.train import Diverged
     ran = []
 

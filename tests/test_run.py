@@ -89,7 +89,7 @@ QUIET = ["heldout=none", "run.latency=false", "run.truncation_ranks=[]"]
 def test_every_method_sees_the_same_batches(tmp_path, monkeypatch):
     """The batches the training loop hands to the model (input ids and labels, in order), recorded for two different
     methods and the frozen base, are the same; another train.seed gives other batches."""
-    from lora_study.run.runner import train as T
+    from lora_study.run import train as T
     real, seen = T.to_device, {}
 
     def record(batch, device):
@@ -113,7 +113,7 @@ def test_lora_training_leaves_base_weights_untouched(tmp_path, monkeypatch):
     """The trained PeftModel's base weights (every parameter but the adapters and the head) equal W_pre, taken from
     the model before it was prepared, while the adapters moved."""
     from conftest import load_model
-    from lora_study.run.runner import runner as run
+    from lora_study.run import runner as run
     real, after = run.train, {}
 
     def train_and_keep(model, *args, **kwargs):
@@ -159,7 +159,7 @@ def test_saved_adapter_reproduces_the_per_example_predictions(tmp_path, cue_task
 
 
 def test_divergence_is_recorded_as_failed_with_metrics_kept(tmp_path, monkeypatch):
-    from lora_study.run.runner import train as T
+    from lora_study.run import train as T
     real = T.to_device
     calls = {"n": 0}
 

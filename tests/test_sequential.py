@@ -60,7 +60,7 @@ def planted_runs(monkeypatch):
     """Runs whose per-example test correctness is drawn around a planted accuracy per member key (0.75 + SHIFTS),
     with a small seed effect, the same examples' easiness in every run: r = 1 differs from full FT at once,
     r = 2 (no difference) becomes equivalent as seeds are added, r = 4 (half the margin off) stays open longer."""
-    from lora_study.run.runner import runner as run_module
+    from lora_study.run import runner as run_module
     ran = []
     easy = np.random.default_rng(7).random(N)
 

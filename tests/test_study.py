@@ -115,7 +115,7 @@ def test_a_failing_member_does_not_stop_the_others(tmp_path, launcher):
 def test_a_member_whose_loss_goes_nan_is_recorded_failed_and_the_others_complete(tmp_path, monkeypatch, capsys):
     """One member's loss turns NaN at its third step (a forward hook, only in the run trained at the rate planted for
     rank 2): that run is failed with the step and reason and no ΔW, its study index says so, and the others complete."""
-    from lora_study.run.runner import runner as run
+    from lora_study.run import runner as run
     real = run.train
 
     def train(model, train_data, val_data, cfg, optim_cfg, *args, **kwargs):
