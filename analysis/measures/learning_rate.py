@@ -3,7 +3,11 @@ searched them shows the evidence: the validation score of every (method or rank,
 with the best rate of each row marked. The grid comes from ``study.json``: ``lr_evidence`` (the search behind a
 preset's configured rates) and ``lr_search.grid`` (a study that searched itself; its keys take precedence), both
 mapping a key — a method (``full``), a method at a rank (``lora_r8``) or at a dimension d (``subspace_d10000``) — to
-{learning rate: validation score}. Nothing is drawn without one."""
+{learning rate: validation score}. Nothing is drawn without one.
+
+From the same grid, LoRA's best rate over full finetuning's per arm and rank (``rate_ratios``), with the bracket
+the grid gives (the neighbouring rates tried on either side of each best), and the claim of Schulman et al. 2025
+("LoRA Without Regret") that it is about 10× and independent of rank under α = 32 with the α/r scaling."""
 from __future__ import annotations
 
 import re
@@ -15,9 +19,13 @@ from matplotlib.patches import Rectangle
 
 from .. import plotting
 from ..loader import Study, label_key
+from ..claims import FINDING, HOLDS, FAILS, NOT_MEASURED, UNRESOLVED, Claim
 from .base import Context, Measure, Section
 
 KEY = re.compile(r"^(?P<arm>.+?)_(?P<axis>[rd])(?P<value>\d+)$")
+# "LoRA's best rate is about 10x full FT's": read as within a factor of 3 either side of 10 (3.3x to 30x)
+RATIO_TARGET, RATIO_FACTOR = 10.0, 3.0
+RATIO_SOURCE = "Schulman et al. 2025, LoRA Without Regret (Llama 3 / Qwen 3 SFT on Tulu3, OpenThoughts3; α = 32, α/r)"
 
 
 def evidence(study: Study) -> Optional[dict]:
@@ -66,6 +74,106 @@ def lr_table(study: Study) -> pd.DataFrame:
     keys = sorted(grid, key=lambda k: _row_name(study, str(k))[0])
     t["row"] = t.key.map({k: i for i, k in enumerate(keys)})
     return t.sort_values(["row", "lr"]).drop(columns="order").reset_index(drop=True)
+
+
+def _best_and_bracket(scores: dict) -> tuple:
+    """(best rate, the tried rate below it, the tried rate above it) of one grid row; a rate that did not learn (None)
+    counts as tried; a side is None where the best sits at the grid's edge (the optimum may lie beyond it)."""
+    tried = sorted(float(lr) for lr in scores)
+    vals = {float(lr): float(v) for lr, v in scores.items() if v is not None}
+    if not vals:
+        return None, None, None
+    best = max(vals, key=vals.get)
+    i = tried.index(best)
+    return best, (tried[i - 1] if i > 0 else None), (tried[i + 1] if i + 1 < len(tried) else None)
+
+
+def rate_ratios(study: Study) -> pd.DataFrame:
+    """One row per (LoRA arm, rank) searched beside full FT: both best rates, their ratio and the ratio's bracket
+    (LoRA's lower neighbour over full FT's upper one, and the reverse; NaN where a best sits at its grid's edge)."""
+    grid = evidence(study) or {}
+    full_key = next((k for k in grid if _arm_of(str(k)) == "full" and not KEY.match(str(k))), None)
+    if full_key is None:
+        return pd.DataFrame()
+    f_best, f_lo, f_hi = _best_and_bracket(grid[full_key])
+    if f_best is None:
+        return pd.DataFrame()
+    rows = []
+    for key, scores in grid.items():
+        m = KEY.match(str(key))
+        if not m or m.group("axis") != "r":
+            continue
+        arm, rank = m.group("arm"), int(m.group("value"))
+        runs = [r for r in study.runs if r.arm == arm]
+        if not runs or runs[0].family != "lora":
+            continue
+        best, lo, hi = _best_and_bracket(scores)
+        if best is None:
+            continue
+        at = [r for r in runs if r.record.get("rank") == rank]
+        alpha = at[0].record.get("alpha") if at else None
+        rows.append({"arm": arm, "title": runs[0].title, "rank": rank, "alpha": alpha,
+                     "alpha_rule": "α = 2r" if alpha is not None and float(alpha) == 2 * rank else
+                     (f"α = {float(alpha):g}" if alpha is not None else "—"),
+                     "lora_lr": best, "full_lr": f_best, "ratio": best / f_best,
+                     "ratio_low": lo / f_hi if lo is not None and f_hi is not None else np.nan,
+                     "ratio_high": hi / f_lo if hi is not None and f_lo is not None else np.nan})
+    return pd.DataFrame(rows).sort_values(["arm", "rank"]).reset_index(drop=True) if rows else pd.DataFrame()
+
+
+def ratio_verdict(t: pd.DataFrame) -> tuple:
+    """(verdict, why) of "LoRA's best rate ≈ 10× full FT's and independent of rank" on a rate_ratios table (one arm).
+    Does not hold: some rank's bracket lies wholly outside 10/3–30×, or two ranks' brackets are disjoint (the ratio
+    moves with the rank). Holds: every rank's ratio lies in 10/3–30× and all brackets share a ratio in that band.
+    Otherwise (a bracket open at a grid edge, or brackets too wide to place the ratio) unresolved."""
+    lo_band, hi_band = RATIO_TARGET / RATIO_FACTOR, RATIO_TARGET * RATIO_FACTOR
+    low = t.ratio_low.fillna(0.0)
+    high = t.ratio_high.fillna(np.inf)
+    outside = t[(high < lo_band) | (low > hi_band)]
+    if len(outside):
+        return FAILS, ("the grid places the ratio outside 3.3–30× at " +
+                       ", ".join(f"r={int(r['rank'])}" for _, r in outside.iterrows()) + ".")
+    if len(t) > 1 and low.max() > high.min():
+        a = t.loc[low.idxmax()]
+        b = t.loc[high.idxmin()]
+        return FAILS, (f"the ratio moves with the rank: r={int(a['rank'])}'s bracket starts above where "
+                       f"r={int(b['rank'])}'s ends.")
+    common = (max(low.max(), lo_band), min(high.min(), hi_band))
+    inside = t.ratio.between(lo_band, hi_band).all()
+    if inside and common[0] <= common[1] and t.ratio_low.notna().all() and t.ratio_high.notna().all():
+        return HOLDS, "every rank's best rate is 3.3–30× full FT's and one ratio fits every rank's bracket."
+    if t.ratio_low.isna().any() or t.ratio_high.isna().any():
+        return UNRESOLVED, "a best rate sits at the edge of its grid, so its bracket is open on that side."
+    return UNRESOLVED, (f"the grid's brackets (widest {t.ratio_low.min():.3g}–{t.ratio_high.max():.3g}×) are too "
+                        "wide to place the ratio: a finer grid near each optimum would decide it.")
+
+
+def ratio_claims(study: Study) -> List[Claim]:
+    claim = "LoRA's best learning rate ≈ 10× full FT's and independent of rank"
+    rule = ("best rates on the validation grid; the bracket of each ratio from the neighbouring rates tried "
+            "(LoRA's lower over full FT's upper, and the reverse); holds when every ratio lies in 3.3–30× and one "
+            "ratio fits every bracket, does not hold when a bracket lies outside that band or two ranks' brackets are "
+            "disjoint, else unresolved")
+    t = rate_ratios(study)
+    if t.empty:
+        return [Claim("lr_ratio", claim, FINDING, NOT_MEASURED, "—", rule,
+                      "needs a searched rate grid for full FT and a LoRA arm at some rank", published="≈ 10×",
+                      source=RATIO_SOURCE, section="learning_rates")]
+    out = []
+    for arm, a in t.groupby("arm", sort=False):
+        verdict, why = ratio_verdict(a)
+        rules = sorted(set(a.alpha_rule))
+        measured = "; ".join(f"r={int(r['rank'])} {r.ratio:.3g}× [{_bound(r.ratio_low)}, {_bound(r.ratio_high)}]"
+                             for _, r in a.iterrows())
+        out.append(Claim(f"lr_ratio:{arm}", f"{claim} ({a.title.iloc[0]}, {', '.join(rules)})", FINDING, verdict,
+                         measured, rule, why, published="≈ 10×, independent of rank (α = 32, α/r)",
+                         source=RATIO_SOURCE, interval="bracket of the rate grid",
+                         section="learning_rates"))
+    return out
+
+
+def _bound(x: float) -> str:
+    return "open" if pd.isna(x) else f"{x:.3g}"
 
 
 @plotting.styled
@@ -127,6 +235,9 @@ class LearningRates(Measure):
 
     def figures(self, ctx: Context) -> Dict[str, object]:
         return {"lr_heatmap": heatmap(ctx.study, ctx.table("learning_rates"))} if ctx.has("learning_rates") else {}
+
+    def claims(self, ctx: Context) -> list:
+        return ratio_claims(ctx.study) if evidence(ctx.study) else []
 
     def sections(self, ctx: Context) -> List[Section]:
         if not ctx.drew("lr_heatmap"):

@@ -1,0 +1,59 @@
+"""LoRA's best learning rate over full FT's (analysis/measures/learning_rate.py), from planted validation grids: the
+ratio per rank, the bracket the neighbouring rates give, and the verdict on "≈ 10× and independent of rank"."""
+from types import SimpleNamespace
+
+import pytest
+
+from lora_study.analysis.claims import FAILS, HOLDS, NOT_MEASURED, UNRESOLVED
+from lora_study.analysis.measures import learning_rate as L
+
+
+def study(grid, ranks=(1, 4, 16), alpha=lambda r: 2 * r, family="lora"):
+    runs = [SimpleNamespace(arm="full", family="full", title="full FT", record={"rank": None, "alpha": None})]
+    runs += [SimpleNamespace(arm="lora", family=family, title="LoRA", record={"rank": r, "alpha": alpha(r)})
+             for r in ranks]
+    return SimpleNamespace(index={"lr_evidence": grid}, runs=runs)
+
+
+FULL = {1e-5: 0.70, 2e-5: 0.78, 4e-5: 0.74}  # best 2e-5, bracketed by 1e-5 and 4e-5 (2x steps)
+
+
+def lora(best):  # a 2x grid around each planted optimum, one rate that did not learn above it
+    return {best / 2: 0.75, best: 0.80, best * 2: 0.76, best * 4: None}
+
+
+def test_ratio_and_bracket_come_from_the_best_rates_and_their_neighbours():
+    t = L.rate_ratios(study({"full": FULL, "lora_r1": lora(2e-4), "lora_r4": lora(2e-4)}, ranks=(1, 4)))
+    r1 = t[t["rank"] == 1].iloc[0]
+    assert r1.ratio == pytest.approx(10) and r1.alpha_rule == "α = 2r"
+    # LoRA's lower neighbour over full FT's upper, and the reverse
+    assert r1.ratio_low == pytest.approx(1e-4 / 4e-5) and r1.ratio_high == pytest.approx(4e-4 / 1e-5)
+
+
+def test_ten_times_at_every_rank_holds():
+    claims = L.ratio_claims(study({"full": FULL, **{f"lora_r{r}": lora(2e-4) for r in (1, 4, 16)}},
+                                  alpha=lambda r: 32))
+    assert [c.verdict for c in claims] == [HOLDS] and "α = 32" in claims[0].claim
+    assert "r=16 10×" in claims[0].measured
+
+
+def test_a_ratio_that_moves_with_the_rank_does_not_hold():
+    # α = 2r keeps α/r fixed, so the best rate falls as the rank grows: r = 1 at 100x, r = 16 at 1x
+    c = L.ratio_claims(study({"full": FULL, "lora_r1": lora(2e-3), "lora_r4": lora(2e-4), "lora_r16": lora(2e-5)}))
+    assert c[0].verdict == FAILS
+
+
+def test_a_best_rate_at_the_grid_edge_leaves_it_unresolved():
+    edge = {1e-4: 0.7, 2e-4: 0.8}  # the best is the largest rate tried
+    c = L.ratio_claims(study({"full": FULL, "lora_r1": edge, "lora_r4": lora(2e-4)}, ranks=(1, 4)))
+    assert c[0].verdict == UNRESOLVED and "open" in c[0].measured
+
+
+def test_coarse_grids_leave_it_unresolved_and_no_full_grid_is_not_measured():
+    coarse_full = {3e-5: None, 1e-4: 0.8, 3e-4: 0.78}
+    coarse = {5e-4: None, 1.5e-3: 0.75, 5e-3: 0.77, 1.67e-2: None}
+    c = L.ratio_claims(study({"full": coarse_full, "lora_r1": coarse, "lora_r4": coarse}, ranks=(1, 4)))
+    assert c[0].verdict == UNRESOLVED and "too wide" in c[0].why
+    assert L.ratio_claims(study({"lora_r1": lora(2e-4)}))[0].verdict == NOT_MEASURED
+    # a rank-swept arm of another family is never read as LoRA's
+    assert L.ratio_claims(study({"full": FULL, "lora_r1": lora(2e-4)}, family="toy"))[0].verdict == NOT_MEASURED
