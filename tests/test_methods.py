@@ -43,8 +43,21 @@ def test_lora_trainable_count_is_exact(tiny, preset, rank):
     p = prepare(model, "lora", head, rank=rank, target_modules=preset)
     expected = sum(rank * (shapes[t][0] + shapes[t][1]) for t in p.targets) + head_params
     assert trainable(p.model) == expected
-    kinds = {"attn_qv": 2, "attn": 4, "all_linear": 6}[preset]  # a BERT block has no gate projection
+    kinds = {"attn_qv": 2, "attn": 4, "mlp": 2, "all_linear": 6}[preset]  # a BERT block has no gate projection
     assert len(p.targets) == 2 * kinds  # two layers
+
+
+@pytest.mark.parametrize("preset, by_hand", [
+    # the tiny BERT: 2 layers, width 16, FFN 32; LoRA adds r (in + out) per adapted matrix, here r = 1
+    ("attn_qv", 2 * (2 * (16 + 16))),                 # W_q, W_v
+    ("attn", 2 * (4 * (16 + 16))),                    # W_q, W_k, W_v, W_o
+    ("mlp", 2 * ((16 + 32) + (32 + 16))),             # FFN in (16 -> 32) and out (32 -> 16)
+    ("all_linear", 2 * (4 * (16 + 16) + 2 * (16 + 32))),
+])
+def test_where_lora_goes_counted_by_hand(tiny, preset, by_hand):
+    model, head = tiny
+    head_params = sum(p.numel() for h in head for p in getattr(model, h).parameters())
+    assert trainable(prepare(model, "lora", head, rank=1, target_modules=preset).model) - head_params == by_hand
 
 
 def test_full_and_none_trainable(tiny):

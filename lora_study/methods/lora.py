@@ -28,7 +28,7 @@ ALPHA_RULES = ("two_r", "fixed", "rslora")
 
 @dataclass(frozen=True)
 class Targets(Rule):
-    """A preset name (attn_qv, attn, all_linear) or a non-empty list of module names."""
+    """A preset name (attn_qv, attn, mlp, all_linear) or a non-empty list of module names."""
 
     def ok(self, value: Any) -> bool:
         if isinstance(value, str):
@@ -44,7 +44,7 @@ class LoraConfig(MethodConfig):
     rank: int = opt(8, POSITIVE_INT)
     alpha: float = opt(16.0, POSITIVE)
     dropout: float = opt(0.0, FRACTION)
-    target_modules: Any = opt("attn_qv", Targets())  # preset (attn_qv | attn | all_linear) or module names
+    target_modules: Any = opt("attn_qv", Targets())  # preset (attn_qv | attn | mlp | all_linear) or module names
     use_rslora: bool = opt(False, Free())
     use_dora: bool = opt(False, Free())
     init: str = opt("default", Choice(tuple(PEFT_INIT)))  # default | gaussian | pissa | olora

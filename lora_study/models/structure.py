@@ -16,6 +16,7 @@ from ..artifacts import MODULE_KINDS, module_kind, module_layer  # noqa: F401 - 
 PRESETS = {
     "attn_qv": ("query", "value"),
     "attn": ("query", "key", "value", "attn_out"),
+    "mlp": ("ffn_in", "ffn_gate", "ffn_out"),
     "all_linear": ("query", "key", "value", "attn_out", "ffn_in", "ffn_gate", "ffn_out"),
 }
 
