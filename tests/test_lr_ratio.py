@@ -9,9 +9,10 @@ from lora_study.analysis.measures import learning_rate as L
 
 
 def study(grid, ranks=(1, 4, 16), alpha=lambda r: 2 * r, family="lora"):
-    runs = [SimpleNamespace(arm="full", family="full", title="full FT", record={"rank": None, "alpha": None})]
-    runs += [SimpleNamespace(arm="lora", family=family, title="LoRA", record={"rank": r, "alpha": alpha(r)})
-             for r in ranks]
+    runs = [SimpleNamespace(arm="full", family="full", title="full FT", is_reference=True,
+                            record={"rank": None, "alpha": None})]
+    runs += [SimpleNamespace(arm="lora", family=family, title="LoRA", is_reference=False,
+                             record={"rank": r, "alpha": alpha(r)}) for r in ranks]
     return SimpleNamespace(index={"lr_evidence": grid}, runs=runs)
 
 

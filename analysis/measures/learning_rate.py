@@ -21,6 +21,7 @@ from .. import plotting
 from ..loader import Study, label_key
 from ..claims import FINDING, HOLDS, FAILS, NOT_MEASURED, UNRESOLVED, Claim
 from .base import Context, Measure, Section
+from .verdicts import LORA
 
 KEY = re.compile(r"^(?P<arm>.+?)_(?P<axis>[rd])(?P<value>\d+)$")
 # "LoRA's best rate is about 10x full FT's": read as within a factor of 3 either side of 10 (3.3x to 30x)
@@ -92,7 +93,8 @@ def rate_ratios(study: Study) -> pd.DataFrame:
     """One row per (LoRA arm, rank) searched beside full FT: both best rates, their ratio and the ratio's bracket
     (LoRA's lower neighbour over full FT's upper one, and the reverse; NaN where a best sits at its grid's edge)."""
     grid = evidence(study) or {}
-    full_key = next((k for k in grid if _arm_of(str(k)) == "full" and not KEY.match(str(k))), None)
+    reference = {r.arm for r in study.runs if r.is_reference}  # full FT's arm, by its role
+    full_key = next((k for k in grid if str(k) in reference), None)
     if full_key is None:
         return pd.DataFrame()
     f_best, f_lo, f_hi = _best_and_bracket(grid[full_key])
@@ -105,7 +107,7 @@ def rate_ratios(study: Study) -> pd.DataFrame:
             continue
         arm, rank = m.group("arm"), int(m.group("value"))
         runs = [r for r in study.runs if r.arm == arm]
-        if not runs or runs[0].family != "lora":
+        if not runs or runs[0].family != LORA:
             continue
         best, lo, hi = _best_and_bracket(scores)
         if best is None:
