@@ -136,7 +136,7 @@ def test_rslora_per_arm():
     (["study.arms={lora_all:{method:adapter}}"],
      "study.arms.lora_all.method='adapter' is not valid; choose one of none"),
     (["study.arms={lora_all:{method:lora,options:{target_module:all_linear}}}"],
-     "study.arms.lora_all.options.target_module is not a field of method lora; it has alpha, dropout, init, rank,"),
+     "study.arms.lora_all.options.target_module is not a field of method lora; it has alpha, dropout, init, match_params, rank,"),
     (["study.arms={lora_all:{method:lora,options:{target_modules:every}}}"],
      "study.arms.lora_all.options.target_modules='every' is not valid; it must be one of the presets"),
     (["study.arms={lora_all:{method:lora,options:{name:full}}}"], "study.arms.lora_all.options.name is not a field"),
@@ -232,3 +232,26 @@ def test_arm_titles_in_tables_and_text_are_the_arms_own():
     twins = pd.concat([df, pd.DataFrame([("lora", "lora_b", "LoRA r=4", "rank", 4)], columns=df.columns)])
     assert arm_title(twins, "lora_b") == "LoRA (lora_b)" and arm_title(twins, "lora") == "LoRA (lora)"
     assert arm_title(twins, "lora_all") == "LoRA (all linear)"
+
+
+def test_arms_by_placement_matched_parameters_and_their_own_training_settings():
+    """Arms that differ in where LoRA goes, in matched parameters, and in batch size / examples seen: each member
+    carries its arm's train.* overrides after the study's; a bad training setting is refused with one sentence."""
+    arms = ("study.arms={lora_mlp:{method:lora,options:{target_modules:mlp}},"
+            "lora_attn_matched:{method:lora,options:{target_modules:attn,match_params:all_linear}},"
+            "lora_b128:{method:lora,options:{target_modules:all_linear},train:{batch_size:128,max_steps:4}}}")
+    st = study("study.methods=[full]", "study.ranks=[1]", "study.seeds=[0]", arms)
+    validate_study(st)
+    members = by_id(main_members(st, {}))
+    assert "method.target_modules=mlp" in members["lora_mlp_r1_s0"].overrides()
+    assert "method.match_params=all_linear" in members["lora_attn_matched_r1_s0"].overrides()
+    o = members["lora_b128_r1_s0"].overrides()
+    assert "train.batch_size=128" in o and "train.max_steps=4" in o
+    assert not any(x.startswith(("train.batch_size", "train.max_steps")) for x in members["full_s0"].overrides())
+    for bad, needle in [("{batch_size:0}", "study.arms.lora_b128.train.batch_size=0 is not valid"),
+                        ("{seed:3}", "study.arms.lora_b128.train.seed is not a training setting an arm may set")]:
+        with pytest.raises(ConfigError) as e:
+            validate_study(study("study.methods=[full]", "study.ranks=[1]",
+                                 f"study.arms={{lora_b128:{{method:lora,train:{bad}}}}}"))
+        msg = str(e.value)
+        assert needle in msg and msg.endswith(".") and msg.count(". ") == 0, msg

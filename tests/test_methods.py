@@ -47,19 +47,6 @@ def test_lora_trainable_count_is_exact(tiny, preset, rank):
     assert len(p.targets) == 2 * kinds  # two layers
 
 
-@pytest.mark.parametrize("preset, by_hand", [
-    # the tiny BERT: 2 layers, width 16, FFN 32; LoRA adds r (in + out) per adapted matrix, here r = 1
-    ("attn_qv", 2 * (2 * (16 + 16))),                 # W_q, W_v
-    ("attn", 2 * (4 * (16 + 16))),                    # W_q, W_k, W_v, W_o
-    ("mlp", 2 * ((16 + 32) + (32 + 16))),             # FFN in (16 -> 32) and out (32 -> 16)
-    ("all_linear", 2 * (4 * (16 + 16) + 2 * (16 + 32))),
-])
-def test_where_lora_goes_counted_by_hand(tiny, preset, by_hand):
-    model, head = tiny
-    head_params = sum(p.numel() for h in head for p in getattr(model, h).parameters())
-    assert trainable(prepare(model, "lora", head, rank=1, target_modules=preset).model) - head_params == by_hand
-
-
 def test_full_and_none_trainable(tiny):
     model, head = tiny
     total = sum(q.numel() for q in model.parameters())
@@ -168,3 +155,34 @@ def test_pissa_run_at_a_vanishing_learning_rate_saves_a_vanishing_delta(tmp_path
                         "run.latency=false"])
     deltas = load_file(tmp_path / "delta.safetensors")
     assert len(deltas) == 4 and max(float(d.abs().max()) for d in deltas.values()) < 1e-5
+
+
+# LoRA's trainable counts by placement on the tiny BERT (hidden 16, FFN 32, 2 layers), counted by hand: per rank,
+# each 16×16 attention matrix adds 16 + 16 = 32, each FFN matrix (16→32, 32→16) adds 16 + 32 = 48; per layer
+# W_q, W_v: 64; all attention: 128; MLP: 96; all linear: 224.
+@pytest.mark.parametrize("preset,per_rank", [("attn_qv", 2 * 64), ("attn", 2 * 128), ("mlp", 2 * 96),
+                                             ("all_linear", 2 * 224)])
+def test_lora_trainable_count_by_placement_counted_by_hand(tiny, preset, per_rank):
+    model, head = tiny
+    head_params = sum(p.numel() for h in head for p in getattr(model, h).parameters())
+    p = prepare(model, "lora", head, rank=2, target_modules=preset)
+    assert trainable(p.model) - head_params == 2 * per_rank
+    assert p.info == {}
+
+
+@pytest.mark.parametrize("rank,expected", [(1, 2), (2, 3), (4, 7)])
+def test_matched_parameter_arm_picks_the_closest_rank(tiny, rank, expected):
+    """All-attention LoRA matched to all-linear LoRA at r, by hand: all linear costs 448 per rank, all attention 256.
+    r = 1: 448 lies between 256 (r 1) and 512 (r 2), closer to 512 → 2; r = 2: 896 lies 128 from both 768 and 1024,
+    a tie, which goes to the lower rank → 3; r = 4: 1,792 = 7 × 256 → 7."""
+    model, head = tiny
+    head_params = sum(p.numel() for h in head for p in getattr(model, h).parameters())
+    p = prepare(model, "lora", head, rank=rank, target_modules="attn", match_params="all_linear")
+    info = p.info["matched_params"]
+    goal = rank * 448
+    count = trainable(p.model) - head_params
+    assert info["reference_count"] == goal and info["count"] == count and info["rank"] * 256 == count
+    # within one rank step of its target, and no other rank closer
+    assert abs(count - goal) <= 256 / 2
+    assert all(abs(count - goal) <= abs(r * 256 - goal) for r in range(1, 17))
+    assert info["rank"] == expected

@@ -31,6 +31,7 @@ class Prepared:
     analysed: List[str]  # module paths (base model's namespace) whose ΔW is saved and analysed
     targets: List[str] = field(default_factory=list)  # adapted module paths (LoRA)
     head: List[str] = field(default_factory=list)
+    info: Dict[str, Any] = field(default_factory=dict)  # what the method chose from the model (recorded in the summary)
 
 
 @dataclass

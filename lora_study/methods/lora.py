@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from ..accounting import dir_bytes
-from ..models.structure import PRESETS, block_linears, resolve_targets
-from ..schema import FRACTION, POSITIVE, POSITIVE_INT, Choice, ConfigError, Free, Rule, opt
+from ..models.structure import PRESETS, block_linears, lora_params_per_rank, matched_rank, resolve_targets
+from ..schema import FRACTION, POSITIVE, POSITIVE_INT, Choice, ConfigError, Free, Maybe, Rule, opt
 from . import register
 from .base import Method, MethodConfig, Prepared, Variant, analysed_modules, enable_gradient_checkpointing
 
@@ -45,6 +45,9 @@ class LoraConfig(MethodConfig):
     alpha: float = opt(16.0, POSITIVE)
     dropout: float = opt(0.0, FRACTION)
     target_modules: Any = opt("attn_qv", Targets())  # preset (attn_qv | attn | mlp | all_linear) or module names
+    # matched trainable parameters: adapt target_modules at the rank whose count is closest to LoRA at `rank` on
+    # these targets (a preset or module names); the member keeps `rank` as its swept value, the summary the rank used
+    match_params: Any = opt(None, Maybe(Targets()))
     use_rslora: bool = opt(False, Free())
     use_dora: bool = opt(False, Free())
     init: str = opt("default", Choice(tuple(PEFT_INIT)))  # default | gaussian | pissa | olora
@@ -113,14 +116,22 @@ class Lora(Method):
         targets = resolve_targets(model, cfg.target_modules)
         linears = block_linears(model)
         smallest = min(min(linears[t].in_features, linears[t].out_features) for t in targets)
-        if cfg.rank > smallest:
+        rank, info = int(cfg.rank), {}
+        if getattr(cfg, "match_params", None) is not None:
+            rank = matched_rank(model, cfg.target_modules, cfg.match_params, int(cfg.rank))
+            info = {"matched_params": {
+                "reference": cfg.match_params if isinstance(cfg.match_params, str) else list(cfg.match_params),
+                "reference_rank": int(cfg.rank), "rank": rank,
+                "reference_count": int(cfg.rank) * lora_params_per_rank(model, cfg.match_params),
+                "count": rank * lora_params_per_rank(model, cfg.target_modules)}}
+        elif cfg.rank > smallest:
             raise ConfigError(f"method.rank={cfg.rank} is larger than the smallest adapted dimension ({smallest}); "
                               f"choose a rank between 1 and {smallest}.")
-        lcfg = PeftLoraConfig(r=int(cfg.rank), lora_alpha=float(cfg.alpha), lora_dropout=float(cfg.dropout),
+        lcfg = PeftLoraConfig(r=rank, lora_alpha=float(cfg.alpha), lora_dropout=float(cfg.dropout),
                               target_modules=targets, use_rslora=bool(cfg.use_rslora), use_dora=bool(cfg.use_dora),
                               init_lora_weights=PEFT_INIT[cfg.init],
                               modules_to_save=list(head) if cfg.train_head and head else None)
-        return Prepared(get_peft_model(model, lcfg), analysed, targets=targets, head=head)
+        return Prepared(get_peft_model(model, lcfg), analysed, targets=targets, head=head, info=info)
 
     def pretrained_scope(self, model: torch.nn.Module, cfg) -> List[str]:
         return resolve_targets(model, cfg.target_modules)

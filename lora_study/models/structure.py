@@ -62,3 +62,21 @@ def resolve_targets(model: torch.nn.Module, target_modules) -> List[str]:
             raise ConfigError(f"target module {t!r} matches no linear layer of the model; it has {', '.join(suffixes)}.")
         chosen += hits
     return sorted(set(chosen), key=list(linears).index)
+
+
+def lora_params_per_rank(model: torch.nn.Module, target_modules) -> int:
+    """LoRA's trainable parameters per unit of rank on the selected matrices: the sum of d_in + d_out."""
+    linears = block_linears(model)
+    return sum(linears[t].in_features + linears[t].out_features for t in resolve_targets(model, target_modules))
+
+
+def matched_rank(model: torch.nn.Module, target_modules, reference, rank: int) -> int:
+    """The rank on ``target_modules`` whose LoRA trainable count is closest to LoRA at ``rank`` on ``reference``
+    (ties to the lower rank), at least 1 and at most the smallest adapted dimension."""
+    linears = block_linears(model)
+    targets = resolve_targets(model, target_modules)
+    per, goal = lora_params_per_rank(model, target_modules), rank * lora_params_per_rank(model, reference)
+    top = min(min(linears[t].in_features, linears[t].out_features) for t in targets)
+    low = max(1, min(top, goal // per))
+    high = min(top, low + 1)
+    return low if abs(low * per - goal) <= abs(high * per - goal) else high

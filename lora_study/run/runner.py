@@ -123,7 +123,7 @@ def _execute(cfg: Config, out: RunDir, device: Optional[torch.device]) -> Option
         "head_trained": bool(cfg.method.train_head and head), "head_modules": head,
         "params": {"total": total_params, "trainable": _count(p for p in model.parameters() if p.requires_grad),
                    "head": head_params},
-        "lora_targets": prepared.targets,
+        "lora_targets": prepared.targets, **prepared.info,
         "examples": {r: len(enc[r]) for r in enc},
         "processes": int(cfg.train.processes), "threads": torch.get_num_threads(),
     }

@@ -11,6 +11,9 @@ collide with its method's own arm.
 
 - ``options``: fields of the method's schema given to each member, after ``study.method_options`` of the method.
   An option may not contradict what the sweep sets per member (the rank, α, d).
+- ``train``: training settings of the arm's members (``max_steps``, ``batch_size``, ``grad_accum``, ``eval_every``,
+  ``log_every``), given as ``train.*`` overrides after the study's: arms that differ in batch size or in the number of
+  examples seen (``{batch_size: 128, max_steps: 30}``) beside the study's own.
 - ``ranks`` / ``dims``: the arm's swept values (default: ``study.ranks`` / ``study.dims``); ``alpha_rule`` and
   ``alpha``: LoRA's α per rank for this arm (default: the study's), e.g. ``alpha_rule: rslora`` for one arm only.
 
@@ -37,7 +40,9 @@ ARM_NAME = Pattern(r"[a-z][a-z0-9_]*", "a name of lower-case letters, digits and
 OWN = {"ranks": Each(POSITIVE_INT, nonempty=True), "dims": Each(POSITIVE_INT, nonempty=True),
        "alpha_rule": Choice(ALPHA_RULES), "alpha": POSITIVE}
 OWN_AXIS = {"ranks": "rank", "alpha_rule": "rank", "alpha": "rank", "dims": "d"}
-ARM_FIELDS = ("method", "title", "options") + tuple(OWN)
+ARM_FIELDS = ("method", "title", "options", "train") + tuple(OWN)
+# the training settings an arm may give its own members (not the seed, device or processes, which the study sets)
+ARM_TRAIN = ("max_steps", "batch_size", "grad_accum", "eval_every", "log_every")
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,8 @@ class ArmShape(Rule):
     """The shape of one arm in ``study.arms`` (each part's own rule is checked by ``validate_arms``, naming it)."""
 
     def ok(self, value: Any) -> bool:
-        return isinstance(value, dict) and isinstance(value.get("method"), str) and set(value) <= set(ARM_FIELDS)
+        return isinstance(value, dict) and isinstance(value.get("method"), str) and set(value) <= set(ARM_FIELDS) \
+            and isinstance(value.get("train") or {}, dict)
 
     def what(self) -> str:
         return "an arm: a mapping with method and optionally " + ", ".join(ARM_FIELDS[1:])
@@ -89,6 +95,7 @@ class Arm:
     own: Dict[str, Any] = field(default_factory=dict)  # ranks, dims, alpha_rule, alpha replacing the study's
     declared: bool = False  # in study.arms (else a method of study.methods)
     declared_options: Dict[str, Any] = field(default_factory=dict)
+    train: Dict[str, Any] = field(default_factory=dict)  # train.* settings of the arm's members
 
     @property
     def spec(self) -> methods.Method:
@@ -107,8 +114,9 @@ class Arm:
         return f"study.arms.{self.name}" if self.declared else "study.methods"
 
     def overrides(self) -> List[str]:
-        """The options as overrides of each member."""
-        return [f"method.{k}={override(v)}" for k, v in self.options.items()]
+        """The options and the arm's training settings as overrides of each member."""
+        return [f"method.{k}={override(v)}" for k, v in self.options.items()] + \
+            [f"train.{k}={override(v)}" for k, v in self.train.items()]
 
 
 def study_arms(study) -> List[Arm]:
@@ -120,7 +128,8 @@ def study_arms(study) -> List[Arm]:
         method = spec.get("method")
         mine = dict(spec.get("options") or {})
         arms.append(Arm(name, method, spec.get("title"), {**(method_opts.get(method) or {}), **mine},
-                        {k: spec[k] for k in OWN if spec.get(k) is not None}, True, mine))
+                        {k: spec[k] for k in OWN if spec.get(k) is not None}, True, mine,
+                        dict(spec.get("train") or {})))
     return arms
 
 
@@ -198,6 +207,18 @@ def _check_declared(arm: Arm) -> None:
             raise ConfigError(f"{path}.{key} is set, but method {spec.name} is not swept over "
                               f"{'the rank' if OWN_AXIS[key] == 'rank' else 'd'}; remove it.")
     check_options(f"{path}.options", spec, arm.declared_options)
+    check_train(f"{path}.train", arm.train)
+
+
+def check_train(path: str, train: Dict[str, Any]) -> None:
+    """Every training setting of an arm is one an arm may set and satisfies its rule in ``train``'s schema."""
+    from ..config import TrainConfig
+    rules = rules_of(TrainConfig)
+    for key, value in (train or {}).items():
+        if key not in ARM_TRAIN:
+            raise ConfigError(f"{path}.{key} is not a training setting an arm may set; choose among "
+                              f"{', '.join(ARM_TRAIN)}.")
+        check_value(f"{path}.{key}", value, rules[key])
 
 
 def check_options(path: str, spec: methods.Method, options: Dict[str, Any]) -> None:
