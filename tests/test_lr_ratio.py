@@ -58,3 +58,8 @@ def test_coarse_grids_leave_it_unresolved_and_no_full_grid_is_not_measured():
     assert L.ratio_claims(study({"lora_r1": lora(2e-4)}))[0].verdict == NOT_MEASURED
     # a rank-swept arm of another family is never read as LoRA's
     assert L.ratio_claims(study({"full": FULL, "lora_r1": lora(2e-4)}, family="toy"))[0].verdict == NOT_MEASURED
+
+
+def test_a_rank_searched_but_not_trained_takes_its_arms_alpha_rule():
+    t = L.rate_ratios(study({"full": FULL, "lora_r1": lora(2e-4), "lora_r4": lora(2e-4)}, ranks=(4,)))
+    assert list(t.alpha_rule) == ["α = 2r", "α = 2r"]

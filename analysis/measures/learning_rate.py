@@ -115,12 +115,24 @@ def rate_ratios(study: Study) -> pd.DataFrame:
         at = [r for r in runs if r.record.get("rank") == rank]
         alpha = at[0].record.get("alpha") if at else None
         rows.append({"arm": arm, "title": runs[0].title, "rank": rank, "alpha": alpha,
-                     "alpha_rule": "α = 2r" if alpha is not None and float(alpha) == 2 * rank else
-                     (f"α = {float(alpha):g}" if alpha is not None else "—"),
+                     "alpha_rule": _alpha_rule(alpha, rank, runs),
                      "lora_lr": best, "full_lr": f_best, "ratio": best / f_best,
                      "ratio_low": lo / f_hi if lo is not None and f_hi is not None else np.nan,
                      "ratio_high": hi / f_lo if hi is not None and f_lo is not None else np.nan})
     return pd.DataFrame(rows).sort_values(["arm", "rank"]).reset_index(drop=True) if rows else pd.DataFrame()
+
+
+def _alpha_rule(alpha, rank: int, runs) -> str:
+    """'α = 2r' or 'α = 32' for a searched rank; a rank searched but not trained in this study (a preset's shipped
+    grid) takes its arm's rule when every trained rank of the arm shows the same one."""
+    if alpha is not None:
+        return "α = 2r" if float(alpha) == 2 * rank else f"α = {float(alpha):g}"
+    pairs = [(r.record.get("alpha"), r.record.get("rank")) for r in runs if r.record.get("alpha") is not None]
+    if pairs and all(float(a) == 2 * k for a, k in pairs):
+        return "α = 2r"
+    if pairs and len({float(a) for a, _ in pairs}) == 1:
+        return f"α = {float(pairs[0][0]):g}"
+    return "—"
 
 
 def ratio_verdict(t: pd.DataFrame) -> tuple:

@@ -214,7 +214,6 @@ def energy_finding(spectra: pd.DataFrame) -> str:
         return "No full finetune with saved spectra: the concentration of full finetuning's ΔW is not measured here."
     full = full.assign(dim=full[["d_out", "d_in"]].min(axis=1))
     med = full.rank90.median()
-    frac = (full.rank90 / full.dim).median()
     rnd: dict = {}
     ratios = []
     for _, r in full.iterrows():  # against a random matrix of each module's own shape
@@ -226,7 +225,7 @@ def energy_finding(spectra: pd.DataFrame) -> str:
     eff = full.effective_rank.median()
     verdict = ("supports" if ratio <= 0.25 else "only partly supports" if ratio < 0.75 else "does not support")
     text = (f"Full finetuning's ΔW needs a median of {med:.0f} directions for 90 % of its energy "
-            f"({100 * frac:.1f} % of the matrix dimension; median effective rank {eff:.1f}); a Gaussian random "
+            f"(median effective rank {eff:.1f}; the spectra table has both per matrix type); a Gaussian random "
             f"matrix of the same shape needs {1 / ratio:.1f}× as many (median ratio {ratio:.2f}). "
             f"This {verdict} the claim that the finetuning update concentrates its energy in a few directions "
             f"(thresholds: ratio ≤ 0.25 supports, < 0.75 partly).")

@@ -222,8 +222,9 @@ def memory_finding(t: pd.DataFrame) -> str:
         g = swept(t, "rank", arm)
         txt += (f" {arm_title(t, arm)}'s optimizer state is {100 * g.optimizer_state_bytes.max() / opt:.2f} % "
                 f"of full finetuning's at the largest rank and {100 * g.optimizer_state_bytes.min() / opt:.3f} % "
-                f"at the smallest; its stored adapter is {100 * g.storage_bytes.min() / store:.2f}–"
-                f"{100 * g.storage_bytes.max() / store:.2f} % of a full model copy.")
+                f"at the smallest; its stored adapter takes {_bytes(g.storage_bytes.min())}–"
+                f"{_bytes(g.storage_bytes.max())} against {_bytes(store)} for a full model copy (storage per task, "
+                "in the cost table).")
     return txt
 
 
