@@ -164,7 +164,9 @@ def ratio_verdict(t: pd.DataFrame) -> tuple:
 
 def ratio_claims(study: Study) -> List[Claim]:
     claim = "LoRA's best learning rate ≈ 10× full FT's and independent of rank"
-    rule = ("best rates on the validation grid; the bracket of each ratio from the neighbouring rates tried "
+    rule = ("best rates on the validation grid (the highest mean validation score per row; the scores' own noise is "
+            "not tested, so a best rate one grid step off moves the ratio); the bracket of each ratio from the "
+            "neighbouring rates tried "
             "(LoRA's lower over full FT's upper, and the reverse); holds when every ratio lies in 3.3–30× and one "
             "ratio fits every bracket, does not hold when a bracket lies outside that band or two ranks' brackets are "
             "disjoint, else unresolved")
