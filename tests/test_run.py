@@ -51,6 +51,13 @@ def test_full_run_records_truncation_and_accounting(tmp_path):
     s, cfg = run_tiny(tmp_path, ["method=full", "optim.lr=1e-3"])
     for scope in ("finetuned_rest", "pretrained_rest", "targets_only"):
         assert [r["k"] for r in s["truncation"]["scopes"][scope]["ranks"]] == [0, 1, 2]
+    # where the run's time after training went, one timer per pass it made
+    phases = s["time"]["after_training"]
+    assert {"test_s", "delta_and_storage_s", "heldout_s", "truncation_s"} <= set(phases)
+    assert all(v >= 0 for v in phases.values()) and phases["heldout_s"] == s["heldout"]["seconds"]
+    # a pass the run did not make has no timer
+    assert ("latency_s" in phases) == bool(cfg.run.latency)
+    assert ("intruder_scaling_s" in phases) == bool(cfg.run.intruder_scaling)
     n = s["params"]["trainable"]
     assert n == s["params"]["total"]
     # AdamW in fp32: exp_avg and exp_avg_sq (8 bytes per parameter) plus a 4-byte step per tensor

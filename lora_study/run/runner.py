@@ -157,10 +157,13 @@ def _execute(cfg: Config, out: RunDir, device: Optional[torch.device]) -> Option
             return None
         prepared, model = (gathered[0] or prepared), gathered[1]
     test, predictions = {}, {}
+    phases: Dict[str, float] = {}  # seconds of each pass after training, so a study can say where its time goes
+    tick = time.perf_counter()
     if cfg.run.evaluate_test:
         test = evaluate(model, enc["test"], cfg.train.eval_batch_size, device, precision, per_example=True)
         predictions = {f"test.{k}": v for k, v in test.pop("per_example").items()}
         logger.log({"step": result.steps, "split": "test", **test})
+        phases["test_s"] = time.perf_counter() - tick
     steady = result.step_times[1:] or result.step_times
     split, examples = ("test", predictions_of(predictions, "test.")) if test else ("validation",
                                                                                   result.validation_examples)
@@ -176,6 +179,7 @@ def _execute(cfg: Config, out: RunDir, device: Optional[torch.device]) -> Option
                  "tokens_per_s": result.tokens / sum(result.step_times) if result.step_times else None},
     })
     saved = {"delta": False, "spectrum": False, "adapter": False, "model": False, "predictions": False}
+    tick = time.perf_counter()
     deltas = method.deltas(prepared, model, w_pre)
     summary["placement"]["delta_scope"] = _delta_scope(deltas, prepared)
     if deltas:
@@ -189,16 +193,18 @@ def _execute(cfg: Config, out: RunDir, device: Optional[torch.device]) -> Option
     summary["storage"] = method.storage(model, out, cfg.run, saved)
     model, extra = method.finish(model, cfg.method)
     summary.update(extra)
+    phases["delta_and_storage_s"] = time.perf_counter() - tick
     if heldout:
         t0 = time.perf_counter()
         summary["heldout"] = heldout.evaluate(model)
         predictions.update({f"heldout.{k}": v for k, v in summary["heldout"].pop("per_example").items()})
-        summary["heldout"]["seconds"] = time.perf_counter() - t0
+        summary["heldout"]["seconds"] = phases["heldout_s"] = time.perf_counter() - t0
         logger.log({"step": result.steps, "split": "heldout", **summary["heldout"]})
     def test_outputs(data=enc["test"]):
         return evaluate(model, data, cfg.train.eval_batch_size, device, precision, per_example=True)
     targets = prepared.targets or resolve_targets(model, cfg.run.intervention_targets)
     if truncating and deltas:
+        tick = time.perf_counter()
         # truncation evaluates 1 + 3 scopes x (k = 0 and each rank) times: on the test split's first examples only
         n_sub = cfg.run.truncation_max_examples
         subset = enc["test"] if not n_sub or n_sub >= len(task.test) else \
@@ -208,7 +214,10 @@ def _execute(cfg: Config, out: RunDir, device: Optional[torch.device]) -> Option
                                            lambda: test_outputs(subset), device)
         summary["truncation"]["examples"] = len(subset)
         predictions.update({f"truncation.{k}": v for k, v in summary["truncation"].pop("per_example").items()})
+        phases["truncation_s"] = time.perf_counter() - tick
     if cfg.run.intruder_scaling and deltas and all(t in w_pre for t in targets):
+        tick = time.perf_counter()
+
         def scaled_outputs():
             r = test_outputs()
             examples = {f"test.{k}": v for k, v in r.pop("per_example").items()}
@@ -221,14 +230,18 @@ def _execute(cfg: Config, out: RunDir, device: Optional[torch.device]) -> Option
             model, targets, w_pre, deltas, cfg.run.intruder_lambda, cfg.run.intruder_eps, cfg.run.intruder_k,
             scaled_outputs)
         predictions.update({f"intruder_scaled.{k}": v for k, v in summary["intruder_scaling"].pop("per_example").items()})
+        phases["intruder_scaling_s"] = time.perf_counter() - tick
     if cfg.run.latency:
+        tick = time.perf_counter()
         summary["latency"], summary["merge"] = latency(
             model, enc["test"], cfg.train.max_length, list(cfg.run.latency_batches), cfg.run.latency_repeats, device,
             precision, merge=method.merge if method.mergeable else None,
             w_pre={n: w for n, w in w_pre.items() if n in set(prepared.targets or [])})
+        phases["latency_s"] = time.perf_counter() - tick
     if predictions:
         out.write_predictions(predictions)
         saved["predictions"] = True
+    summary["time"]["after_training"] = phases
     summary.update(status="complete", saved=saved, wall_time_s=time.time() - started)
     out.write_summary(summary)
     logger.finish(summary)
