@@ -90,7 +90,21 @@ def test_readme_states_the_reference_reports_claims_and_nothing_else():
     assert readme.current((ROOT / "README.md").read_text()) == readme.block(findings)
 
 
-@pytest.mark.parametrize("report", ["results/reference"])
+def _committed_reports():
+    from conftest import ROOT
+    return sorted(str(p.parent.relative_to(ROOT)) for p in (ROOT / "results" / "reference").rglob("report.md"))
+
+
+def test_every_committed_report_has_its_claim_records():
+    """The default study's report and every preset's: each was generated from claim records (claims.json), so the
+    check below reads them all; a report left from before the records would escape it."""
+    from conftest import ROOT
+    reports = _committed_reports()
+    assert "results/reference" in reports and len(reports) >= 5, reports
+    assert [r for r in reports if not (ROOT / r / "claims.json").is_file()] == []
+
+
+@pytest.mark.parametrize("report", _committed_reports())
 def test_committed_reports_match_their_evidence(report):
     from conftest import ROOT
     r = cli("lora-study-check", str(ROOT / report))

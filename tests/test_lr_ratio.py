@@ -63,3 +63,11 @@ def test_coarse_grids_leave_it_unresolved_and_no_full_grid_is_not_measured():
 def test_a_rank_searched_but_not_trained_takes_its_arms_alpha_rule():
     t = L.rate_ratios(study({"full": FULL, "lora_r1": lora(2e-4), "lora_r4": lora(2e-4)}, ranks=(4,)))
     assert list(t.alpha_rule) == ["α = 2r", "α = 2r"]
+
+
+def test_ten_times_on_a_3x_grid_is_unresolved_not_holds():
+    """The best rates 10× apart, but on 3× grids the bracket spans 1–100×: the grid has not placed the ratio."""
+    full = {1e-5 / 3: 0.70, 1e-5: 0.78, 3e-5: 0.74}
+    grid = {f"lora_r{r}": {1e-4 / 3: 0.75, 1e-4: 0.80, 3e-4: 0.76} for r in (1, 16)}
+    (c,) = L.ratio_claims(study({"full": full, **grid}, ranks=(1, 16)))
+    assert c.verdict == UNRESOLVED and "too" in c.why and "r=1 10×" in c.measured

@@ -50,3 +50,47 @@ def test_none_equivalent_with_power_does_not_hold_and_without_power_is_unresolve
 def test_the_sequence_from_the_largest_rank_names_the_smallest_equivalent_rank():
     c = claim({1: D, 4: E, 16: E, 64: E})
     assert c.verdict == HOLDS and "r = 4" in c.measured
+
+
+class ForgettingCtx:
+    """One family's pooled accuracy-drop rows against full FT, each rank with its verdict and 95 % interval."""
+
+    def __init__(self, rows, margin=0.03):
+        from analysis.measures.forgetting import FORGETS_LESS, FORGETS_MORE, NO_MORE
+        names = {"less": FORGETS_LESS, "more": FORGETS_MORE, "no_more": NO_MORE, "unresolved": U}
+        self.tables = {
+            "runs": Ctx({1: U}).tables["runs"],
+            "forgetting_vs_full": pd.DataFrame([{
+                "arm": "lora", "value": r, "tasks": "mean", "unit": "accuracy", "task_list": "bbc_topic",
+                "seeds": 3, "examples": 200, "minus_full": (lo + hi) / 2, "minus_full_low": lo, "minus_full_high": hi,
+                "margin": margin, "verdict": names[v]} for r, (v, lo, hi) in rows.items()])}
+
+    def table(self, name):
+        return self.tables[name]
+
+
+def forgetting(rows):
+    from analysis.measures.verdicts import forgetting_claims
+    return {c.key.split(":")[0]: c for c in forgetting_claims(ForgettingCtx(rows))}
+
+
+def test_forgetting_measurably_more_but_within_the_margin_does_not_refute_no_worse():
+    c = forgetting({1: ("unresolved", -0.07, 0.07), 64: ("more", 0.010, 0.043)})
+    assert c["forgetting_bound"].verdict == UNRESOLVED and "0 more by more than the margin" in c["forgetting_bound"].why
+    assert c["forgetting_less"].verdict == FAILS  # r = 64 forgets measurably more than full FT
+    c = forgetting({1: ("unresolved", -0.07, 0.07), 64: ("more", 0.035, 0.06)})
+    assert c["forgetting_bound"].verdict == FAILS
+    c = forgetting({1: ("no_more", -0.02, 0.01), 64: ("less", -0.05, -0.01)})
+    assert c["forgetting_bound"].verdict == HOLDS
+
+
+def test_an_amplification_outlier_is_named_with_its_groups_median():
+    """A factor whose denominator came near 0 (one seed of W_q at r = 1) is named beside its group's median, which
+    the prose uses instead of the mean."""
+    from analysis.measures.amplification import finding
+    a = pd.DataFrame([{"arm": "lora", "label": "LoRA r=1", "kind": "query", "r": 1, "seed": s, "layer": 5,
+                       "factor": f} for s, f in enumerate((1.5, 1.8, 33.5))])
+    runs = pd.DataFrame([{"arm": "lora", "axis": "rank"}])
+    text = finding(a, runs)
+    assert "r = 1: 1.8" in text  # the median, not the mean 12.3
+    assert "seed 2: 33.5 (median 1.8)" in text

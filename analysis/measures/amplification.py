@@ -104,8 +104,8 @@ def finding(a: pd.DataFrame, runs: pd.DataFrame) -> str:
     out = outliers(a)
     if len(out):
         parts.append("Outliers (a factor over five times its group's median, where ‖UᵀWVᵀ‖_F is near 0): " + "; ".join(
-            f"{r.label} {KIND_TITLES.get(r.kind, r.kind)} r = {int(r.r)} seed {int(r.seed)}: {r.factor:.1f} "
-            f"(median {r.median:.1f})" for _, r in out.iterrows()) + ".")
+            f"{r['label']} {KIND_TITLES.get(r['kind'], r['kind'])} r = {int(r['r'])} seed {int(r['seed'])}: "
+            f"{r['factor']:.1f} (median {r['median']:.1f})" for _, r in out.iterrows()) + ".")
     parts.append(f"Hu et al. (GPT-3 175B, layer 48, W_q, ‖W‖_F = {HU_W_NORM}) report a factor of about "
                  f"{hu_factor(4):.1f} at r = 4 and {hu_factor(64):.1f} at r = 64; the model, the task and the matrix "
                  "sizes differ here, so only the order of magnitude and the fall with r compare.")

@@ -283,6 +283,9 @@ def finding(intr: pd.DataFrame, corr: dict, scaling: pd.DataFrame) -> List[str]:
     if not scaling.empty:
         for _, r in scaling.iterrows():
             name = r.title + ("" if pd.isna(r.value) else f" r={int(r.value)}")
+            if not r.intruders:  # nothing to scale: the model is unchanged, and a zero-width interval says nothing
+                parts.append(f"{name} has no intruder dimension to scale ({r.seeds} run(s)): the test is a no-op.")
+                continue
             text = (f"Scaling the {r.intruders} intruder dimensions of {name} ({r.seeds} run(s)) by λ = {r['lambda']:g}: "
                     f"test score {r.accuracy_change:+.3f} "
                     f"{fmt_interval((r.accuracy_change_low, r.accuracy_change_high))}")

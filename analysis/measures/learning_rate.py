@@ -135,10 +135,15 @@ def _alpha_rule(alpha, rank: int, runs) -> str:
     return "—"
 
 
+MAX_BRACKET = 16.0  # the widest bracket that places a ratio: 2x grid steps on both sides of both optima
+
+
 def ratio_verdict(t: pd.DataFrame) -> tuple:
     """(verdict, why) of "LoRA's best rate ≈ 10× full FT's and independent of rank" on a rate_ratios table (one arm).
     Does not hold: some rank's bracket lies wholly outside 10/3–30×, or two ranks' brackets are disjoint (the ratio
-    moves with the rank). Holds: every rank's ratio lies in 10/3–30× and all brackets share a ratio in that band.
+    moves with the rank). Holds: every rank's ratio lies in 10/3–30×, all brackets share a ratio, and every bracket
+    is at most 16× wide (grids of about 2× steps on both sides of each optimum, as the claim needs: with 3× steps a
+    bracket spans 81–100× and places nothing).
     Otherwise (a bracket open at a grid edge, or brackets too wide to place the ratio) unresolved."""
     lo_band, hi_band = RATIO_TARGET / RATIO_FACTOR, RATIO_TARGET * RATIO_FACTOR
     low = t.ratio_low.fillna(0.0)
@@ -154,8 +159,10 @@ def ratio_verdict(t: pd.DataFrame) -> tuple:
                        f"r={int(b['rank'])}'s ends.")
     common = (max(low.max(), lo_band), min(high.min(), hi_band))
     inside = t.ratio.between(lo_band, hi_band).all()
-    if inside and common[0] <= common[1] and t.ratio_low.notna().all() and t.ratio_high.notna().all():
-        return HOLDS, "every rank's best rate is 3.3–30× full FT's and one ratio fits every rank's bracket."
+    fine = bool((high / low.where(low > 0)).le(MAX_BRACKET * (1 + 1e-9)).all())
+    if inside and fine and common[0] <= common[1] and t.ratio_low.notna().all() and t.ratio_high.notna().all():
+        return HOLDS, ("every rank's best rate is 3.3–30× full FT's, one ratio fits every rank's bracket, and every "
+                       f"bracket is at most {MAX_BRACKET:g}× wide.")
     if t.ratio_low.isna().any() or t.ratio_high.isna().any():
         return UNRESOLVED, "a best rate sits at the edge of its grid, so its bracket is open on that side."
     return UNRESOLVED, (f"the grid's brackets (widest {t.ratio_low.min():.3g}–{t.ratio_high.max():.3g}×) are too "
@@ -167,8 +174,8 @@ def ratio_claims(study: Study) -> List[Claim]:
     rule = ("best rates on the validation grid (the highest mean validation score per row; the scores' own noise is "
             "not tested, so a best rate one grid step off moves the ratio); the bracket of each ratio from the "
             "neighbouring rates tried "
-            "(LoRA's lower over full FT's upper, and the reverse); holds when every ratio lies in 3.3–30× and one "
-            "ratio fits every bracket, does not hold when a bracket lies outside that band or two ranks' brackets are "
+            "(LoRA's lower over full FT's upper, and the reverse); holds when every ratio lies in 3.3–30×, one "
+            "ratio fits every bracket and no bracket is over 16× wide (about 2× grid steps near each optimum), does not hold when a bracket lies outside that band or two ranks' brackets are "
             "disjoint, else unresolved")
     t = rate_ratios(study)
     if t.empty:
