@@ -71,8 +71,8 @@ def test_report_numbers_equal_the_analysis_tables(reported):
     assert f"full FT reaches {full:.3f}" in text and f"the frozen base {base:.3f}" in text
     for r in reach[reach.arm == "lora"].itertuples():
         assert runs.test_accuracy[f"LoRA r={int(r.rank)}"] == pytest.approx(r.mean)
-        assert (f"r = {int(r.rank)}: {r.diff:+.3f} [{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}] ({r.verdict})"
-                in text), r.rank
+        assert (f"r = {int(r.rank)}: {r.diff:+.3f} [{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}], "
+                f"TOST p = {r.p_tost:.2g} ({r.verdict})" in text), r.rank
 
     trunc = pd.read_csv(a / "truncation.csv")
     text = section(md, "Does full finetuning's update survive")
