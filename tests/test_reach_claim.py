@@ -1,5 +1,7 @@
-"""The several-ranks claim says no more than its procedure shows: a rank equivalent on its own test below the rank
-where the fixed sequence stopped is neither shown equivalent nor evidence that none is."""
+"""Verdict records that say no more than their tests show: the several-ranks claim (a rank equivalent on its own test
+below the rank where the fixed sequence stopped is neither shown equivalent nor evidence that none is), forgetting
+non-inferiority (measurably more forgetting within the margin does not refute it), and amplification's outliers named
+beside the median the prose uses."""
 import pandas as pd
 
 from analysis import crossed
