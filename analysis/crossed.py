@@ -35,6 +35,10 @@ Tests (alpha = 0.05 unless given):
                      largest rank down, each at alpha, and stop at the first that is not equivalent; the ranks shown
                      equivalent are those before the stop, so the family-wise error of the claim stays at alpha and
                      the answer is monotone (no rank is called equivalent above one that is not)
+    Holm             the same claim without presuming that a larger rank is closer to the reference: each rank's
+                     TOST p, sorted p_(1) <= ... <= p_(k), is equivalent while p_(i) <= alpha / (k - i + 1) (Holm
+                     1979), so the family-wise error of "these ranks are equivalent" stays at alpha whatever the
+                     ranks' order; the answer is the smallest rank shown equivalent, beside any rank shown to differ
     alpha spending   looks k = 1..K at information t_k = seeds_k / max_seeds (Lan & DeMets 1983, Pocock type):
                      alpha(t) = alpha ln(1 + (e - 1) t); look k tests at its increment alpha(t_k) - alpha(t_{k-1}),
                      which by the union bound keeps each error (a false "equivalent", a false "different") across
@@ -243,6 +247,26 @@ def fixed_sequence(verdicts: Mapping[int, str]) -> dict:
             break
         shown.append(rank)
     return {"smallest": min(shown) if shown else None, "equivalent": sorted(shown), "stopped_at": stopped}
+
+
+def holm(p_tost: Mapping[int, float], alpha: float = 0.05) -> dict:
+    """The ranks shown equivalent by Holm's step-down procedure over their TOST p-values (see the module docstring):
+    {smallest: the smallest of them or None, equivalent: them in increasing order, stopped_at: the rank with the
+    smallest p that was not shown equivalent, or None, levels: {rank: the level its p was tested at}}."""
+    order = sorted(p_tost, key=lambda r: (p_tost[r], r))
+    shown: List[int] = []
+    levels = {}
+    stopped = None
+    for i, rank in enumerate(order):
+        level = alpha / (len(order) - i)
+        levels[rank] = level
+        p = p_tost[rank]
+        if not (p == p and p <= level):  # NaN p (no test) stops the procedure as well
+            stopped = rank
+            break
+        shown.append(rank)
+    return {"smallest": min(shown) if shown else None, "equivalent": sorted(shown), "stopped_at": stopped,
+            "levels": levels}
 
 
 # ------------------------------------------------------------------ looks while seeds are added

@@ -4,7 +4,8 @@ verdict is still unresolved, and controls the error rates across its looks by al
 Look k happens when the comparisons still in play have S_k seeds (S_1 = the study's seeds); it tests each of them at
 the increment alpha_k of a Pocock-type spending function over the information fraction S_k / max_seeds
 (``crossed.look_alphas``): equivalent when the (1 − 2 alpha_k) interval lies inside the margin, different when the
-(1 − alpha_k) interval excludes 0, else unresolved. A comparison resolved at a look keeps that verdict, its seeds
+(1 − alpha_k) interval excludes 0, else unresolved. The ranks of one family make one claim ("the smallest rank
+equivalent to full FT"), so the sweeper spends 5 % / the family's ranks per rank (Bonferroni over the ranks). A comparison resolved at a look keeps that verdict, its seeds
 and its alpha; the others get ``study.seeds_per_round`` more seeds (the reference gets them too, so every
 comparison stays paired by seed), until ``study.max_seeds``. By the union bound over the looks, a false
 "equivalent" (a true difference on the margin) and a false "different" (a true difference of 0) each stay at most

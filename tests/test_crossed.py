@@ -98,19 +98,45 @@ def test_coverage_on_paired_correctness(sd_seed):
     assert covered / reps >= 0.93
 
 
-def test_fixed_sequence_keeps_the_several_ranks_claim_at_alpha():
+def test_holm_and_the_fixed_sequence_keep_the_several_ranks_claim_at_alpha():
     """Four ranks, each truly on the margin: "some rank is equivalent" would be a false "holds". Testing each rank
-    alone and taking any equivalence inflates that error; the fixed sequence from the largest rank down keeps it at
-    most 5 %."""
+    alone and taking any equivalence inflates that error; Holm over the ranks' TOST p (the study's procedure) and the
+    fixed sequence from the largest rank down each keep it at most 5 %."""
     rng = np.random.default_rng(4)
-    reps, margin, any_alone, by_sequence = 3000, 0.02, 0, 0
+    reps, margin, any_alone, by_sequence, by_holm = 3000, 0.02, 0, 0, 0
     for _ in range(reps):
-        verdicts = {r: C.verdict(C.components(planted(rng, 3, 2000, 0.0, 0.25, 0.25, shift=margin * rng.choice(
-            [-1, 1]))), margin) for r in (1, 4, 16, 64)}
+        tests = {r: C.compare(planted(rng, 3, 2000, 0.0, 0.25, 0.25, shift=margin * rng.choice([-1, 1])),
+                              np.zeros((3, 2000)), margin) for r in (1, 4, 16, 64)}
+        verdicts = {r: t["verdict"] for r, t in tests.items()}
         any_alone += any(v == C.EQUIVALENT for v in verdicts.values())
         by_sequence += C.fixed_sequence(verdicts)["smallest"] is not None
-    assert by_sequence / reps <= 0.05 + MC_ERROR * math.sqrt(0.05 * 0.95 / reps)
-    assert any_alone / reps > 0.1 > by_sequence / reps
+        by_holm += C.holm({r: t["p_tost"] for r, t in tests.items()})["smallest"] is not None
+    bound = 0.05 + MC_ERROR * math.sqrt(0.05 * 0.95 / reps)
+    assert by_sequence / reps <= bound and by_holm / reps <= bound
+    assert any_alone / reps > 0.1 > max(by_sequence, by_holm) / reps
+
+
+def test_holm_finds_an_equivalent_rank_below_one_that_differs():
+    """Three ranks truly equivalent (difference 0), the largest truly off by twice the margin: Holm shows the smaller
+    ranks equivalent in most simulated studies; the fixed sequence stops at the largest and shows none."""
+    rng = np.random.default_rng(5)
+    reps, margin, holm_found, seq_found = 200, 0.03, 0, 0
+    for _ in range(reps):
+        tests = {r: C.compare(planted(rng, 3, 2000, 0.0, 0.25, 0.25, shift=(2 * margin if r == 64 else 0.0)),
+                              np.zeros((3, 2000)), margin) for r in (1, 4, 16, 64)}
+        holm = C.holm({r: t["p_tost"] for r, t in tests.items()})
+        holm_found += holm["smallest"] == 1 and 64 not in holm["equivalent"]
+        seq_found += C.fixed_sequence({r: t["verdict"] for r, t in tests.items()})["smallest"] is not None
+    assert holm_found / reps > 0.8 and seq_found == 0
+
+
+def test_holm_steps_down_through_the_levels():
+    h = C.holm({1: 0.2, 4: 0.01, 16: 0.016, 64: 0.03})
+    # 0.01 <= 0.05/4, 0.016 <= 0.05/3, 0.03 > 0.05/2: stops at r = 64
+    assert (h["equivalent"], h["smallest"], h["stopped_at"]) == ([4, 16], 4, 64)
+    assert h["levels"] == {4: 0.0125, 16: 0.05 / 3, 64: 0.025}
+    assert C.holm({1: 0.03, 4: 0.3})["smallest"] is None  # 0.03 > 0.05 / 2
+    assert C.holm({1: 0.001, 4: float("nan")})["equivalent"] == [1]
 
 
 def test_fixed_sequence_is_monotone():
@@ -191,3 +217,22 @@ def test_the_design_table_keeps_one_set_of_columns_when_rows_have_their_own_marg
     assert [c for c in t.columns if c.startswith("examples for")] == [
         f"examples for the margin at {s} seeds" for s in design.SEEDS_PLANNED]
     assert not t.isna().any().any() and "nan" not in t.to_string()
+
+
+def test_the_design_table_powers_each_rank_at_the_level_its_family_tests_it():
+    """Four ranks of one family: each rank's resolvable margin and the examples it needs are at 5 % / 4 (Holm's first
+    level), wider than the same comparison alone at 5 %; a family of one rank keeps 5 %."""
+    import pandas as pd
+    from lora_study.analysis.measures import design
+    rng = np.random.default_rng(8)
+    c = C.components(planted(rng, 3, 2000, 0.01, 0.1, 0.2))
+    row = {"title": "LoRA", "score": "accuracy", "diff": c.mean, "var_seed": c.var_seed, "family": "lora",
+           "var_example": c.var_example, "var_residual": c.var_residual, "seeds": c.seeds,
+           "examples": c.examples, "se": c.se, "df": c.df, "margin": 0.03}
+    four = design.design_rows(pd.DataFrame([{**row, "rank": float(r)} for r in (1, 4, 16, 64)]), pd.DataFrame())
+    one = design.design_rows(pd.DataFrame([{**row, "rank": 4.0}]), pd.DataFrame())
+    assert list(four.alpha) == [0.0125] * 4 and list(one.alpha) == [0.05]
+    assert four.resolvable_margin.iloc[0] == pytest.approx(C.resolvable_margin(c.se, c.df, 0.8, 0.0125))
+    assert four.resolvable_margin.iloc[0] > one.resolvable_margin.iloc[0]
+    assert four.examples_at_10_seeds.iloc[0] >= one.examples_at_10_seeds.iloc[0]
+    assert "α = 0.0125" in design.finding(four)[0]

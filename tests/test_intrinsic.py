@@ -138,6 +138,15 @@ def test_intrinsic_dim_study_runs_and_is_analysed(tmp_path, cue_task):
     section = md.split("## Intrinsic dimension")[1].split("\n## ")[0]
     assert "figures/intrinsic_dim.png" in section and "Aghajanyan" in section and "secondary" in section
     assert "Not measured" not in section and "| DID |" in section and "| SAID |" in section
+    # the published d90 the prose compares with sit in a table; no section for what a subspace study has no data for
+    assert "### Published d90" in md and "| BERT-base | 1,608 | 8,030 | 1,861 | 9,295 |" in md
+    h2 = [line[3:] for line in md.splitlines() if line.startswith("## ")]
+    for absent in ("Does merging remove", "Does LoRA reach", "Does full finetuning's update survive",
+                   "Does LoRA forget less"):
+        assert not any(h.startswith(absent) for h in h2), absent
+    assert "Were the learning rates fair? The validation sweep" in h2  # its own section, with no reach to sit under
+    from lora_study.analysis.check import check
+    assert check(study / "report") == []  # every number of its prose in a table or a claim
     # whether d90 reaches the target is a paired comparison with full FT, on the same test examples
     from lora_study.analysis.measures.intrinsic_dim import intrinsic_table, summarize, target_margins
     summary = summarize(intrinsic_table(st))

@@ -1,7 +1,8 @@
-"""Verdict records that say no more than their tests show: the several-ranks claim (a rank equivalent on its own test
-below the rank where the fixed sequence stopped is neither shown equivalent nor evidence that none is), forgetting
-non-inferiority (measurably more forgetting within the margin does not refute it), and amplification's outliers named
-beside the median the prose uses."""
+"""Verdict records that say no more than their tests show: the several-ranks claim (Holm over the ranks: a rank
+equivalent on its own test but not at the family's level is neither shown equivalent nor evidence that none is; a rank
+shown equivalent below one that differs still answers the question), forgetting non-inferiority (measurably more
+forgetting within the margin does not refute it), and amplification's outliers named beside the median the prose
+uses."""
 import pandas as pd
 
 from analysis import crossed
@@ -9,11 +10,13 @@ from analysis.claims import FAILS, HOLDS, UNRESOLVED
 from analysis.measures.verdicts import reach_claims
 
 E, D, U = crossed.EQUIVALENT, crossed.DIFFERENT, crossed.UNRESOLVED
+P_TOST = {E: 0.04, U: 0.3, D: 0.6}  # an "equivalent" at 5 % alone, not at 5 % / 4
 
 
 class Ctx:
-    def __init__(self, verdicts, resolvable=0.02, margin=0.03, seeds=3):
+    def __init__(self, verdicts, se=0.005, margin=0.03, seeds=3, p=None):
         ranks = sorted(verdicts)
+        p = p or {}
         self.tables = {
             "runs": pd.DataFrame(
                 [{"arm": "lora", "axis": "rank", "family": "lora", "order": 1, "title": "LoRA",
@@ -24,7 +27,7 @@ class Ctx:
             "reach": pd.DataFrame([{"arm": "lora", "rank": r, "seeds": seeds, "examples": 6000, "margin": margin,
                                     "verdict": verdicts[r], "diff": -0.01 if verdicts[r] != D else -0.03,
                                     "diff_ci_low": -0.02, "diff_ci_high": 0.0, "ci90_low": -0.018, "ci90_high": -0.002,
-                                    "resolvable_margin": resolvable, "p_tost": 0.04 if verdicts[r] == E else 0.3}
+                                    "se": se, "df": 1000.0, "p_tost": p.get(r, P_TOST[verdicts[r]])}
                                    for r in ranks])}
 
     def table(self, name):
@@ -36,22 +39,29 @@ def claim(verdicts, **kw):
     return c
 
 
-def test_an_equivalent_rank_the_sequence_does_not_reach_leaves_the_claim_unresolved():
-    c = claim({1: D, 4: E, 16: U, 64: D})
+def test_a_rank_equivalent_alone_but_not_at_the_familys_level_leaves_the_claim_unresolved():
+    c = claim({1: D, 4: E, 16: U, 64: D})  # r = 4's TOST p 0.04 is above Holm's first level, 0.05 / 4
     assert c.verdict == UNRESOLVED
     assert "r = 4 is equivalent on its own test" in c.why and "none is ruled out" in c.why
+    assert "Holm" in c.why and "r = 4 at 0.0125" in c.why and "r = 1, r = 64 differ" in c.why
     assert "shown equivalent" in c.measured and "TOST p = 0.04" in c.measured
 
 
-def test_none_equivalent_with_power_does_not_hold_and_without_power_is_unresolved():
-    assert claim({1: D, 4: U, 16: U, 64: D}).verdict == FAILS
-    c = claim({1: D, 4: U, 16: U, 64: D}, resolvable=0.05)
-    assert c.verdict == UNRESOLVED and "resolves only ±0.050" in c.why
-
-
-def test_the_sequence_from_the_largest_rank_names_the_smallest_equivalent_rank():
-    c = claim({1: D, 4: E, 16: E, 64: E})
+def test_holm_names_an_equivalent_rank_below_one_that_differs():
+    """Unlike a fixed sequence from the largest rank down, Holm does not stop at r = 64 when it differs."""
+    c = claim({1: D, 4: E, 16: E, 64: D}, p={4: 0.001, 16: 0.015})
     assert c.verdict == HOLDS and "r = 4" in c.measured
+    assert "r = 4, r = 16 are shown equivalent" in c.why and "r = 1, r = 64 differ" in c.why
+    # r = 16's p 0.015 passes at the second level, 0.05 / 3, only because r = 4 passed at the first
+    c = claim({1: D, 4: E, 16: E, 64: D}, p={4: 0.02, 16: 0.015})
+    assert c.verdict == UNRESOLVED and "it stops at r = 16" in c.why
+
+
+def test_none_equivalent_with_power_does_not_hold_and_without_power_is_unresolved():
+    c = claim({1: D, 4: U, 16: U, 64: D})
+    assert c.verdict == FAILS and "α = 0.0125" in c.why  # power at the level each rank is tested at
+    c = claim({1: D, 4: U, 16: U, 64: D}, se=0.015)
+    assert c.verdict == UNRESOLVED and "resolves only ±0.053" in c.why
 
 
 class ForgettingCtx:

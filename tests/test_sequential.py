@@ -116,6 +116,14 @@ def test_the_sweeper_adds_seeds_only_where_unresolved(tmp_path, planted_runs):
     reach = Context(load_study(tmp_path / "seq")).table("reach").set_index("rank")
     assert reach.loc[2, "verdict"] == crossed.EQUIVALENT and reach.loc[2, "seeds"] == len(final["lora_r2"]["seeds"])
     assert reach.loc[1, "alpha"] == pytest.approx(final["lora_r1"]["alpha"])
+    # the three ranks make one claim: each tested at 5 % / 3 (Bonferroni), spent over the looks
+    assert seq["family_ranks"] == {"lora": 3}
+    assert final["lora_r1"]["alpha"] == pytest.approx(Q.alphas(3, 2, 7, alpha=0.05 / 3)[0])
+    from lora_study.analysis.measures.verdicts import reach_claims
+    ctx = Context(load_study(tmp_path / "seq"))
+    (c,) = reach_claims(ctx)
+    assert "Bonferroni" in c.why and "r = 1 differs" in c.why
+    assert ctx.table("smallest_rank").procedure.iloc[0].startswith("Bonferroni")
 
 
 def test_until_resolved_needs_room_for_seeds():

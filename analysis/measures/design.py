@@ -2,7 +2,8 @@
 the test split, each rank's forgetting against full finetuning's), its variance split into the seeds' part and the
 examples' part (``analysis.crossed``: var_seed / S against var_example / N + var_residual / (S N)), the smallest
 margin this design resolves with 80 % power at a true difference of 0, and the test examples it would need at 3, 5
-and 10 seeds (and the seeds at its own examples) to resolve the study's margin. ``lora-study-plan`` prints the same
+and 10 seeds (and the seeds at its own examples) to resolve the study's margin; a rank's comparison at the level the
+several-ranks claim tests it at (5 % / the family's ranks), a forgetting comparison at 5 %. ``lora-study-plan`` prints the same
 table for any margin and power.
 
 A row whose needed examples exceed what the task can give says so in the README's terms: more seeds, not more
@@ -33,25 +34,30 @@ def design_rows(reach: pd.DataFrame, forgetting: pd.DataFrame, margin: float = N
     rows: List[dict] = []
     sources = []
     if not reach.empty and "var_seed" in reach:
-        for _, r in reach[reach["rank"].notna()].iterrows():
-            sources.append((f"{r.title} r={int(r['rank'])} − full FT", f"test {r.score}", r, r.margin))
+        ranked = reach[reach["rank"].notna()]
+        # the ranks of one family make one claim, each rank tested at 5 % / their number (Holm's first level, the
+        # Bonferroni bound): the power that matters for the claim is at that level
+        family = next((ranked[c] for c in ("family", "arm") if c in ranked), pd.Series("", index=ranked.index))
+        size = family.map(family.value_counts())
+        for (_, r), k in zip(ranked.iterrows(), size):
+            sources.append((f"{r.title} r={int(r['rank'])} − full FT", f"test {r.score}", r, r.margin, 0.05 / k))
     if not forgetting.empty and "var_seed" in forgetting:
         t = forgetting[(forgetting.tasks == "mean") & forgetting.var_seed.notna()]
         for _, r in t.iterrows():
             sources.append((f"{r.title} r={int(r.value)} − full FT" if not pd.isna(r.value) else f"{r.title} − full FT",
-                            f"forgetting ({r.unit}, {_tasks(r.task_list, r.unit)})", r, r.margin))
-    for name, what, r, m in sources:
+                            f"forgetting ({r.unit}, {_tasks(r.task_list, r.unit)})", r, r.margin, 0.05))
+    for name, what, r, m, alpha in sources:
         c = _components(r)
         m = float(m if margin is None else margin)
         v = c.se ** 2
         row = {"comparison": name, "score": what, "seeds": c.seeds, "examples": c.examples,
-               "difference": c.mean, "se": c.se, "df": c.df,
+               "difference": c.mean, "se": c.se, "df": c.df, "alpha": alpha,
                "seed_part": (c.var_seed / c.seeds) / v if v else 0.0,
                "example_part": 1 - ((c.var_seed / c.seeds) / v if v else 0.0),
-               "resolvable_margin": crossed.resolvable_margin(c.se, c.df, power), "margin": m,
-               "seeds_needed_here": crossed.seeds_needed(c, m, c.examples, power) if c.seeds > 1 else None}
+               "resolvable_margin": crossed.resolvable_margin(c.se, c.df, power, alpha), "margin": m,
+               "seeds_needed_here": crossed.seeds_needed(c, m, c.examples, power, alpha) if c.seeds > 1 else None}
         for s in seeds_planned:
-            row[f"examples_at_{s}_seeds"] = crossed.examples_needed(c, m, s, power) if c.seeds > 1 else None
+            row[f"examples_at_{s}_seeds"] = crossed.examples_needed(c, m, s, power, alpha) if c.seeds > 1 else None
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -70,7 +76,8 @@ def formatted(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([{
         "comparison": r.comparison, "score": r.score, "seeds × examples": f"{r.seeds} × {r.examples:,}",
         "difference ± SE": f"{r.difference:+.4f} ± {r.se:.4f}", "seeds' share of the variance":
-        f"{100 * r.seed_part:.0f} %", "resolvable margin (80 % power)": f"±{r.resolvable_margin:.4f}",
+        f"{100 * r.seed_part:.0f} %", "α per test": f"{r.alpha:.3g}",
+        "resolvable margin (80 % power)": f"±{r.resolvable_margin:.4f}",
         "margin": f"±{r.margin:.3g}",
         **{f"examples for the margin at {s} seeds": _n(r[f"examples_at_{s}_seeds"]) for s in SEEDS_PLANNED},
         "seeds for the margin at these examples": _n(r.seeds_needed_here)} for _, r in t.iterrows()])
@@ -84,9 +91,10 @@ def finding(t: pd.DataFrame) -> List[str]:
     if len(test):
         worst = test.resolvable_margin.max()
         share = test.seed_part.median()
-        parts.append(f"On the test split this design resolves ±{worst:.4f} with 80 % power at every rank "
-                     f"(the study's margin is ±{test.margin.iloc[0]:g}); the seeds carry a median {100 * share:.0f} % "
-                     "of a difference's variance, the test examples the rest.")
+        parts.append(f"On the test split this design resolves ±{worst:.4f} with 80 % power at every rank, each "
+                     f"rank tested at α = {test.alpha.max():.3g} (the family's 5 % over its ranks, the level Holm's "
+                     f"first step uses; the study's margin is ±{test.margin.iloc[0]:g}); the seeds carry a median "
+                     f"{100 * share:.0f} % of a difference's variance, the test examples the rest.")
     forget = t[t.score.str.startswith("forgetting")]
     if len(forget):
         parts.append(f"For forgetting it resolves ±{forget.resolvable_margin.min():.4f}–"

@@ -376,6 +376,8 @@ class Forgetting(Measure):
 
     def sections(self, ctx: Context) -> List[Section]:
         forget, table = ctx.table("forgetting"), ctx.table("forgetting_vs_full")
+        if forget.empty:
+            return []  # no held-out probes: the verdict table's row says "not measured"
         seeds = seeds_phrase(forget.seed) if not forget.empty else ""
         kept = table[(table.tasks != "mean") & table.informative.astype(bool)] if not table.empty else table
         tasks = ", ".join(dict.fromkeys(kept.tasks)) if len(kept) else "the held-out tasks"

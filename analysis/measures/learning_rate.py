@@ -266,7 +266,7 @@ class LearningRates(Measure):
         if not ctx.drew("lr_heatmap"):
             return []
         return [Section("Were the learning rates fair? The validation sweep", [finding(ctx.table("learning_rates"))],
-                        figure="lr_heatmap", level=3,
+                        figure="lr_heatmap", level=3 if ctx.study.swept("rank") else 2,  # under reach, if any
                         caption=self.caption(swept_word(ctx.table("learning_rates"))))]
 
     @staticmethod

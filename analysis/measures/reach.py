@@ -85,22 +85,52 @@ def reach_table(study: Study, runs_frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+HOLM = "Holm's step-down over the ranks' TOST p (family-wise 5 %, no order of the ranks presumed)"
+SEQUENTIAL = "Bonferroni over the ranks (5 % / ranks each), each spent over the looks as seeds were added"
+
+
+def shown_equivalent(g: pd.DataFrame) -> dict:
+    """One family's ranks (its rows of ``reach``, one or more arms) under the study's several-ranks procedure: Holm
+    over the TOST p-values (``crossed.holm``), or, in a study run until resolved, each rank's final-look verdict (the
+    sweeper tested each rank at 5 % / ranks, spent over the looks). Ranks are keyed (rank, arm). {smallest,
+    equivalent, stopped_at, levels, procedure, alpha: the level per test (the one the power of 'none' is computed
+    at)}."""
+    keys = [(int(r["rank"]), r.arm) for _, r in g.iterrows()]
+    alpha = 0.05 / max(len(keys), 1)
+    if "look" in g and g["look"].notna().any():
+        shown = sorted(k for k, (_, r) in zip(keys, g.iterrows()) if r.verdict == crossed.EQUIVALENT)
+        return {"smallest": min(shown) if shown else None, "equivalent": shown, "stopped_at": None,
+                "levels": {k: alpha for k in keys}, "procedure": SEQUENTIAL, "alpha": alpha}
+    h = crossed.holm({k: float(r.p_tost) for k, (_, r) in zip(keys, g.iterrows())})
+    return {**h, "procedure": HOLM, "alpha": alpha}
+
+
+def rank_name(key: tuple, g: pd.DataFrame) -> str:
+    """'r = 4', or 'LoRA (all linear) r = 4' in a family of several arms."""
+    rank, arm = key
+    if g.arm.nunique() == 1:
+        return f"r = {rank}"
+    return f"{g[g.arm == arm].title.iloc[0]} r = {rank}"
+
+
 def smallest_rank_table(reach: pd.DataFrame) -> pd.DataFrame:
-    """Per arm: the smallest rank shown equivalent to the reference within the margin by fixed-sequence testing from
-    the largest rank down (``crossed.fixed_sequence``: the family-wise error of "some rank is equivalent" stays at
-    5 %, and no rank is called equivalent above one that is not), or none, with its interval."""
+    """Per arm: the smallest rank shown equivalent to the reference within the margin with the family-wise error of
+    "these ranks are equivalent" at 5 % (``shown_equivalent``: Holm, or Bonferroni spent over the looks), or none,
+    with its interval; the ranks shown to differ beside it (a larger rank may be farther from full FT)."""
     rows = []
     if reach.empty:
         return pd.DataFrame()
     for arm, g in reach[reach["rank"].notna()].groupby("arm", sort=False):
-        seq = crossed.fixed_sequence({int(r["rank"]): r.verdict for _, r in g.iterrows()})
-        best = g[g["rank"] == seq["smallest"]].iloc[0] if seq["smallest"] is not None else None
-        rows.append({"arm": arm, "title": g.title.iloc[0], "smallest_equivalent_rank": seq["smallest"],
+        seq = shown_equivalent(g)
+        best = g[g["rank"] == seq["smallest"][0]].iloc[0] if seq["smallest"] is not None else None
+        rows.append({"arm": arm, "title": g.title.iloc[0],
+                     "smallest_equivalent_rank": None if best is None else seq["smallest"][0],
                      "diff": None if best is None else best["diff"],
                      "ci90_low": None if best is None else best.ci90_low,
                      "ci90_high": None if best is None else best.ci90_high, "margin": g.margin.iloc[0],
-                     "equivalent_ranks": ",".join(map(str, seq["equivalent"])),
-                     "stopped_at": seq["stopped_at"], "procedure": "fixed sequence from the largest rank down",
+                     "equivalent_ranks": ",".join(str(k[0]) for k in seq["equivalent"]),
+                     "stopped_at": None if seq["stopped_at"] is None else seq["stopped_at"][0],
+                     "procedure": seq["procedure"],
                      "different_ranks": ",".join(str(int(r)) for r, v in zip(g["rank"], g.verdict)
                                                  if v == crossed.DIFFERENT),
                      "seeds": int(g.seeds.max())})
@@ -156,8 +186,12 @@ def finding(reach: pd.DataFrame) -> List[str]:
     text += (" Each rank is compared with full finetuning on the same test examples and seeds: the difference's "
              "interval is a t interval from the crossed seeds × examples model (Satterthwaite's degrees of freedom); "
              f"equivalence is two one-sided tests against a margin of ±{arms_.margin.iloc[0]:.3g}, the 90 % interval "
-             "inside it; the ranks are tested in a fixed sequence from the largest down, so \"some rank is "
-             "equivalent\" keeps a family-wise error of 5 %.")
+             "inside it; the several ranks make one claim, tested by " +
+             ("Bonferroni over the ranks, each rank's 5 % / ranks spent over the looks as seeds were added"
+              if "look" in arms_ and arms_["look"].notna().any() else
+              "Holm's step-down over the ranks' TOST p-values") +
+             ", so \"these ranks are equivalent\" keeps a family-wise error of 5 % without presuming that a larger "
+             "rank is closer to full finetuning.")
     return [text]
 
 
@@ -190,6 +224,8 @@ class Reach(Measure):
 
     def sections(self, ctx: Context) -> List[Section]:
         reach = ctx.table("reach")
+        if reach.empty or not reach["rank"].notna().any():
+            return []  # no rank-swept method: nothing to compare with full FT (the verdict table says so)
         seeds = seeds_phrase(r.seed for r in ctx.study.runs)
         return [Section("Does LoRA reach full finetuning, and from which rank?",
                         finding(reach) + ctx.sentences("reach:"),

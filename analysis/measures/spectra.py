@@ -223,12 +223,10 @@ def energy_finding(spectra: pd.DataFrame) -> str:
         ratios.append(r.rank90 / rnd[shape])
     ratio = float(np.median(ratios))
     eff = full.effective_rank.median()
-    verdict = ("supports" if ratio <= 0.25 else "only partly supports" if ratio < 0.75 else "does not support")
+    # the measurement only: the verdict on it is the high_rank claim's (analysis.measures.verdicts), stated after it
     text = (f"Full finetuning's ΔW needs a median of {med:.0f} directions for 90 % of its energy "
             f"(median effective rank {eff:.1f}; the spectra table has both per matrix type); a Gaussian random "
-            f"matrix of the same shape needs {1 / ratio:.1f}× as many (median ratio {ratio:.2f}). "
-            f"This {verdict} the claim that the finetuning update concentrates its energy in a few directions "
-            f"(thresholds: ratio ≤ 0.25 supports, < 0.75 partly).")
+            f"matrix of the same shape needs {1 / ratio:.1f}× as many (median ratio {ratio:.2f}).")
     for arm in arms(spectra, "rank"):
         per_rank = swept(spectra, "rank", arm).groupby("value").rank90.median()
         text += (f" {arm_title(spectra, arm)}'s ΔW, rank-r by construction, reaches 90 % energy at a median of "
@@ -283,7 +281,8 @@ class Spectra(Measure):
         scope = "every saved ΔW (full FT: every block linear; a rank-r method: its target matrices)"
         refs = references(table)
         who = refs.label.iloc[0] if not refs.empty else table.label.iloc[0]
-        out = [Section("Is the update low-rank? Spectra of ΔW", [energy_finding(table)], figure="spectra",
+        out = [Section("Is the update low-rank? Spectra of ΔW", [energy_finding(table), *ctx.sentences("high_rank")],
+                       figure="spectra",
                        caption=f"Where full FT's normalised singular values fall, against the Gaussian random "
                                f"matrix of the same shape (red, dashed) and each LoRA rank (drawn to i ≤ r); scope: "
                                f"{scope}, one line per layer, {first}.",

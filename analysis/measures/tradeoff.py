@@ -28,6 +28,7 @@ from ..roles import (
     swept,
     with_roles,
 )
+from ..claims import NOT_MEASURED
 from .base import Context, Measure, Section
 from .intrinsic_dim import at_d90
 from .truncation import LIKE_FOR_LIKE
@@ -352,8 +353,8 @@ class MergeLatency(Measure):
 
     def sections(self, ctx: Context) -> List[Section]:
         lat, claim = ctx.table("latency"), ctx.claim("latency")
-        if lat.empty and claim is None:
-            return []
+        if lat.empty and (claim is None or claim.verdict == NOT_MEASURED):
+            return []  # no latency measured: the verdict table's row says so, no section of its own
         paragraphs = [latency_finding(ctx.table("tradeoff"))]
         if claim is not None:
             paragraphs.append(claim.sentence())

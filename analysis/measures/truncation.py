@@ -171,6 +171,8 @@ class Truncation(Measure):
 
     def sections(self, ctx: Context) -> List[Section]:
         trunc, versus = ctx.table("truncation"), ctx.table("trained_vs_truncated")
+        if trunc.empty:
+            return []  # no truncated evaluations: no section
         seeds = seeds_phrase(r.seed for r in ctx.study.references()) if ctx.study.references() else "no seed"
         out = [Section("Does full finetuning's update survive truncation to a few directions?",
                        finding(trunc, versus), figure="truncation" if ctx.drew("truncation") else None,

@@ -127,13 +127,17 @@ def accounting_claims(ctx: Context) -> List[Claim]:
 # -- findings ------------------------------------------------------------------------------------------
 
 def reach_claims(ctx: Context) -> List[Claim]:
-    """Per family: the smallest rank equivalent to full finetuning within the margin by fixed-sequence testing
-    from the largest rank down (the several-ranks claim at a family-wise 5 %), with the design's power."""
+    """Per family: the smallest rank equivalent to full finetuning within the margin, the several ranks tested as one
+    claim at a family-wise 5 % (``reach.shown_equivalent``: Holm over the ranks' TOST p, or Bonferroni spent over
+    the looks of a study run until resolved), with the design's power at the level each rank is tested at."""
+    from .reach import rank_name, shown_equivalent
     reach, runs = ctx.table("reach"), ctx.table("runs")
     source = "Hu et al. 2021 (WikiSQL: 73.4 at r = 1, 73.5 at r = 64)"
-    rule = ("fixed-sequence TOST from the largest rank down (family-wise 5 %): holds when some rank is equivalent "
-            "within the margin; does not hold when the largest rank already differs, no rank is equivalent even on "
-            "its own test and the design resolves the margin with 80 % power; else unresolved")
+    rule = ("TOST per rank, the ranks one family at a family-wise 5 % (Holm's step-down over their TOST p; in a study "
+            "run until resolved, Bonferroni spent over the looks), no order of the ranks presumed: holds when some "
+            "rank is shown equivalent within the margin; does not hold when no rank is equivalent even on its own "
+            "test and the design resolves the margin with 80 % power at the level each rank is tested at; else "
+            "unresolved")
     out = []
     fams = _family_arms(runs)
     if reach.empty or not fams:
@@ -148,12 +152,16 @@ def reach_claims(ctx: Context) -> List[Claim]:
         members = runs[runs.arm.isin(arms) | runs.reference.astype(bool)].member
         seeds = int(g.seeds.min())
         m = float(g.margin.iloc[0])
-        verdicts = {int(r["rank"]): r.verdict for _, r in g.iterrows()}
-        seq = crossed.fixed_sequence(verdicts)
+        verdicts = {(int(r["rank"]), r.arm): r.verdict for _, r in g.iterrows()}
+        fam = shown_equivalent(g)
+        name = lambda k: rank_name(k, g)  # noqa: E731
         per_rank = "; ".join(f"r = {int(r['rank'])}: {r['diff']:+.3f} {fmt_interval((r.diff_ci_low, r.diff_ci_high))}"
                              + (f", TOST p = {r.p_tost:.2g}" if not pd.isna(r.get("p_tost", math.nan)) else "")
                              + f" ({r.verdict})" for _, r in g.sort_values("rank").iterrows())
-        worst_power = float(g.resolvable_margin.max()) if "resolvable_margin" in g else math.nan
+        # the margin each rank's comparison resolves with 80 % power at the level the family tests it at
+        level = fam["alpha"]
+        worst_power = float(max(crossed.resolvable_margin(float(r.se), float(r.df), alpha=level)
+                                for _, r in g.iterrows())) if {"se", "df"} <= set(g) else math.nan
         powered = worst_power <= m
         common = dict(published="equal at r = 1", source=source, seeds=seeds,
                       examples=int(g.examples.iloc[0]) if "examples" in g else None,
@@ -162,42 +170,54 @@ def reach_claims(ctx: Context) -> List[Claim]:
             out.append(Claim(f"reach:{family}", claim, FINDING, TOO_LITTLE, per_rank, rule, seeds_verdict(seeds),
                              **common))
             continue
-        if seq["smallest"] is not None:
-            best = g[g["rank"] == seq["smallest"]].iloc[0]
+        different = sorted(r for r, v in verdicts.items() if v == crossed.DIFFERENT)
+        differ = (f"; {', '.join(map(name, different))} "
+                  f"{'differs' if len(different) == 1 else 'differ'} from full FT") if different else ""
+        if fam["smallest"] is not None:
+            rank, arm = fam["smallest"]
+            best = g[(g["rank"] == rank) & (g.arm == arm)].iloc[0]
             out.append(Claim(f"reach:{family}", claim, FINDING, HOLDS,
-                             f"smallest rank equivalent within ±{m:g}: r = {seq['smallest']} ({per_rank})", rule,
-                             f"the ranks {', '.join(map(str, seq['equivalent']))} are equivalent in the sequence from "
-                             f"r = {max(verdicts)} down" + (f", which stops at r = {seq['stopped_at']}"
-                                                           if seq["stopped_at"] is not None else ""),
+                             f"smallest rank equivalent within ±{m:g}: {name(fam['smallest'])} ({per_rank})", rule,
+                             f"{', '.join(map(name, fam['equivalent']))} "
+                             f"{'is' if len(fam['equivalent']) == 1 else 'are'} shown equivalent at a "
+                             "family-wise 5 %" + _procedure_note(fam, name) + differ,
                              estimate=float(best["diff"]), low=float(best.ci90_low), high=float(best.ci90_high),
                              interval="90 % t interval of the difference (TOST)", **common))
             continue
-        top = g[g["rank"] == max(verdicts)].iloc[0]
-        # equivalent on its own test but below the rank where the sequence stopped: not shown at a family-wise 5 %,
-        # and not evidence that no rank is equivalent either
         alone = sorted(r for r, v in verdicts.items() if v == crossed.EQUIVALENT)
-        if top.verdict == crossed.DIFFERENT and powered and not alone:
-            verdict, why = FAILS, (f"the sequence stops at the largest rank, r = {max(verdicts)}, which differs, and "
-                                   f"no rank is equivalent even on its own test; the design resolves "
-                                   f"±{worst_power:.3f} with 80 % power at every rank, so an equivalent rank would "
-                                   f"have been found")
+        top = g.loc[g.p_tost.astype(float).idxmin()] if g.p_tost.notna().any() else g.iloc[-1]
+        if powered and not alone:
+            verdict, why = FAILS, (f"no rank is equivalent even on its own test, and the design resolves "
+                                   f"±{worst_power:.3f} with 80 % power at every rank at the family's level "
+                                   f"(α = {level:.3g}), so an equivalent rank would have been found" + differ)
         else:
             verdict = UNRESOLVED
-            why = f"the sequence stops at r = {max(verdicts)} ({top.verdict})"
+            why = "no rank is shown equivalent at a family-wise 5 %" + _procedure_note(fam, name)
             if alone:
-                names = ", ".join(f"r = {r}" for r in alone)
-                why += (f"; {names} {'is' if len(alone) == 1 else 'are'} equivalent on {'its' if len(alone) == 1 else 'their'} "
-                        f"own test, which the sequence does not reach, so no rank is shown equivalent at a "
-                        f"family-wise 5 % and none is ruled out")
+                names = ", ".join(map(name, alone))
+                why += (f"; {names} {'is' if len(alone) == 1 else 'are'} equivalent on "
+                        f"{'its' if len(alone) == 1 else 'their'} own test at 5 %, not at the family's level, so "
+                        "none is shown equivalent and none is ruled out")
+            why += differ
             if not powered:
-                why += (f"; this design resolves only ±{worst_power:.3f} with 80 % power, wider than the margin "
-                        f"±{m:g} (see the design table)")
+                why += (f"; at the family's level (α = {level:.3g} per rank) this design resolves only "
+                        f"±{worst_power:.3f} with 80 % power, wider than the margin ±{m:g} (see the design table)")
         out.append(Claim(f"reach:{family}", claim, FINDING, verdict,
                          f"no rank shown equivalent within ±{m:g} at a family-wise 5 % ({per_rank}; 95 % intervals, "
                          f"TOST reads the 90 % one)",
                          rule, why, estimate=float(top["diff"]), low=float(top.diff_ci_low),
                          high=float(top.diff_ci_high), interval="95 % t interval of the difference", **common))
     return out
+
+
+def _procedure_note(fam: dict, name) -> str:
+    """How the family was tested, for a claim's reason (``name`` names a (rank, arm) key)."""
+    from .reach import HOLM
+    if fam["procedure"] == HOLM:
+        levels = ", ".join(f"{name(k)} at {a:.3g}" for k, a in fam["levels"].items())
+        return f" (Holm: TOST p tested in increasing order, {levels}" + \
+            (f"; it stops at {name(fam['stopped_at'])})" if fam["stopped_at"] is not None else ")")
+    return f" (Bonferroni: each rank at α = {fam['alpha']:.3g}, spent over the looks)"
 
 
 def rank_claim(ctx: Context) -> Claim:

@@ -108,6 +108,7 @@ class StudySweeper(Sweeper):
         (all members, the record of the looks for study.json, failures)."""
         import dataclasses
 
+        from lora_study import methods
         from lora_study.analysis import sequential as Q
         from lora_study.artifacts import arm_key
         study = self.config.study
@@ -119,9 +120,14 @@ class StudySweeper(Sweeper):
         in_play = [k for k, m in first.items() if m.axis == "rank"]
         seeds = [int(s) for s in study.seeds]
         counts = Q.schedule(len(seeds), int(study.seeds_per_round), int(study.max_seeds))
-        alphas = Q.alphas(len(seeds), int(study.seeds_per_round), int(study.max_seeds))
+        # the ranks of one family make one claim: each rank is tested at 5 % / its family's ranks (Bonferroni), and
+        # that is spent over the looks
+        family = {k: methods.get(m.method).family_name for k, m in first.items() if m.axis == "rank"}
+        size = {f: sum(1 for g in family.values() if g == f) for f in set(family.values())}
+        spend = {f: Q.alphas(len(seeds), int(study.seeds_per_round), int(study.max_seeds), alpha=0.05 / n)
+                 for f, n in size.items()}
         looks, final, failures = [], {}, []
-        for k, (count, alpha) in enumerate(zip(counts, alphas), 1):
+        for k, count in enumerate(counts, 1):
             while len(seeds) < count:
                 seeds.append(max(seeds) + 1)
             new = [dataclasses.replace(first[key_], seed=s, extra=[]) for s in seeds[:count]
@@ -135,22 +141,27 @@ class StudySweeper(Sweeper):
                     break
             index["members"] = [self._entry(sdir, m) for m in members]
             sdir.write_index(index)
-            verdicts = Q.look(sdir.path, in_play, reference, seeds[:count], alpha)
+            verdicts, alpha = {}, {}
+            for f in sorted({family[k_] for k_ in in_play}):
+                keys = [k_ for k_ in in_play if family[k_] == f]
+                alpha.update({k_: spend[f][k - 1] for k_ in keys})
+                verdicts.update(Q.look(sdir.path, keys, reference, seeds[:count], spend[f][k - 1]))
             looks.append({"look": k, "seeds": seeds[:count], "alpha": alpha, "verdicts": verdicts})
             for key_, v in verdicts.items():
                 if v != Q.UNRESOLVED:
-                    final[key_] = {"verdict": v, "seeds": seeds[:count], "look": k, "alpha": alpha}
+                    final[key_] = {"verdict": v, "seeds": seeds[:count], "look": k, "alpha": alpha[key_]}
             in_play = [k_ for k_ in in_play if k_ not in final]
-            print(f"until_resolved look {k} ({count} seeds, alpha {alpha:.4f}): " +
-                  ", ".join(f"{k_} {v}" for k_, v in verdicts.items()))
+            print(f"until_resolved look {k} ({count} seeds): " +
+                  ", ".join(f"{k_} {v} (alpha {alpha[k_]:.4f})" for k_, v in verdicts.items()))
             if not in_play:
                 break
         for key_ in in_play:
             final[key_] = {"verdict": Q.UNRESOLVED, "seeds": seeds[:counts[len(looks) - 1]], "look": len(looks),
-                           "alpha": looks[-1]["alpha"] if looks else None}
+                           "alpha": looks[-1]["alpha"].get(key_) if looks else None}
         record = {"reference": reference, "max_seeds": int(study.max_seeds),
                   "seeds_per_round": int(study.seeds_per_round), "spending": "Pocock-type (Lan-DeMets), union bound "
-                  "over the looks", "looks": looks, "final": final}
+                  "over the looks, of 5 % / the ranks of each family (Bonferroni over the ranks)",
+                  "family_ranks": size, "looks": looks, "final": final}
         return members, record, failures
 
     @staticmethod
