@@ -4,8 +4,9 @@ Every run saves its per-example outputs (``predictions.safetensors``: test corre
 correctness, the same for its truncated and intruder-scaled variants). Two groups of runs — e.g. LoRA at rank 8
 and full finetuning — are compared on the seeds both have: a (seeds × examples) array each, row s the runs of
 seed s, every row over the same examples in the same order. The difference of their means is tested through the
-crossed random-effects model of seeds and examples (``analysis.crossed``: a t interval on Satterthwaite's degrees
-of freedom, right whether the seeds or the examples dominate), so no verdict depends on a bootstrap's seed.
+crossed random-effects model of seeds and examples (``analysis.crossed``: Banerjee's interval, the seeds' part of the
+variance on S − 1 degrees of freedom and the examples' on N − 1, which covers at its level whether the seeds or the
+examples dominate, in the tails too), so no verdict depends on a bootstrap's seed.
 
 The equivalence margins are the study's (``study.margin`` for accuracy-type scores, ``study.margin_perplexity``
 for perplexity, ``study.margin_kl`` for KL to the base), recorded in study.json; one accuracy point each by default.

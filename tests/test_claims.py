@@ -106,11 +106,7 @@ def test_every_committed_report_has_its_claim_records():
 
 # the intrinsic_dim report's d90 sentence still states numbers its tables lack (interpolations on log d, the published
 # d90 range) and it still carries LoRA sections; strict, so the mark must go once that is fixed
-KNOWN = {"results/reference/intrinsic_dim": "its d90 prose states interpolations and published values no table holds"}
-
-
-@pytest.mark.parametrize("report", [pytest.param(r, marks=pytest.mark.xfail(strict=True, reason=KNOWN[r]))
-                                    if r in KNOWN else r for r in _committed_reports()])
+@pytest.mark.parametrize("report", _committed_reports())
 def test_committed_reports_match_their_evidence(report):
     from conftest import ROOT
     r = cli("lora-study-check", str(ROOT / report))

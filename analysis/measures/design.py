@@ -23,9 +23,9 @@ POWER = 0.8
 
 
 def _components(r) -> crossed.Components:
-    return crossed.Components(mean=float(r.get("diff", r.get("minus_full", 0.0))), var_seed=float(r.var_seed),
-                              var_example=float(r.var_example), var_residual=float(r.var_residual),
-                              seeds=int(r.seeds), examples=int(r.examples), se=float(r.se), df=float(r.df))
+    """A table row's comparison as components at its own design (the mean squares at their expected values)."""
+    return crossed.from_parts(float(r.get("diff", r.get("minus_full", 0.0))), float(r.var_seed),
+                              float(r.var_example), float(r.var_residual), int(r.seeds), int(r.examples))
 
 
 def design_rows(reach: pd.DataFrame, forgetting: pd.DataFrame, margin: float = None, power: float = POWER,
@@ -54,7 +54,7 @@ def design_rows(reach: pd.DataFrame, forgetting: pd.DataFrame, margin: float = N
                "difference": c.mean, "se": c.se, "df": c.df, "alpha": alpha,
                "seed_part": (c.var_seed / c.seeds) / v if v else 0.0,
                "example_part": 1 - ((c.var_seed / c.seeds) / v if v else 0.0),
-               "resolvable_margin": crossed.resolvable_margin(c.se, c.df, power, alpha), "margin": m,
+               "resolvable_margin": crossed.resolvable(c, power, alpha), "margin": m,
                "seeds_needed_here": crossed.seeds_needed(c, m, c.examples, power, alpha) if c.seeds > 1 else None}
         for s in seeds_planned:
             row[f"examples_at_{s}_seeds"] = crossed.examples_needed(c, m, s, power, alpha) if c.seeds > 1 else None

@@ -184,7 +184,8 @@ def finding(reach: pd.DataFrame) -> List[str]:
     if arms_.empty:
         return [text + " The study has no rank-swept method to compare with it."]
     text += (" Each rank is compared with full finetuning on the same test examples and seeds: the difference's "
-             "interval is a t interval from the crossed seeds × examples model (Satterthwaite's degrees of freedom); "
+             "interval is from the crossed seeds × examples model (Banerjee's: the seeds' part of its variance on "
+             "S − 1 degrees of freedom, the examples' on N − 1); "
              f"equivalence is two one-sided tests against a margin of ±{arms_.margin.iloc[0]:.3g}, the 90 % interval "
              "inside it; the several ranks make one claim, tested by " +
              ("Bonferroni over the ranks, each rank's 5 % / ranks spent over the looks as seeds were added"
@@ -232,7 +233,7 @@ class Reach(Measure):
                         figure="reach" if ctx.drew("reach") else None, table="reach",
                         caption="Whether each rank's paired difference from full FT lies inside the green margin "
                                 "around 0 (its thick 90 % interval: equivalent) or off 0 (its 95 % interval: "
-                                f"different); scope: the whole test split, {seeds}, t intervals from the crossed "
+                                f"different); scope: the whole test split, {seeds}, intervals from the crossed "
                                 "seeds × examples model.",
                         table_caption="Each method's test score and its paired difference from full FT (95 % "
                                       "intervals), the equivalence test (TOST) and the share of full FT's gain kept.")]

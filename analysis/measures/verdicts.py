@@ -160,8 +160,11 @@ def reach_claims(ctx: Context) -> List[Claim]:
                              + f" ({r.verdict})" for _, r in g.sort_values("rank").iterrows())
         # the margin each rank's comparison resolves with 80 % power at the level the family tests it at
         level = fam["alpha"]
-        worst_power = float(max(crossed.resolvable_margin(float(r.se), float(r.df), alpha=level)
-                                for _, r in g.iterrows())) if {"se", "df"} <= set(g) else math.nan
+        parts = {"var_seed", "var_example", "var_residual"}
+        worst_power = float(max(crossed.resolvable(crossed.from_parts(
+            float(r["diff"]), float(r.var_seed), float(r.var_example), float(r.var_residual), int(r.seeds),
+            int(r.examples)), alpha=level) for _, r in g.iterrows())) if parts <= set(g) else \
+            float(g.resolvable_margin.max()) if "resolvable_margin" in g else math.nan
         powered = worst_power <= m
         common = dict(published="equal at r = 1", source=source, seeds=seeds,
                       examples=int(g.examples.iloc[0]) if "examples" in g else None,
@@ -182,7 +185,7 @@ def reach_claims(ctx: Context) -> List[Claim]:
                              f"{'is' if len(fam['equivalent']) == 1 else 'are'} shown equivalent at a "
                              "family-wise 5 %" + _procedure_note(fam, name) + differ,
                              estimate=float(best["diff"]), low=float(best.ci90_low), high=float(best.ci90_high),
-                             interval="90 % t interval of the difference (TOST)", **common))
+                             interval="90 % interval of the difference (TOST)", **common))
             continue
         alone = sorted(r for r, v in verdicts.items() if v == crossed.EQUIVALENT)
         top = g.loc[g.p_tost.astype(float).idxmin()] if g.p_tost.notna().any() else g.iloc[-1]
@@ -206,7 +209,7 @@ def reach_claims(ctx: Context) -> List[Claim]:
                          f"no rank shown equivalent within ±{m:g} at a family-wise 5 % ({per_rank}; 95 % intervals, "
                          f"TOST reads the 90 % one)",
                          rule, why, estimate=float(top["diff"]), low=float(top.diff_ci_low),
-                         high=float(top.diff_ci_high), interval="95 % t interval of the difference", **common))
+                         high=float(top.diff_ci_high), interval="95 % interval of the difference", **common))
     return out
 
 
