@@ -123,6 +123,7 @@ def test_the_sweeper_adds_seeds_only_where_unresolved(tmp_path, planted_runs):
     ctx = Context(load_study(tmp_path / "seq"))
     (c,) = reach_claims(ctx)
     assert "Bonferroni" in c.why and "r = 1 differs" in c.why
+    assert f"r = 1 at {final['lora_r1']['alpha']:.2g}" in c.why  # each rank's final look's level
     assert ctx.table("smallest_rank").procedure.iloc[0].startswith("Bonferroni")
 
 

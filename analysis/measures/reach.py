@@ -99,8 +99,10 @@ def shown_equivalent(g: pd.DataFrame) -> dict:
     alpha = 0.05 / max(len(keys), 1)
     if "look" in g and g["look"].notna().any():
         shown = sorted(k for k, (_, r) in zip(keys, g.iterrows()) if r.verdict == crossed.EQUIVALENT)
+        final = {k: float(r["alpha"]) for k, (_, r) in zip(keys, g.iterrows())
+                 if "alpha" in r and not pd.isna(r["alpha"])}  # the level of each rank's final look
         return {"smallest": min(shown) if shown else None, "equivalent": shown, "stopped_at": None,
-                "levels": {k: alpha for k in keys}, "procedure": SEQUENTIAL, "alpha": alpha}
+                "levels": final, "procedure": SEQUENTIAL, "alpha": alpha}
     h = crossed.holm({k: float(r.p_tost) for k, (_, r) in zip(keys, g.iterrows())})
     return {**h, "procedure": HOLM, "alpha": alpha}
 

@@ -220,7 +220,9 @@ def _procedure_note(fam: dict, name) -> str:
         levels = ", ".join(f"{name(k)} at {a:.3g}" for k, a in fam["levels"].items())
         return f" (Holm: TOST p tested in increasing order, {levels}" + \
             (f"; it stops at {name(fam['stopped_at'])})" if fam["stopped_at"] is not None else ")")
-    return f" (Bonferroni: each rank at α = {fam['alpha']:.3g}, spent over the looks)"
+    final = ", ".join(f"{name(k)} at {a:.2g}" for k, a in sorted(fam["levels"].items()))
+    return (f" (Bonferroni: each rank at α = {fam['alpha']:.3g}, spent over the looks"
+            + (f"; each rank's final look tests at {final}" if final else "") + ")")
 
 
 def rank_claim(ctx: Context) -> Claim:
