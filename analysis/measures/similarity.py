@@ -148,6 +148,8 @@ def _mean_grid(study: Study, arm: str, basis: str, small: int, large: int, pairs
     grids = []
     runs = {(r.seed, r.value): r for r in study.runs if r.arm == arm}
     for sa, sb in pairs:
+        if (sa, small) not in runs or (sb, large) not in runs:
+            continue  # a rank without that seed (seeds added only to some ranks, until resolved)
         ua, ub = _bases(runs[(sa, small)], basis), _bases(runs[(sb, large)], basis)
         grids += [np.asarray(subspace_similarity_grid(ua[m], ub[m], small, large)) for m in sorted(set(ua) & set(ub))]
     return np.mean(grids, axis=0)
