@@ -229,12 +229,6 @@ def compare(a, b, margin: float, alpha: float = 0.05) -> dict:
 
 # ------------------------------------------------------------------ power and design
 
-def resolvable_margin(se: float, df: float, power: float = 0.8, alpha: float = 0.05) -> float:
-    """The smallest margin a t-based TOST resolves with ``power`` at a true difference of 0, from a standard error
-    and its df alone ((t_{1-alpha} + t_{(1+P)/2}) se); ``resolvable`` is the study's, on its own interval."""
-    return (t_quantile(1 - alpha, df) + t_quantile((1 + power) / 2, df)) * se
-
-
 _CHI_POINTS = 400  # quantiles of the seeds' chi-square at which power is averaged
 
 
@@ -293,12 +287,6 @@ def design_components(c: Components, seeds: int, examples: int) -> Components:
     """``c``'s variance components at another design (seeds × examples)."""
     # one seed measured no seed part (var_seed = 0): another design's seed part is then left out, an optimistic plan
     return from_parts(c.mean, c.var_seed, c.var_example, c.var_residual, seeds, examples)
-
-
-def design_se(c: Components, seeds: int, examples: int) -> tuple:
-    """(standard error, Satterthwaite df) of the mean at another design, from the measured components."""
-    d = design_components(c, seeds, examples)
-    return d.se, d.df
 
 
 def examples_needed(c: Components, margin: float, seeds: int, power: float = 0.8, alpha: float = 0.05,

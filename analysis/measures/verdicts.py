@@ -181,9 +181,9 @@ def reach_claims(ctx: Context) -> List[Claim]:
             best = g[(g["rank"] == rank) & (g.arm == arm)].iloc[0]
             out.append(Claim(f"reach:{family}", claim, FINDING, HOLDS,
                              f"smallest rank equivalent within ±{m:g}: {name(fam['smallest'])} ({per_rank})", rule,
-                             f"{', '.join(map(name, fam['equivalent']))} "
-                             f"{'is' if len(fam['equivalent']) == 1 else 'are'} shown equivalent at a "
-                             "family-wise 5 %" + _procedure_note(fam, name) + differ,
+                             "at a family-wise 5 %, " + ", ".join(map(name, fam["equivalent"])) +
+                             f" {'is' if len(fam['equivalent']) == 1 else 'are'} shown equivalent" +
+                             _procedure_note(fam, name) + differ,
                              estimate=float(best["diff"]), low=float(best.ci90_low), high=float(best.ci90_high),
                              interval="90 % interval of the difference (TOST)", **common))
             continue
