@@ -1,4 +1,4 @@
-# make study : set up .venv, run the default study (frozen base, full FT, LoRA r = 1, 4, 16, 64; three seeds; two
+# make study : set up .venv, run the default study (frozen base, full FT, LoRA r = 1, 4, 16, 64; five seeds; two
 #              members at a time, one thread each: conf/hydra/launcher/parallel.yaml), its analysis and report
 # make test  : set up .venv and run the test suite
 PY ?= python3

@@ -114,6 +114,22 @@ class Run:
         return int(self.record.get("order") or 0)
 
     @property
+    def reference_arm(self) -> Optional[str]:
+        """The arm this run is compared with when its arm names one (``study.arms.<arm>.reference``), else None: the
+        study's reference."""
+        return self.record.get("reference_arm")
+
+    @property
+    def train(self) -> Dict[str, Any]:
+        """The training settings of its arm that differ from the study's (batch size, steps, ...); {} for none."""
+        return dict(self.record.get("train") or {})
+
+    @property
+    def own_setting(self) -> bool:
+        """Whether it trained in the study's own setting and is compared with the study's reference."""
+        return not self.train and not self.reference_arm
+
+    @property
     def did_not_learn(self) -> bool:
         return bool((self.summary.get("learning") or {}).get("did_not_learn"))
 
@@ -202,14 +218,16 @@ class Study:
         """The reference run (full finetuning) of one seed, or None."""
         return next((r for r in self.references() if r.seed == seed), None)
 
-    def swept(self, axis: str) -> List[Run]:
-        """Runs of methods swept over ``axis`` ("rank" or "d")."""
-        return [r for r in self.runs if r.axis == axis]
+    def swept(self, axis: str, settings: bool = False) -> List[Run]:
+        """Runs of methods swept over ``axis`` ("rank" or "d") in the study's own setting; ``settings``: those of arms
+        with training settings or a reference of their own as well (``analysis.measures.regret`` reads them)."""
+        return [r for r in self.runs if r.axis == axis and (settings or r.own_setting)]
 
-    def arms(self, axis: str, family: Optional[str] = None) -> List[str]:
-        """The arms swept over ``axis`` (of one family, when given), in the study's order."""
+    def arms(self, axis: str, family: Optional[str] = None, settings: bool = False) -> List[str]:
+        """The arms swept over ``axis`` (of one family, when given), in the study's order; ``settings`` as in
+        ``swept``."""
         firsts = {}
-        for r in self.swept(axis):
+        for r in self.swept(axis, settings):
             if family is None or r.family == family:
                 firsts.setdefault(r.arm, r)
         return [a for a, _ in sorted(firsts.items(), key=lambda kv: (kv[1].order, kv[0]))]
@@ -233,6 +251,7 @@ class Study:
                 "label": r.label, "axis": r.axis, "value": r.value, "rank": r.rank, "d": r.d, "seed": r.seed,
                 "variant": r.variant, "order": r.order, "role": r.role, "lr": r.lr,
                 "baseline": r.is_baseline, "reference": r.is_reference, "did_not_learn": r.did_not_learn,
+                "own_setting": r.own_setting, "reference_arm": r.reference_arm,
                 "test_accuracy": s["metrics"]["test_accuracy"],
                 "validation_accuracy": s["metrics"].get("validation_accuracy"),
                 "n_test": (s.get("examples") or {}).get("test"),

@@ -76,6 +76,8 @@ def swept(df: pd.DataFrame, axis: str, arm: Optional[str] = None, family: Option
     if df.empty:
         return df
     keep = df.axis == axis
+    if "own_setting" in df:  # arms in a setting of their own are the regret measure's, not the rank sweep's
+        keep &= df.own_setting.fillna(True).astype(bool)
     if arm is not None:
         keep &= df.arm == arm
     if family is not None:

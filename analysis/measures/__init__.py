@@ -21,6 +21,7 @@ from .intrinsic_dim import IntrinsicDim
 from .intruders import Intruders
 from .learning_rate import LearningRates
 from .reach import Reach
+from .regret import Regret
 from .similarity import Similarity
 from .spectra import Spectra
 from .tradeoff import MergeLatency, Tradeoff
@@ -34,6 +35,7 @@ MEASURES: List[Measure] = [
     MergeLatency(),  # zero added latency after merging
     ChooseRank(),  # what each rank gets against what it costs, on one parameter axis
     Reach(),  # does a rank-r method reach full finetuning, and from which rank (paired tests, equivalence)
+    Regret(),  # LoRA Without Regret: where LoRA goes, capacity, batch size, each against full FT in its setting
     Design(),  # what the design can resolve: variance parts, power, the seeds × examples a margin needs
     LearningRates(),  # the learning-rate search behind the comparison, when the study has one
     Truncation(),  # does full FT's ΔW survive truncation to rank k, in three scopes

@@ -23,6 +23,8 @@ def _params(runs: pd.DataFrame) -> Dict[tuple, float]:
     """{(arm or role, value): trainable parameters} from the runs (the same at every seed)."""
     out: Dict[tuple, float] = {}
     for _, r in runs.iterrows():
+        if not r.get("own_setting", True) or not (r.baseline or r.reference or r.axis == "rank"):
+            continue  # another setting, or full FT trained in one: the regret measure's
         key = ("baseline", None) if r.baseline else ("reference", None) if r.reference else \
             (r.arm, None if pd.isna(r["value"]) else int(r["value"]))
         out[key] = float(r.trainable_params)

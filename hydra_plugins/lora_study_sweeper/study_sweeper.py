@@ -167,7 +167,8 @@ class StudySweeper(Sweeper):
     @staticmethod
     def _references(members: List) -> set:
         from lora_study import methods
-        return {m.method for m in members if methods.get(m.method).is_reference}
+        # the method's own arm only: a declared arm of full FT in another setting is not the study's reference
+        return {m.method for m in members if methods.get(m.method).is_reference and m.arm in (None, m.method)}
 
     def _entry(self, sdir, m) -> dict:
         from lora_study.study import planning as S

@@ -150,9 +150,12 @@ class Method:
         title = title or self.title
         value = record.get("value", record.get(self.axis) if self.axis else None)
         variant = self.variant_name(record)
+        # the baseline and reference roles belong to the method's own arm; a declared arm of full FT in another
+        # setting (lora_study.study.arms) is a treatment that other arms name as their reference
+        role = self.role if arm == self.name else TREATMENT
         return {"family": self.family_name, "method": self.name, "arm": arm, "title": title,
                 "label": label_of(title, self.axis, value, variant), "axis": self.axis,
-                "value": None if value is None else int(value), "role": self.role, "variant": variant,
+                "value": None if value is None else int(value), "role": role, "variant": variant,
                 "order": int(order)}
 
 

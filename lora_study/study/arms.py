@@ -14,6 +14,12 @@ collide with its method's own arm.
 - ``train``: training settings of the arm's members (``max_steps``, ``batch_size``, ``grad_accum``, ``eval_every``,
   ``log_every``), given as ``train.*`` overrides after the study's: arms that differ in batch size or in the number of
   examples seen (``{batch_size: 128, max_steps: 30}``) beside the study's own.
+- ``reference``: the arm its members are compared with, seed by seed on the same test examples (default: the
+  study's reference, full finetuning as ``study.methods`` names it). Arms that change the training setting compare
+  like with like: ``study.arms.full_b128 = {method: full, train: {batch_size: 128, max_steps: 15}}`` and
+  ``study.arms.lora_b128 = {method: lora, train: {...the same...}, reference: full_b128}``. Only the method's own arm
+  (``full`` in ``study.methods``) has the reference role; a declared arm of a baseline or reference method is a
+  treatment that other arms may name as their reference.
 - ``ranks`` / ``dims``: the arm's swept values (default: ``study.ranks`` / ``study.dims``); ``alpha_rule`` and
   ``alpha``: LoRA's α per rank for this arm (default: the study's), e.g. ``alpha_rule: rslora`` for one arm only.
 
@@ -40,7 +46,7 @@ ARM_NAME = Pattern(r"[a-z][a-z0-9_]*", "a name of lower-case letters, digits and
 OWN = {"ranks": Each(POSITIVE_INT, nonempty=True), "dims": Each(POSITIVE_INT, nonempty=True),
        "alpha_rule": Choice(ALPHA_RULES), "alpha": POSITIVE}
 OWN_AXIS = {"ranks": "rank", "alpha_rule": "rank", "alpha": "rank", "dims": "d"}
-ARM_FIELDS = ("method", "title", "options", "train") + tuple(OWN)
+ARM_FIELDS = ("method", "title", "options", "train", "reference") + tuple(OWN)
 # the training settings an arm may give its own members (not the seed, device or processes, which the study sets)
 ARM_TRAIN = ("max_steps", "batch_size", "grad_accum", "eval_every", "log_every")
 
@@ -96,6 +102,7 @@ class Arm:
     declared: bool = False  # in study.arms (else a method of study.methods)
     declared_options: Dict[str, Any] = field(default_factory=dict)
     train: Dict[str, Any] = field(default_factory=dict)  # train.* settings of the arm's members
+    reference: Optional[str] = None  # the arm its members are compared with (None: the study's reference)
 
     @property
     def spec(self) -> methods.Method:
@@ -129,7 +136,7 @@ def study_arms(study) -> List[Arm]:
         mine = dict(spec.get("options") or {})
         arms.append(Arm(name, method, spec.get("title"), {**(method_opts.get(method) or {}), **mine},
                         {k: spec[k] for k in OWN if spec.get(k) is not None}, True, mine,
-                        dict(spec.get("train") or {})))
+                        dict(spec.get("train") or {}), spec.get("reference")))
     return arms
 
 
@@ -179,6 +186,9 @@ def validate_arms(study) -> None:
         seen[arm.name] = arm
         if arm.declared:
             _check_declared(arm)
+    for arm in arms:
+        if arm.reference is not None:
+            _check_reference(arm, seen)
     owners: Dict[str, str] = {}
     for arm in arms:
         for v in arm_variants(study, arm):
@@ -208,6 +218,20 @@ def _check_declared(arm: Arm) -> None:
                               f"{'the rank' if OWN_AXIS[key] == 'rank' else 'd'}; remove it.")
     check_options(f"{path}.options", spec, arm.declared_options)
     check_train(f"{path}.train", arm.train)
+
+
+def _check_reference(arm: Arm, arms: Dict[str, Arm]) -> None:
+    """An arm's reference names another arm of the study, one not swept over an axis (full finetuning in some
+    setting)."""
+    path = f"study.arms.{arm.name}.reference"
+    other = arms.get(arm.reference) if isinstance(arm.reference, str) else None
+    if other is None or other.name == arm.name:
+        names = ", ".join(a for a in arms if a != arm.name)
+        raise ConfigError(f"{path}={arm.reference!r} is not valid; it must name another arm of the study ({names}).")
+    if other.spec.axis is not None or other.spec.is_baseline:
+        raise ConfigError(f"{path}={arm.reference} names an arm of method {other.method}, which is "
+                          f"{'the baseline' if other.spec.is_baseline else 'swept over ' + other.spec.axis}; name an "
+                          "arm of full finetuning (method full).")
 
 
 def check_train(path: str, train: Dict[str, Any]) -> None:

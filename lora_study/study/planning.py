@@ -45,6 +45,8 @@ class Member:
     title: Optional[str] = None  # how reports name its arm (None: the method's title)
     options: Dict[str, Any] = field(default_factory=dict)  # the arm's options
     order: int = 0  # the arm's place among the study's arms
+    reference: Optional[str] = None  # the arm it is compared with (None: the study's reference)
+    train: Dict[str, Any] = field(default_factory=dict)  # the arm's own training settings (batch, steps, ...)
 
     @property
     def id(self) -> str:
@@ -72,8 +74,10 @@ class Member:
         fields = {"rank": None, "alpha": None, "d": None, **self.variant.record}
         place = methods.get(self.method).placement({**fields, "value": self.variant.value}, self.variant.arm,
                                                    self.title, self.order)
+        own = {**({"reference_arm": self.reference} if self.reference else {}),
+               **({"train": dict(self.train)} if self.train else {})}
         return {"id": self.id, **place, "options": dict(self.options), **fields, "seed": self.seed, "lr": self.lr,
-                "phase": self.phase}
+                "phase": self.phase, **own}
 
 
 def _quoted(text: str) -> str:
@@ -84,7 +88,8 @@ def _quoted(text: str) -> str:
 def member_of(arm: Arm, variant: Variant, seed: int, lr: float, phase: str = "main", extra: List[str] = (),
               order: int = 0) -> Member:
     return Member(arm.method, int(seed), float(lr), variant, arm.spec.axis, phase, arm.overrides() + list(extra),
-                  arm.name, arm.title, dict(arm.options), order)
+                  arm.name, arm.title, dict(arm.options), order, arm.reference,
+                  dict(arm.train))
 
 
 def method_options(study, method: str) -> List[str]:
