@@ -241,6 +241,23 @@ _KINDS = [  # (regex on the module path, kind)
     (r"(?<!attention\.)output\.dense$|mlp\.down_proj$|mlp\.fc2$", "ffn_out"),
 ]
 MODULE_KINDS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_gate", "ffn_out")
+# where LoRA goes (``method.target_modules``): each preset's module kinds (a model without a gate has no ffn_gate)
+TARGET_PRESETS = {
+    "attn_qv": ("query", "value"),
+    "attn": ("query", "key", "value", "attn_out"),
+    "mlp": ("ffn_in", "ffn_gate", "ffn_out"),
+    "all_linear": ("query", "key", "value", "attn_out", "ffn_in", "ffn_gate", "ffn_out"),
+}
+
+
+def target_preset(modules) -> Optional[str]:
+    """The preset whose module kinds are exactly those of ``modules`` (module paths), ffn_gate counted only where
+    the model has one; None for another set."""
+    kinds = {module_kind(m) for m in modules} - {None}
+    for name, preset in TARGET_PRESETS.items():
+        if kinds and kinds == set(preset) - ({"ffn_gate"} - kinds):
+            return name
+    return None
 
 
 def module_kind(name: str) -> Optional[str]:

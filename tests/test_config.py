@@ -173,7 +173,7 @@ def test_training_length_is_a_delta_of_rank_sweep_with_checkpoints_where_validat
     sweep, length = compose(["experiment=rank_sweep"], "study"), compose(["experiment=training_length"], "study")
     assert dict(length.study.lr_by_rank) == dict(sweep.study.lr_by_rank)  # rank_sweep's rates, not a copy
     assert dict(length.study.lr) == dict(sweep.study.lr)
-    assert list(length.study.seeds) == [0] and list(sweep.study.seeds) == [0, 1, 2]  # one path per member
+    assert list(length.study.seeds) == [0] and list(sweep.study.seeds) == [0, 1, 2, 3, 4]  # one path per member
     assert length.study.name == "training_length" and len(length.study.ranks) == 2
     every = length.heldout.every
     assert every > 0 and every == length.train.eval_every  # every probe has a validation score beside it

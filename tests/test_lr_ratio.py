@@ -71,3 +71,28 @@ def test_ten_times_on_a_3x_grid_is_unresolved_not_holds():
     grid = {f"lora_r{r}": {1e-4 / 3: 0.75, 1e-4: 0.80, 3e-4: 0.76} for r in (1, 16)}
     (c,) = L.ratio_claims(study({"full": full, **grid}, ranks=(1, 16)))
     assert c.verdict == UNRESOLVED and "too" in c.why and "r=1 10×" in c.measured
+
+
+def test_an_arm_in_its_own_setting_is_read_against_full_ft_in_that_setting():
+    """LoRA at batch 128 names full FT at batch 128 as its reference: its ratio reads that arm's grid, not full FT's
+    at the study's batch; an arm with one searched rank gives no row of its own beside arms that sweep the rank."""
+    st = study({"full": FULL, "full_bs128": {4e-5: 0.7, 8e-5: 0.8, 1.6e-4: 0.75},
+                "lora_r1": lora(2e-4), "lora_r4": lora(2e-4), "lora_bs128_r1": lora(8e-4), "lora_bs128_r4": lora(8e-4),
+                "lora_mlp_r4": lora(2e-4)}, ranks=(1, 4))
+    st.runs += [SimpleNamespace(arm="full_bs128", family="full", title="full FT (batch 128)", is_reference=False,
+                                record={"rank": None, "alpha": None})]
+    st.runs += [SimpleNamespace(arm="lora_bs128", family="lora", title="LoRA (batch 128)", is_reference=False,
+                                reference_arm="full_bs128", record={"rank": r, "alpha": 2 * r}) for r in (1, 4)]
+    st.runs += [SimpleNamespace(arm="lora_mlp", family="lora", title="LoRA (MLP)", is_reference=False,
+                                record={"rank": 4, "alpha": 8})]
+    t = L.rate_ratios(st)
+    b = t[t.arm == "lora_bs128"]
+    assert set(b.full) == {"full_bs128"} and b.ratio.tolist() == pytest.approx([10, 10])
+    assert set(t[t.arm == "lora"].full) == {"full"}
+    assert [c.key for c in L.ratio_claims(st)] == ["lr_ratio:lora", "lr_ratio:lora_bs128"]
+
+
+def test_a_best_ratio_outside_the_band_with_a_bracket_reaching_into_it_is_unresolved_and_says_so():
+    # r = 1 at 100x, bracketed 25-400x by 2x grids: neither shown inside the band nor outside it
+    c = L.ratio_claims(study({"full": FULL, "lora_r1": lora(2e-3), "lora_r4": lora(1e-3)}, ranks=(1, 4)))
+    assert c[0].verdict == UNRESOLVED and "r=1 (100×)" in c[0].why and "too wide" not in c[0].why

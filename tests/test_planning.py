@@ -17,7 +17,7 @@ def rank(r):
 def test_default_study_members_and_alpha():
     st = compose(["experiment=rank_sweep"], "study").study
     ids = [m.id for m in main_members(st, {})]
-    assert ids == [f"{m}_s{s}" for s in (0, 1, 2) for m in ["none", "full"] + [f"lora_r{r}" for r in (1, 4, 16, 64)]]
+    assert ids == [f"{m}_s{s}" for s in (0, 1, 2, 3, 4) for m in ["none", "full"] + [f"lora_r{r}" for r in (1, 4, 16, 64)]]
     assert [m.record()["alpha"] for m in main_members(st, {}) if m.method == "lora" and m.seed == 0] == \
         [2.0 * r for r in (1, 4, 16, 64)]
     three = compose(["study.seeds=[0,1,2]"], "study").study

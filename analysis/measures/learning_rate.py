@@ -94,12 +94,7 @@ def rate_ratios(study: Study) -> pd.DataFrame:
     (LoRA's lower neighbour over full FT's upper one, and the reverse; NaN where a best sits at its grid's edge)."""
     grid = evidence(study) or {}
     reference = {r.arm for r in study.runs if r.is_reference}  # full FT's arm, by its role
-    full_key = next((k for k in grid if str(k) in reference), None)
-    if full_key is None:
-        return pd.DataFrame()
-    f_best, f_lo, f_hi = _best_and_bracket(grid[full_key])
-    if f_best is None:
-        return pd.DataFrame()
+    main_key = next((k for k in grid if str(k) in reference), None)
     rows = []
     for key, scores in grid.items():
         m = KEY.match(str(key))
@@ -109,12 +104,17 @@ def rate_ratios(study: Study) -> pd.DataFrame:
         runs = [r for r in study.runs if r.arm == arm]
         if not runs or runs[0].family != LORA:
             continue
+        # full FT in the arm's own setting when the arm names one (study.arms.<arm>.reference), else the study's
+        full_key = getattr(runs[0], "reference_arm", None) or main_key
+        if full_key not in grid:
+            continue
+        f_best, f_lo, f_hi = _best_and_bracket(grid[full_key])
         best, lo, hi = _best_and_bracket(scores)
-        if best is None:
+        if best is None or f_best is None:
             continue
         at = [r for r in runs if r.record.get("rank") == rank]
         alpha = at[0].record.get("alpha") if at else None
-        rows.append({"arm": arm, "title": runs[0].title, "rank": rank, "alpha": alpha,
+        rows.append({"arm": arm, "title": runs[0].title, "rank": rank, "alpha": alpha, "full": str(full_key),
                      "alpha_rule": _alpha_rule(alpha, rank, runs),
                      "lora_lr": best, "full_lr": f_best, "ratio": best / f_best,
                      "ratio_low": lo / f_hi if lo is not None and f_hi is not None else np.nan,
@@ -165,6 +165,11 @@ def ratio_verdict(t: pd.DataFrame) -> tuple:
                        f"bracket is at most {MAX_BRACKET:g}× wide.")
     if t.ratio_low.isna().any() or t.ratio_high.isna().any():
         return UNRESOLVED, "a best rate sits at the edge of its grid, so its bracket is open on that side."
+    out_of_band = t[~t.ratio.between(lo_band, hi_band)]
+    if fine and len(out_of_band):
+        return UNRESOLVED, ("the best ratio lies outside 3.3–30× at " +
+                            ", ".join(f"r={int(r['rank'])} ({r.ratio:.3g}×)" for _, r in out_of_band.iterrows()) +
+                            ", but its bracket reaches into the band: the grid places it on neither side.")
     return UNRESOLVED, (f"the grid's brackets (widest {t.ratio_low.min():.3g}–{t.ratio_high.max():.3g}×) are too "
                         "wide to place the ratio: a finer grid near each optimum would decide it.")
 
@@ -183,7 +188,10 @@ def ratio_claims(study: Study) -> List[Claim]:
                       "needs a searched rate grid for full FT and a LoRA arm at some rank", published="≈ 10×",
                       source=RATIO_SOURCE, section="learning_rates")]
     out = []
+    several = t.groupby("arm")["rank"].nunique()
     for arm, a in t.groupby("arm", sort=False):
+        if several[arm] < 2 and several.max() >= 2:
+            continue  # one searched rank says nothing of "independent of rank" beside arms that sweep it
         verdict, why = ratio_verdict(a)
         rules = sorted(set(a.alpha_rule))
         measured = "; ".join(f"r={int(r['rank'])} {r.ratio:.3g}× [{_bound(r.ratio_low)}, {_bound(r.ratio_high)}]"

@@ -18,11 +18,12 @@ model and task), decided by their rules below; the rate claim ("≈ 10× full FT
 ``learning_rate.ratio_claims``, one row per α rule."""
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional
 
 import numpy as np
 import pandas as pd
+
+from lora_study.artifacts import module_kind, target_preset
 
 from .. import crossed, paired, plotting
 from ..claims import FAILS, FINDING, HOLDS, MINIMUM, NOT_MEASURED, TOO_LITTLE, UNRESOLVED, Claim, degenerate
@@ -80,19 +81,13 @@ def reference_runs(study: Study, runs: List[Run]) -> List[Run]:
 
 
 def _targets(run: Run) -> str:
-    """Where the run's LoRA went, from the modules it adapted: a preset's name (attn_qv, attn, mlp, all_linear) when
-    the kinds of its modules are exactly the preset's present in the model, else the kinds joined by '+'."""
-    from lora_study.artifacts import module_kind
-    from lora_study.models.structure import PRESETS
-    kinds = {module_kind(m) for m in run.summary.get("lora_targets") or []} - {None}
-    if not kinds:
+    """Where the run's LoRA went: the preset (attn_qv, attn, mlp, all_linear) of the modules it adapted, else their
+    kinds joined by '+'; a run without its module list reads its arm's options."""
+    modules = run.summary.get("lora_targets") or []
+    if not modules:
         t = (run.record.get("options") or {}).get("target_modules", "attn_qv")
         return t if isinstance(t, str) else "+".join(t)
-    present = kinds | ({"ffn_gate"} if "ffn_gate" in kinds else set())
-    for name, preset in PRESETS.items():
-        if kinds == set(preset) or kinds == set(preset) - ({"ffn_gate"} - present):
-            return name
-    return "+".join(sorted(kinds))
+    return target_preset(modules) or "+".join(sorted({module_kind(m) or m for m in modules}))
 
 
 def _matched(run: Run) -> Optional[str]:

@@ -10,15 +10,10 @@ import torch
 
 from ..schema import ConfigError
 
-from ..artifacts import MODULE_KINDS, module_kind, module_layer  # noqa: F401 - the names ΔW files are keyed by
+from ..artifacts import MODULE_KINDS, TARGET_PRESETS, module_kind, module_layer  # noqa: F401 - the names ΔW files are keyed by
 
 # named selections of block linears (LoRA targets, intervention scopes)
-PRESETS = {
-    "attn_qv": ("query", "value"),
-    "attn": ("query", "key", "value", "attn_out"),
-    "mlp": ("ffn_in", "ffn_gate", "ffn_out"),
-    "all_linear": ("query", "key", "value", "attn_out", "ffn_in", "ffn_gate", "ffn_out"),
-}
+PRESETS = TARGET_PRESETS  # where LoRA goes: lora_study.artifacts holds the kinds of each preset
 
 
 def block_linears(model: torch.nn.Module) -> Dict[str, torch.nn.Linear]:
