@@ -96,3 +96,12 @@ def test_a_best_ratio_outside_the_band_with_a_bracket_reaching_into_it_is_unreso
     # r = 1 at 100x, bracketed 25-400x by 2x grids: neither shown inside the band nor outside it
     c = L.ratio_claims(study({"full": FULL, "lora_r1": lora(2e-3), "lora_r4": lora(1e-3)}, ranks=(1, 4)))
     assert c[0].verdict == UNRESOLVED and "r=1 (100×)" in c[0].why and "too wide" not in c[0].why
+
+
+def test_a_study_that_searched_an_arm_reads_that_arm_from_its_own_search_only():
+    """The preset's shipped rows for an arm (another design's ranks, another grid) give way to the study's own search
+    of that arm; rows of arms it did not search stay, and a row set to null is dropped."""
+    st = study({"full": FULL, "lora_r64": lora(2e-5), "none": {0.1: 0.6, 0.3: 0.65}, "lora_r16": None}, ranks=(1, 4))
+    st.runs.append(SimpleNamespace(arm="none", family="none", title="frozen base", is_reference=False, record={}))
+    st.index["lr_search"] = {"grid": {"lora_r1": lora(2e-4), "lora_r4": lora(2e-4)}}
+    assert sorted(L.evidence(st)) == ["full", "lora_r1", "lora_r4", "none"]

@@ -29,7 +29,8 @@ def _run(member, arm, seed, correct, *, value=None, family="lora", role="treatme
         record["train"] = train
     if reference:
         record["reference_arm"] = reference
-    summary = {"saved": {"predictions": True}, "params": {"trainable": trainable}, "learning": {}}
+    summary = {"saved": {"predictions": True}, "params": {"trainable": trainable},
+               "learning": {"did_not_learn": bool(correct.mean() == 0 or correct.mean() == 1)}}
     return Run(member, record, _Dir(), summary, _predictions={"test.correct": correct.astype(np.float64)})
 
 
@@ -225,3 +226,16 @@ def test_a_zero_width_interval_decides_nothing():
         r._predictions["test.correct"] = np.ones(N)
     c = R.placement_claim(st, R.regret_table(st))
     assert c.verdict == TOO_LITTLE and "zero width" in c.why
+
+
+def test_a_setting_where_full_ft_did_not_learn_is_left_out_of_the_change():
+    st = capacity(-0.08)
+    for r in st.runs:
+        if r.arm == "full_ex480":
+            r.summary["learning"]["did_not_learn"] = True
+    t = R.regret_table(st)
+    ch = R.gap_changes(st, t)
+    assert set(ch[ch.sweep == "data"]["from"]) == {1920}
+    c = R.capacity_claim(st, t, ch)
+    assert "480 examples: full FT did not learn, left out of the change" in c.measured
+    assert "full_ex480_s0" in c.did_not_learn

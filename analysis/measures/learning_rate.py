@@ -34,9 +34,15 @@ def evidence(study: Study) -> Optional[dict]:
     of this study's arms (a preset's shipped evidence may carry another study's keys); None without any."""
     shipped = study.index.get("lr_evidence")
     searched = (study.index.get("lr_search") or {}).get("grid")
-    grid = {**(shipped if isinstance(shipped, dict) else {}), **(searched if isinstance(searched, dict) else {})}
+    searched = searched if isinstance(searched, dict) else {}
+    # an arm this study searched itself is read from its own search alone: the preset's shipped rows for it describe
+    # the search behind the shipped rates (another design's ranks, another grid), not the rates these runs used
+    mine = {_arm_of(str(k)) for k in searched}
+    shipped = {k: v for k, v in (shipped if isinstance(shipped, dict) else {}).items() if _arm_of(str(k)) not in mine}
+    grid = {**shipped, **searched}
     arms = {r.arm for r in study.runs} | {m.get("arm") for m in (study.index.get("lr_search") or {}).get("members", [])}
-    grid = {k: v for k, v in grid.items() if _arm_of(str(k)) in arms}
+    # a row set to null is dropped: how a preset removes a row it inherits (lora_r64 where it stops at r = 16)
+    grid = {k: v for k, v in grid.items() if _arm_of(str(k)) in arms and v is not None}
     return grid or None
 
 
@@ -114,12 +120,23 @@ def rate_ratios(study: Study) -> pd.DataFrame:
             continue
         at = [r for r in runs if r.record.get("rank") == rank]
         alpha = at[0].record.get("alpha") if at else None
+        alphas = {(r.record.get("alpha"), r.record.get("rank")) for r in runs if r.record.get("alpha") is not None}
         rows.append({"arm": arm, "title": runs[0].title, "rank": rank, "alpha": alpha, "full": str(full_key),
-                     "alpha_rule": _alpha_rule(alpha, rank, runs),
+                     "alpha_rule": _arm_rule(alphas) or _alpha_rule(alpha, rank, runs),
                      "lora_lr": best, "full_lr": f_best, "ratio": best / f_best,
                      "ratio_low": lo / f_hi if lo is not None and f_hi is not None else np.nan,
                      "ratio_high": hi / f_lo if hi is not None and f_lo is not None else np.nan})
     return pd.DataFrame(rows).sort_values(["arm", "rank"]).reset_index(drop=True) if rows else pd.DataFrame()
+
+
+def _arm_rule(pairs) -> str:
+    """An arm's α rule from its (α, rank) pairs over two or more ranks: 'α = 32' when α is the same at every rank
+    (so its rank where α = 2r too reads as the fixed rule), 'α = 2r' when α = 2r at every rank; '' otherwise."""
+    if len({k for _, k in pairs}) < 2:
+        return ""
+    if len({float(a) for a, _ in pairs}) == 1:
+        return f"α = {float(next(iter(pairs))[0]):g}"
+    return "α = 2r" if all(float(a) == 2 * k for a, k in pairs) else ""
 
 
 def _alpha_rule(alpha, rank: int, runs) -> str:

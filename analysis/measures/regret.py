@@ -43,7 +43,8 @@ ATTENTION = ("attn", "attn_qv")
 # (claim, the rule that decides it, Schulman et al.'s finding as they state it) per claim
 CLAIMS = {
     "placement": (
-        "LoRA on every linear layer (MLP included) matches full FT; attention-only LoRA is worse, even at all-linear's parameter count",
+        "LoRA on every linear layer (MLP included) matches full FT; attention-only LoRA is worse, even at "
+        "all-linear's parameter count",
         ("all-linear LoRA shown equivalent to full FT (TOST at the margin, 5 %) and attention-only LoRA at the "
          "matched parameter count shown worse than all-linear LoRA (the paired difference's 95 % interval below "
          "0): holds; all-linear shown different from full FT, or attention-only at matched parameters shown "
@@ -116,6 +117,7 @@ def regret_table(study: Study) -> pd.DataFrame:
                 ((first.summary.get("method_info") or {}).get("matched_params") or {}).get("rank") or rank
             s = setting(study, first)
             dnl = [r.member for r in runs + refs if r.did_not_learn and r.seed in c["seeds"]]
+            ref_dnl = [r.member for r in refs if r.did_not_learn and r.seed in c["seeds"]]
             rows.append({"arm": arm, "title": first.title, "rank": rank, "rank_used": int(used),
                          "targets": _targets(first), "matched_to": _matched(first),
                          "alpha": first.record.get("alpha"),
@@ -125,7 +127,8 @@ def regret_table(study: Study) -> pd.DataFrame:
                          "examples": c["n_examples"], "mean": c["mean_a"], "reference_mean": c["mean_b"],
                          "gap": c["diff"], "ci_low": c["ci95"][0], "ci_high": c["ci95"][1],
                          "p_difference": c["p_difference"], "p_tost": c["p_tost"], "margin": c["margin"],
-                         "verdict": c["verdict"], "did_not_learn": ", ".join(dnl)})
+                         "verdict": c["verdict"], "did_not_learn": ", ".join(dnl),
+                         "reference_did_not_learn": len(ref_dnl)})
     return pd.DataFrame(rows)
 
 
@@ -153,7 +156,8 @@ def sweeps(t: pd.DataFrame, study: Study) -> Dict[str, pd.DataFrame]:
 
 def _main_rule_arms(t: pd.DataFrame, study: Study) -> List[str]:
     """The arms whose α at every rank follows the study's rule (α = 2r, or the study's fixed α), so that a sweep
-    compares one LoRA: an arm under another rule (α = 32 beside α = 2r) stays out even at the rank where both agree."""
+    compares one LoRA: an arm under another rule (α = 32 beside α = 2r) stays out even at the rank where both
+    agree."""
     st = study.index.get("study") or {}
     rule, fixed = st.get("alpha_rule", "two_r"), st.get("alpha")
 
@@ -167,11 +171,15 @@ def _main_rule_arms(t: pd.DataFrame, study: Study) -> List[str]:
 
 def gap_changes(study: Study, t: pd.DataFrame) -> pd.DataFrame:
     """Per sweep and rank: (LoRA − full FT) at the sweep's largest value minus at its smallest, paired over the
-    seeds and test examples both share, with Banerjee's interval and TOST of "no change" at the margin."""
+    seeds and test examples both share, with Banerjee's interval and TOST of "no change" at the margin. A setting in
+    which a run of full FT did not learn is left out: the gap there is against a collapsed reference."""
     rows = []
     for name, s in sweeps(t, study).items():
         axis = "examples_seen" if name == "data" else "batch"
         for rank, g in s.groupby("rank"):
+            g = g[g.reference_did_not_learn == 0]  # where full FT itself did not learn, there is no gap to read
+            if g[axis].nunique() < 2:
+                continue
             lo, hi = g.loc[g[axis].idxmin()], g.loc[g[axis].idxmax()]
             d_hi, what = _gap_scores(study, hi)
             d_lo, _ = _gap_scores(study, lo)
@@ -292,6 +300,13 @@ def _sweep_rows(t: pd.DataFrame, name: str, axis: str) -> str:
     return "; ".join(parts)
 
 
+def _left_out(s: pd.DataFrame, axis: str) -> str:
+    """' (480 examples: full FT did not learn, left out of the change)' for the settings gap_changes skips."""
+    out = sorted({int(v) for v in s[s.reference_did_not_learn > 0][axis]})
+    return (f" ({', '.join(_axis_text(axis, v) for v in out)}: full FT did not learn, left out of the change)"
+            if out else "")
+
+
 def _axis_text(axis: str, v) -> str:
     return f"{int(v):,} examples" if axis == "examples_seen" else f"batch {int(v)}"
 
@@ -324,6 +339,7 @@ def capacity_claim(study: Study, t: pd.DataFrame, changes: pd.DataFrame) -> Clai
     big = s[s["rank"] == low_rank].sort_values("examples_seen").iloc[-1]
     change = ch[ch["rank"] == low_rank].iloc[0]
     measured = ("gap (LoRA − full FT) by examples seen: " + _sweep_rows(s, "data", "examples_seen") +
+                _left_out(s, "examples_seen") +
                 f"; r={low_rank} at {int(big.examples_seen):,}: {_row_text(big)}, its change from "
                 f"{int(change['from']):,}: {change.change:+.3f} {fmt_interval((change.ci_low, change.ci_high))}")
     seeds = int(min(s.seeds.min(), ch.seeds.min()))
@@ -350,7 +366,8 @@ def batch_claim(study: Study, t: pd.DataFrame, changes: pd.DataFrame) -> Claim:
     if absent is not None:
         return absent
     claim, rule, published = CLAIMS["batch"]
-    measured = ("gap (LoRA − full FT) by batch: " + _sweep_rows(s, "batch", "batch") + "; change from batch "
+    measured = ("gap (LoRA − full FT) by batch: " + _sweep_rows(s, "batch", "batch") + _left_out(s, "batch") +
+                "; change from batch "
                 f"{int(ch['from'].iloc[0])} to {int(ch['to'].iloc[0])}: " +
                 ", ".join(f"r={int(r['rank'])} {r.change:+.3f} {fmt_interval((r.ci_low, r.ci_high))}"
                           for _, r in ch.iterrows()))
@@ -389,6 +406,10 @@ def gap_figure(study: Study, s: pd.DataFrame, axis: str, xlabel: str):
         ax.plot(x, g.gap, color=colors[rank], marker="o", ms=4, lw=1.2, label=f"LoRA r={int(rank)} − full FT")
         plotting.errorbar(ax, x, g.gap.to_numpy(), g.ci_low.to_numpy(), g.ci_high.to_numpy(), color=colors[rank],
                           fmt="none", lw=1.0)
+        collapsed = (g.reference_did_not_learn > 0).to_numpy()
+        if collapsed.any():  # full FT did not learn there: an open marker
+            ax.plot(x[collapsed], g.gap.to_numpy()[collapsed], ls="none", marker="o", ms=7, mfc="white",
+                    color=colors[rank], label="full FT did not learn" if i == 0 else None)
     ax.set_xscale("log", base=2)
     values = sorted(s[axis].unique())
     ax.set_xticks(values)
@@ -434,7 +455,8 @@ def _formatted(t: pd.DataFrame) -> pd.DataFrame:
         "batch": t.batch.astype(int), "examples seen": [f"{int(x):,}" for x in t.examples_seen],
         "full FT (its lr)": [f"{m:.3f} ({lr:g})" for m, lr in zip(t.reference_mean, t.reference_lr)],
         "LoRA": [f"{m:.3f}" for m in t["mean"]],
-        "LoRA − full FT [95 %]": [f"{g:+.3f} {fmt_interval((lo, hi))}" for g, lo, hi in zip(t.gap, t.ci_low, t.ci_high)],
+        "LoRA − full FT [95 %]": [f"{g:+.3f} {fmt_interval((lo, hi))}"
+                                  for g, lo, hi in zip(t.gap, t.ci_low, t.ci_high)],
         "TOST p": [f"{p:.3g}" for p in t.p_tost], "verdict": t.verdict,
         "seeds": t.seeds.astype(int)})
 
@@ -519,7 +541,8 @@ class Regret(Measure):
             out.append(Section("Capacity: examples seen", [*ctx.sentences("regret:capacity")],
                                figure="regret_data" if ctx.drew("regret_data") else None,
                                caption=f"LoRA's gap to full FT by training examples seen, with 95 % intervals; the "
-                                       f"grey band is the margin ({seeds}).", level=3))
+                                       f"grey band is the margin, an open marker a setting where full FT did not "
+                                       f"learn ({seeds}).", level=3))
             if ctx.drew("regret_loss"):
                 out.append(Section("Training loss by examples seen", [
                     "Where a rank's curve leaves full FT's, and whether it flattens (a floor) or keeps falling more "

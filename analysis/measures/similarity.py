@@ -67,11 +67,12 @@ def similarity_rows(study: Study) -> List[dict]:
         runs = {(r.seed, r.value): r for r in study.runs if r.arm == arm}
         seeds = sorted({s for s, _ in runs})
         have_a = all(r.saved.get("adapter") for r in runs.values())
+        have_delta = all(r.saved.get("delta") for r in runs.values())  # run.save_delta=false keeps none
         comparisons = [(PAIR, small, large, s, s) for small, large in rank_pairs(study.values(arm)) for s in seeds]
         for r_ in sorted({v for p in rank_pairs(study.values(arm)) for v in p}):
             comparisons += [(SEEDS, r_, r_, a, b) for a, b in itertools.combinations(seeds, 2)]
         cache: Dict[tuple, dict] = {}
-        for basis in (["A"] if have_a else []) + ["ΔW"]:
+        for basis in (["A"] if have_a else []) + (["ΔW"] if have_delta else []):
             for what, small, large, sa, sb in comparisons:
                 ra, rb = runs.get((sa, small)), runs.get((sb, large))
                 if ra is None or rb is None:

@@ -39,6 +39,8 @@ def _family_arms(runs: pd.DataFrame, axis: str = "rank") -> Dict[str, List[str]]
     if runs.empty or "family" not in runs:
         return {}
     swept_runs = runs[runs.axis == axis].sort_values("order", kind="stable")
+    if "own_setting" in swept_runs:  # arms in a setting of their own are the regret measure's
+        swept_runs = swept_runs[swept_runs.own_setting.fillna(True).astype(bool)]
     out: Dict[str, List[str]] = {}
     for _, r in swept_runs.drop_duplicates("arm").iterrows():
         out.setdefault(r.family, []).append(r.arm)
