@@ -177,8 +177,9 @@ class StudyConfig:
     lr_extend_factor: float = opt(3.0, Num(gt=1))
     lr_search_max_extensions: int = opt(3, NON_NEGATIVE_INT)
     # the validation grid that chose the shipped rates, {key: {lr: validation score}} as study.json's lr_search.grid
-    # writes it; copied into study.json (lr_evidence) for the report
-    lr_evidence: Any = opt(None, Values(Values(Maybe(Num()), key=POSITIVE)))
+    # writes it; copied into study.json (lr_evidence) for the report. A row set to null is dropped: how a preset
+    # removes a row it inherits (a rank it does not train)
+    lr_evidence: Any = opt(None, Values(Maybe(Values(Maybe(Num()), key=POSITIVE))))
     # per method, settings of its schema given to each of its members, e.g. {subspace: {head_lr: 0.3}}
     method_options: Any = opt(None, Values(Free(), key=Choice(method_registry.names)))
     dims: List[int] = opt(rule=Each(POSITIVE_INT), factory=list)  # subspace dimensions d (method subspace)

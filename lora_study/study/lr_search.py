@@ -217,7 +217,8 @@ def evidence(study) -> Optional[Dict[str, Dict[str, Optional[float]]]]:
     if not ev:
         return None
     return {key: {f"{float(lr):g}": None if s is None else float(s)
-                  for lr, s in sorted(per.items(), key=lambda x: float(x[0]))} for key, per in ev.items()}
+                  for lr, s in sorted(per.items(), key=lambda x: float(x[0]))} for key, per in ev.items()
+            if per is not None}
 
 
 def on_edge_notes(chosen: Dict[str, Dict[str, Any]]) -> List[str]:
