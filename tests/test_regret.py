@@ -253,3 +253,11 @@ def test_the_preset_validates_with_an_inherited_evidence_row_dropped():
     cfg = compose(["experiment=without_regret"], "study")
     validate(cfg)
     assert "lora_r64" not in evidence(cfg.study) and "lora_a32_r4" in evidence(cfg.study)
+
+
+def test_the_sweeps_follow_the_targets_of_the_arms_in_other_settings():
+    """A study whose LoRA adapts every linear layer sweeps that LoRA, not the W_q, W_v default."""
+    st = planted({("lora_all", 1): (0.0, None, None, ALL), ("lora", 1): (-0.2, None, None, None),
+                  ("lora_bs128", 1): (-0.08, "full_bs128", BS128, ALL), ("lora_bs8", 1): (0.0, "full_bs8", BS8, ALL)})
+    s = R.sweeps(R.regret_table(st), st)["batch"]
+    assert sorted(s.arm) == ["lora_all", "lora_bs128", "lora_bs8"]

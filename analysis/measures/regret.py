@@ -113,8 +113,7 @@ def regret_table(study: Study) -> pd.DataFrame:
             if c is None:
                 continue
             first = runs[0]
-            used = (first.summary.get("matched_params") or {}).get("rank") or \
-                ((first.summary.get("method_info") or {}).get("matched_params") or {}).get("rank") or rank
+            used = (first.summary.get("matched_params") or {}).get("rank") or rank
             s = setting(study, first)
             dnl = [r.member for r in runs + refs if r.did_not_learn and r.seed in c["seeds"]]
             ref_dnl = [r.member for r in refs if r.did_not_learn and r.seed in c["seeds"]]
@@ -143,7 +142,11 @@ def sweeps(t: pd.DataFrame, study: Study) -> Dict[str, pd.DataFrame]:
     own = _ref_settings(study)
     if t.empty or not own:
         return {}
-    same_targets = t[(t.targets == "attn_qv") & t.matched_to.isna() & t.arm.isin(_main_rule_arms(t, study))]
+    # the sweeps' LoRA is the one the arms in other settings use (W_q, W_v in without_regret; every linear layer
+    # where a study's LoRA adapts those), at the study's own setting as well
+    other = t[~t.own_setting.astype(bool)]
+    where = other.targets.iloc[0] if other.targets.nunique() == 1 else "attn_qv"
+    same_targets = t[(t.targets == where) & t.matched_to.isna() & t.arm.isin(_main_rule_arms(t, study))]
     out = {}
     for name, fixed, axis in (("data", "batch", "examples_seen"), ("batch", "examples_seen", "batch")):
         rows = same_targets[same_targets[fixed] == own[fixed]]
