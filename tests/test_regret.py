@@ -211,6 +211,10 @@ def test_arms_in_their_own_settings_flow_through_a_tiny_study_and_its_report(tmp
     assert t.loc["lora_bs4"].reference == "full_bs4" and t.loc["lora_bs4"].batch == 4
     assert t.loc["lora_bs4"].examples_seen == t.loc["lora"].examples_seen  # 24 x 4 = 12 x 8
     assert t.loc["lora_attn_matched"].rank_used == matched["matched_params"]["rank"]
+    # the parameter formula r (d + k) + head reads the rank the matched arm trained at, not the swept one
+    cost = ctx.table("tradeoff").set_index("arm")
+    assert cost.loc["lora_attn_matched"].formula_params == cost.loc["lora_attn_matched"].trainable_params
+    assert matched["params"]["trainable"] == cost.loc["lora_attn_matched"].trainable_params
     reach = ctx.table("reach")
     assert list(reach[reach["rank"].notna()].arm.unique()) == ["lora", "lora_all", "lora_attn_matched"]
     claims = {c.key: c for c in ctx.claims()}

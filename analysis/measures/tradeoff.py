@@ -85,7 +85,9 @@ def tradeoff(runs: pd.DataFrame, spectra: Optional[pd.DataFrame] = None,
             row["mean_rank90"] = s.rank90.mean() if len(s) else np.nan
             if first.axis == "rank" and len(s):  # r (d_out + d_in) per adapted matrix, plus the head
                 one = s[s.member == s.member.iloc[0]]
-                row["formula_params"] = int(first.head_params + first["value"] * (one.d_out + one.d_in).sum())
+                rank = first.get("rank_used")  # a matched-parameter arm trains at its own rank, not the swept one
+                rank = first["value"] if rank is None or pd.isna(rank) else rank
+                row["formula_params"] = int(first.head_params + int(rank) * (one.d_out + one.d_in).sum())
         if truncation is not None and not truncation.empty and first.axis == "rank":
             t = truncation[(truncation.scope == LIKE_FOR_LIKE) & (truncation.k == first["value"])]
             row["truncated_full_at_rank"] = t["mean"].mean() if len(t) else np.nan

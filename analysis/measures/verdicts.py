@@ -81,11 +81,13 @@ def accounting_claims(ctx: Context) -> List[Claim]:
         pct = 100 * swept.trainable_params / f.trainable_params
         formula = swept.formula_params if "formula_params" in swept else pd.Series(np.nan, index=swept.index)
         exact = bool((formula == swept.trainable_params).all())
+        checked = (f"counted = formula at {int((formula == swept.trainable_params).sum())} of {len(swept)} ranks"
+                   if formula.notna().all() else "the formula not checked: it needs the adapted matrices' shapes, "
+                   "from saved ΔW or spectra")
         out.append(Claim(
             f"trainable:{family}", f"{title} trains r(d + k) parameters per adapted matrix", ACCOUNTING,
             HOLDS if exact else FAILS if formula.notna().all() else NOT_MEASURED,
-            f"{pct.min():.3g}–{pct.max():.3g} % of full FT's ({ranks}, head included); counted = formula at "
-            f"{int((formula == swept.trainable_params).sum())} of {len(swept)} ranks",
+            f"{pct.min():.3g}–{pct.max():.3g} % of full FT's ({ranks}, head included); {checked}",
             "the trainable parameters counted in the run equal the formula r(d + k) per adapted matrix plus the head",
             published="~0.1–1 % of full FT (r(d+k) per adapted matrix)", source="Hu et al. 2021",
             section="tradeoff"))
