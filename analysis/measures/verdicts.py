@@ -50,7 +50,7 @@ def _family_arms(runs: pd.DataFrame, axis: str = "rank") -> Dict[str, List[str]]
 def _title(runs: pd.DataFrame, arms: List[str]) -> str:
     """How a claim names a family's arms: 'LoRA', or 'LoRA (all linear)' when one arm has a title of its own."""
     titles = list(dict.fromkeys(runs[runs.arm.isin(arms)].title.astype(str)))
-    return titles[0] if len(titles) == 1 else " and ".join(titles)
+    return titles[0] if len(titles) == 1 else ", ".join(titles[:-1]) + " and " + titles[-1]
 
 
 def _not_learned(runs: pd.DataFrame, members) -> List[str]:
