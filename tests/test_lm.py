@@ -91,6 +91,28 @@ def test_exact_match_normalises_case_punctuation_and_extra_words():
         exact_match(["fresh"], [])
 
 
+def test_a_language_model_giving_one_answer_to_every_prompt_did_not_learn():
+    """A causal LM on a classification in words ('fresh' / 'rotten') that answers 'fresh' to everything sits at the
+    majority class, as a collapsed classifier does; its loss alone (low: the label tokens are likely) would not say so."""
+    from lora_study.run import learning
+    from lora_study.tasks.decoding import answer_classes
+    refs = ["fresh"] * 58 + ["rotten"] * 42
+    ids = answer_classes(["Fresh."] * 100, refs)
+    assert list(ids["label"][:1]) == [0] and set(ids["prediction"]) == {0}
+    out = learning.check("validation", ids, {"loss": 0.18}, None, [1.2] * 10 + [0.2] * 10)
+    assert out["did_not_learn"] and out["evidence"]["majority_label_share"] == 0.58
+    assert any("one answer for 100.0 %" in r for r in out["reasons"])
+    assert any("majority class (0.580)" in r for r in out["reasons"])
+    # an answer outside the labels is a class of its own: the frozen base saying "The" to everything is caught too
+    other = answer_classes(["The review is fresh"] * 100, refs)
+    assert set(other["prediction"]) == {2} and learning.check("test", other, {}, None)["did_not_learn"]
+    # a model that answers both ways and mostly right learned
+    good = answer_classes(["fresh"] * 50 + ["rotten"] * 8 + ["rotten"] * 40 + ["fresh"] * 2, refs)
+    assert not learning.check("validation", good, {"loss": 0.1}, None)["did_not_learn"]
+    # free-form answers (more distinct references than a classification has) keep no class ids
+    assert answer_classes([f"w{i}" for i in range(100)], [f"w{i}" for i in range(100)]) is None
+
+
 def test_greedy_decoding_matches_generate_on_left_padded_prompts(tiny_lm):
     from lora_study.tasks.decoding import greedy
     tok, model = tiny_lm.tokenizer, tiny_lm.model.eval()

@@ -5,8 +5,10 @@ evidence, warned about on the command line, listed in the report, and every verd
 
 The checks, on the last split the run evaluated (the test split, else validation), each a reason on its own:
 
-    one class          the most frequent predicted label covers >= CONSTANT_SHARE of the examples (classifiers)
-    at the majority    accuracy <= the majority label's share + AT_MAJORITY (classifiers with >= 2 labels)
+    one class          the most frequent predicted label covers >= CONSTANT_SHARE of the examples (classifiers, and
+                       causal-LM tasks whose reference answers take few values, as class ids: one answer to every
+                       prompt, a label or not)
+    at the majority    accuracy <= the majority label's share + AT_MAJORITY (both, with >= 2 labels)
     loss exploded      the evaluated mean loss > EXPLODED_LOSS x ln(number of labels) (classifiers: a uniform
                        guess scores ln K), or the last training losses' mean > LOSS_RISE x the first ones' mean
     not finite         a loss that is NaN or infinite
@@ -48,22 +50,27 @@ def check(split: str, per_example: Optional[Dict[str, Any]], metrics: Dict[str, 
     evidence["loss"] = None if loss is None else float(loss)
     if loss is not None and not math.isfinite(float(loss)):
         reasons.append(f"its {split} loss is {loss}")
-    classes = num_labels if num_labels and num_labels >= 2 else None
+    classifier = bool(num_labels and num_labels >= 2)
     ex = per_example or {}
-    if classes and "prediction" in ex and "label" in ex and len(ex["label"]):
-        pred, label = np.asarray(ex["prediction"]), np.asarray(ex["label"])
-        top = float(np.bincount(pred.astype(np.int64), minlength=classes).max() / len(pred))
-        majority = float(np.bincount(label.astype(np.int64), minlength=classes).max() / len(label))
+    if "prediction" in ex and "label" in ex and len(ex["label"]):
+        pred, label = np.asarray(ex["prediction"]).astype(np.int64), np.asarray(ex["label"]).astype(np.int64)
+        # a causal LM's answers as class ids (tasks.decoding.answer_classes): an answer outside the labels is a class
+        classes = int(num_labels) if classifier else int(max(pred.max(), label.max())) + 1
+        top = float(np.bincount(pred, minlength=classes).max() / len(pred))
+        label_counts = np.bincount(label, minlength=classes)
+        majority = float(label_counts.max() / len(label))
         accuracy = float((pred == label).mean())
         evidence.update(majority_prediction_share=top, majority_label_share=majority, accuracy=accuracy)
         if top >= CONSTANT_SHARE:
-            reasons.append(f"it predicts one class for {100 * top:.1f} % of the {split} examples")
-        if accuracy <= majority + AT_MAJORITY:
+            what = "class" if classifier else "answer"
+            reasons.append(f"it predicts one {what} for {100 * top:.1f} % of the {split} examples")
+        if (label_counts > 0).sum() >= 2 and accuracy <= majority + AT_MAJORITY:
             reasons.append(f"its {split} accuracy {accuracy:.3f} is no better than always predicting the majority class "
                            f"({majority:.3f})")
-        if loss is not None and math.isfinite(float(loss)) and float(loss) > EXPLODED_LOSS * math.log(classes):
-            reasons.append(f"its {split} loss {float(loss):.4g} is over {EXPLODED_LOSS:g} x ln {classes} "
-                           f"(a uniform guess scores {math.log(classes):.3f})")
+        if classifier and loss is not None and math.isfinite(float(loss)) and \
+                float(loss) > EXPLODED_LOSS * math.log(num_labels):
+            reasons.append(f"its {split} loss {float(loss):.4g} is over {EXPLODED_LOSS:g} x ln {num_labels} "
+                           f"(a uniform guess scores {math.log(num_labels):.3f})")
     if first is not None and last is not None and math.isfinite(first) and last > LOSS_RISE * first:
         reasons.append(f"its training loss rose from {first:.4g} to {last:.4g}")
     return {"did_not_learn": bool(reasons), "reasons": reasons, "evidence": evidence, "split": split}

@@ -38,6 +38,23 @@ def exact_match(predictions: List[str], references: List[str]) -> float:
     return float(np.mean([normalise_answer(p) == normalise_answer(r) for p, r in zip(predictions, references)]))
 
 
+# a task whose reference answers take at most this many distinct values is a classification in words ("fresh" /
+# "rotten"): its answers are also kept as class ids, so a run that gives one answer to everything is caught
+MAX_ANSWER_CLASSES = 32
+
+
+def answer_classes(predictions: List[str], references: List[str]) -> Optional[Dict[str, np.ndarray]]:
+    """{label, prediction} as class ids when the normalised references take at most MAX_ANSWER_CLASSES values
+    (sorted; an answer that is none of them is one more class, the last), else None (free-form answers)."""
+    refs = [normalise_answer(r) for r in references]
+    choices = sorted(set(refs))
+    if not refs or len(choices) > MAX_ANSWER_CLASSES:
+        return None
+    ids = {c: i for i, c in enumerate(choices)}
+    return {"label": np.array([ids[r] for r in refs], dtype=np.int64),
+            "prediction": np.array([ids.get(normalise_answer(p), len(choices)) for p in predictions], dtype=np.int64)}
+
+
 def _cache_field() -> str:
     """The KV cache's keyword and output field: ``cache`` in recent transformers 5, ``past_key_values`` before."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -147,7 +164,8 @@ def evaluate_lm(model, data: LMEncoded, batch_size: int, device, precision, answ
                 max_new_tokens: int = 4, per_example: bool = False) -> Dict[str, Any]:
     """Completion-token loss and perplexity; with ``answers`` also the exact-match accuracy of greedy answers
     (``accuracy``), else ``accuracy`` is None. With ``per_example``: each example's completion NLL and token count
-    and, with ``answers``, whether its answer matched, in split order (for paired tests)."""
+    and, with ``answers``, whether its answer matched, in split order (for paired tests), and where the references
+    take few values (``answer_classes``) the answer and reference as class ids (``prediction``, ``label``)."""
     out: Dict[str, Any] = dict(perplexity(model, data.eval_batches(batch_size), device, precision,
                                           n=len(data) if per_example else None))
     out.pop("tokens")
@@ -158,4 +176,5 @@ def evaluate_lm(model, data: LMEncoded, batch_size: int, device, precision, answ
         if per_example:
             out["per_example"]["correct"] = np.array([normalise_answer(p) == normalise_answer(r)
                                                       for p, r in zip(preds, data.answers)])
+            out["per_example"].update(answer_classes(preds, data.answers) or {})
     return out
