@@ -71,20 +71,27 @@ def intruder_table(study: Study, k: int = K, eps_grid=EPS_GRID) -> pd.DataFrame:
     def rows(r: Run) -> List[dict]:
         names = set(r.dir.delta_names())
         out = []
+        run_cos: Dict[str, tuple] = {}  # per module: the run's max cosines and relative update (scopes overlap)
+        control_cos: Dict[tuple, np.ndarray] = {}  # per (module, its index in the scope): the control's
         for scope, modules in scope_modules.items():
             if not set(modules) <= names:
                 continue
             cos, control, rel = [], [], []
             for i, module in enumerate(modules):
                 W, U0 = pre(module)
-                dW = r.dir.delta(module).double()
-                cos.append(_max_cos(U0, W + dW, k))
-                rel.append(float(dW.norm() / W.norm()))
+                if module not in run_cos:
+                    dW = r.dir.delta(module).double()
+                    run_cos[module] = (_max_cos(U0, W + dW, k), float(dW.norm() / W.norm()), dW.norm())
+                c, rel_update, dW_norm = run_cos[module]
+                cos.append(c)
+                rel.append(rel_update)
                 if r.rank:  # W_pre + a random perturbation of the same rank and norm
-                    g = torch.Generator().manual_seed(1000 * r.seed + i)
-                    R = torch.randn(W.shape[0], r.rank, generator=g, dtype=torch.float64) @ \
-                        torch.randn(r.rank, W.shape[1], generator=g, dtype=torch.float64)
-                    control.append(_max_cos(U0, W + R * (dW.norm() / R.norm()), k))
+                    if (module, i) not in control_cos:
+                        g = torch.Generator().manual_seed(1000 * r.seed + i)
+                        R = torch.randn(W.shape[0], r.rank, generator=g, dtype=torch.float64) @ \
+                            torch.randn(r.rank, W.shape[1], generator=g, dtype=torch.float64)
+                        control_cos[(module, i)] = _max_cos(U0, W + R * (dW_norm / R.norm()), k)
+                    control.append(control_cos[(module, i)])
             for label, vals in (("run", cos), (CONTROL, control)):
                 if not vals:
                     continue
