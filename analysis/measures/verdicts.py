@@ -53,6 +53,15 @@ def _title(runs: pd.DataFrame, arms: List[str]) -> str:
     return titles[0] if len(titles) == 1 else ", ".join(titles[:-1]) + " and " + titles[-1]
 
 
+def _arm_tag(runs: pd.DataFrame, arms: List[str], arm: str) -> str:
+    """'' for a family of one arm, else the arm's title and a space: a claim over several arms (W_q, W_v, the MLP,
+    every linear layer) names each rank's arm, so two rows at r = 16 cannot be confused."""
+    if len(arms) == 1:
+        return ""
+    titles = runs[runs.arm == arm].title
+    return (str(titles.iloc[0]) if len(titles) else arm) + " "
+
+
 def _not_learned(runs: pd.DataFrame, members) -> List[str]:
     if "did_not_learn" not in runs:
         return []
@@ -159,7 +168,7 @@ def reach_claims(ctx: Context) -> List[Claim]:
         verdicts = {(int(r["rank"]), r.arm): r.verdict for _, r in g.iterrows()}
         fam = shown_equivalent(g)
         name = lambda k: rank_name(k, g)  # noqa: E731
-        per_rank = "; ".join(f"r = {int(r['rank'])}: {r['diff']:+.3f} {fmt_interval((r.diff_ci_low, r.diff_ci_high))}"
+        per_rank = "; ".join(f"{_arm_tag(runs, arms, r.arm)}r = {int(r['rank'])}: {r['diff']:+.3f} {fmt_interval((r.diff_ci_low, r.diff_ci_high))}"
                              + (f", TOST p = {r.p_tost:.2g}" if not pd.isna(r.get("p_tost", math.nan)) else "")
                              + f" ({r.verdict})" for _, r in g.sort_values("rank").iterrows())
         # the margin each rank's comparison resolves with 80 % power at the level the family tests it at
@@ -441,8 +450,8 @@ def forgetting_claims(ctx: Context) -> List[Claim]:
             seeds = int(t.seeds.min())
             members = runs[runs.arm.isin(arms) | runs.reference.astype(bool)].member
             measured = f"{title} − full FT, {what} over {tasks}: " + "; ".join(
-                f"r={int(r.value)} {fmt(r.minus_full)} {fmt_interval((r.minus_full_low, r.minus_full_high))}"
-                for _, r in t.iterrows())
+                f"{_arm_tag(runs, arms, r.arm)}r={int(r.value)} {fmt(r.minus_full)} "
+                f"{fmt_interval((r.minus_full_low, r.minus_full_high))}" for _, r in t.iterrows())
             common = dict(source=source, seeds=seeds, examples=int(t.examples.iloc[0]), section="forgetting",
                           did_not_learn=_not_learned(runs, members))
             counts = t.verdict.value_counts()
