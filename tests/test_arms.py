@@ -24,11 +24,29 @@ def by_id(members):
     return {m.id: m for m in members}
 
 
+def test_the_causal_lm_preset_has_mlp_and_all_linear_arms_at_their_searched_rates():
+    cfg = compose(["experiment=lm_rank_sweep"], "study")
+    validate(cfg)
+    validate_study(cfg.study)
+    members = by_id(main_members(cfg.study, {}))
+    assert list(members) == ["none_s0", "full_s0", "lora_r1_s0", "lora_r4_s0", "lora_r16_s0", "lora_r64_s0",
+                             "lora_mlp_r16_s0", "lora_all_r16_s0"]
+    rates = {k: m.lr for k, m in members.items()}
+    assert rates["full_s0"] == 2e-4 and rates["lora_mlp_r16_s0"] == 3e-4 and rates["lora_all_r16_s0"] == 3e-3
+    assert {rates[f"lora_r{r}_s0"] for r in (1, 4, 16, 64)} == {3e-3}
+    assert "method.target_modules=mlp" in members["lora_mlp_r16_s0"].overrides()
+    assert "method.target_modules=all_linear" in members["lora_all_r16_s0"].overrides()
+
+
 def test_the_all_linear_preset():
     cfg = compose(["experiment=all_linear"], "study")
     validate(cfg)
     validate_study(cfg.study)
-    assert list(cfg.study.seeds) == [0, 1, 2]  # the default study's seeds
+    assert list(cfg.study.seeds) == [0, 1, 2, 3, 4]  # the default study's seeds
+    assert dict(cfg.study.lr_by_rank.lora_all) == {1: 3e-3, 16: 1e-3}  # searched at two seeds
+    evidence = cfg.study.lr_evidence
+    assert evidence.lora_all_r1[3e-3] == 0.784 and evidence.lora_all_r16[3e-3] is None  # a seed did not learn
+    assert evidence.full == compose(["experiment=rank_sweep"], "study").study.lr_evidence.full  # rank_sweep's row
     members = by_id(m for m in main_members(cfg.study, {}) if m.seed == 0)
     assert list(members) == ["none_s0", "full_s0", "lora_all_r1_s0", "lora_all_r16_s0"]
     r16 = members["lora_all_r16_s0"]
