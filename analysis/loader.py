@@ -89,6 +89,11 @@ class Run:
         return self.value if self.axis == "rank" else None
 
     @property
+    def rank_used(self) -> Optional[int]:
+        """The rank LoRA trained at: the swept rank, or the one a matched-parameter arm chose to match its target."""
+        return (self.summary.get("matched_params") or {}).get("rank") or self.rank
+
+    @property
     def d(self) -> Optional[int]:
         return self.value if self.axis == "d" else None
 
@@ -249,8 +254,7 @@ class Study:
             rows.append({
                 "member": r.member, "method": r.method, "family": r.family, "arm": r.arm, "title": r.title,
                 "label": r.label, "axis": r.axis, "value": r.value, "rank": r.rank, "d": r.d, "seed": r.seed,
-                # the rank LoRA trained at: the swept value, or the rank a matched-parameter arm chose for it
-                "rank_used": (s.get("matched_params") or {}).get("rank") or r.rank,
+                "rank_used": r.rank_used,
                 "variant": r.variant, "order": r.order, "role": r.role, "lr": r.lr,
                 "baseline": r.is_baseline, "reference": r.is_reference, "did_not_learn": r.did_not_learn,
                 "own_setting": r.own_setting, "reference_arm": r.reference_arm,

@@ -219,6 +219,10 @@ def test_arms_in_their_own_settings_flow_through_a_tiny_study_and_its_report(tmp
     assert list(reach[reach["rank"].notna()].arm.unique()) == ["lora", "lora_all", "lora_attn_matched"]
     claims = {c.key: c for c in ctx.claims()}
     assert claims["regret:placement"].verdict == TOO_LITTLE  # one seed
+    # one claim over the arms at one rank: each row names its arm, so the r = 1 rows cannot be confused
+    titles = {r.arm: r.title for r in study.runs}
+    for arm in ("lora", "lora_all", "lora_attn_matched"):
+        assert f"{titles[arm]} r = 1:" in claims["reach:lora"].measured
     assert claims["regret:capacity"].verdict == NOT_MEASURED  # one number of examples seen at the study's batch
     # one seed: too little evidence; or, where the tiny full FT did not learn at a batch, no change to test at all
     collapsed = study.run("full_s0").did_not_learn or study.run("full_bs4_s0").did_not_learn

@@ -113,7 +113,7 @@ def regret_table(study: Study) -> pd.DataFrame:
             if c is None:
                 continue
             first = runs[0]
-            used = (first.summary.get("matched_params") or {}).get("rank") or rank
+            used = first.rank_used or rank
             s = setting(study, first)
             dnl = [r.member for r in runs + refs if r.did_not_learn and r.seed in c["seeds"]]
             ref_dnl = [r.member for r in refs if r.did_not_learn and r.seed in c["seeds"]]

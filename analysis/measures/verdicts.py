@@ -168,7 +168,8 @@ def reach_claims(ctx: Context) -> List[Claim]:
         verdicts = {(int(r["rank"]), r.arm): r.verdict for _, r in g.iterrows()}
         fam = shown_equivalent(g)
         name = lambda k: rank_name(k, g)  # noqa: E731
-        per_rank = "; ".join(f"{_arm_tag(runs, arms, r.arm)}r = {int(r['rank'])}: {r['diff']:+.3f} {fmt_interval((r.diff_ci_low, r.diff_ci_high))}"
+        per_rank = "; ".join(f"{_arm_tag(runs, arms, r.arm)}r = {int(r['rank'])}: {r['diff']:+.3f} "
+                             f"{fmt_interval((r.diff_ci_low, r.diff_ci_high))}"
                              + (f", TOST p = {r.p_tost:.2g}" if not pd.isna(r.get("p_tost", math.nan)) else "")
                              + f" ({r.verdict})" for _, r in g.sort_values("rank").iterrows())
         # the margin each rank's comparison resolves with 80 % power at the level the family tests it at
